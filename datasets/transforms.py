@@ -1,0 +1,35 @@
+"""The one image normalisation shared by training and evaluation.
+
+Frames are RGB ``uint8`` arrays laid out ``(T, H, W, 3)`` (or ``(H, W, 3)``); models take
+``float32`` tensors ``(T, 3, H, W)`` normalised with the ImageNet mean and standard
+deviation. (The reference CRW code normalised training frames with CIFAR-10 statistics and
+test frames with ImageNet statistics; here both use ImageNet statistics.)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_frames(frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """``uint8`` RGB frames ``(T, H, W, 3)`` or ``(H, W, 3)`` -> normalised ``(T, 3, H, W)`` float32."""
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected RGB frames shaped (T, H, W, 3), got {tuple(x.shape)}")
+    x = x.to(device=device).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize_frames(x: torch.Tensor) -> np.ndarray:
+    """Inverse of :func:`normalize_frames`: ``(T, 3, H, W)`` -> ``uint8 (T, H, W, 3)``."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    x = (x * std + mean).clamp(0, 1).mul(255).round().byte()
+    return x.permute(0, 2, 3, 1).cpu().numpy()
