@@ -1,0 +1,224 @@
+"""Label propagation through feature affinities: the one algorithm every task uses.
+
+For target frame t (PROTOCOLS.md section 4):
+
+* context = frame 0 with its given labels ("long memory", every position allowed) plus the
+  previous n frames with their predicted soft labels ("short memory", a key allowed for a
+  query only if their feature-grid distance is < radius);
+* affinity = cos(q, k) (features L2-normalised per position);
+* the top-k keys are chosen jointly over every allowed context position;
+* label_t(q) = sum_j softmax_j(affinity_j / tau) * label(key_j), kept soft and written back
+  as context for later frames.
+
+Implementation. The short memory is computed on local windows only: the query grid is cut
+into ``block x block`` tiles, and each tile is compared with the ``(block + 2p)^2`` window of
+every short-memory frame around it (p = ceil(radius) - 1, the largest offset inside the
+disk), with disk and border masks applied inside the window. Frame 0 is compared densely.
+The top-k of each group is taken separately and the final top-k is taken over the union,
+which is exact (the joint top-k is contained in the union of the groups' top-k). Tiles are
+processed in chunks sized by ``memory_budget`` bytes, so memory stays bounded whatever the
+video length or size, and only n frames of features and labels are kept (:meth:`step`).
+
+    prop = Propagator(PropagationConfig.preset("crw"))
+    prop.start(feat0, label0)          # (C, h, w), (K, h, w)
+    for feat in later_frames:
+        label = prop.step(feat)        # (K, h, w)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .config import PropagationConfig
+from .dense import normalize_label
+
+
+class Propagator:
+    """Step-wise label propagation (see module docstring).
+
+    Tensors live on the device of the features given to :meth:`start`.
+    """
+
+    def __init__(self, cfg: PropagationConfig, block: int = 8, memory_budget: int = 256 << 20):
+        self.cfg = cfg
+        self.block = block
+        self.memory_budget = memory_budget
+        self._state: Optional[_State] = None
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def propagate(self, feats: torch.Tensor, first_label: torch.Tensor) -> torch.Tensor:
+        """feats (T, C, h, w), first_label (K, h, w) -> soft labels (T, K, h, w); frame 0 = first_label."""
+        if feats.ndim != 4:
+            raise ValueError(f"feats must be (T, C, h, w), got {tuple(feats.shape)}")
+        out = [self.start(feats[0], first_label)]
+        out += [self.step(feats[t]) for t in range(1, feats.shape[0])]
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def start(self, feat0: torch.Tensor, label0: torch.Tensor) -> torch.Tensor:
+        """Begin a video with frame 0's features (C, h, w) and labels (K, h, w). Returns label0."""
+        if feat0.ndim != 3 or label0.ndim != 3 or feat0.shape[-2:] != label0.shape[-2:]:
+            raise ValueError(f"feat0 (C, h, w) and label0 (K, h, w) must share the grid, got "
+                             f"{tuple(feat0.shape)} and {tuple(label0.shape)}")
+        cfg = self.cfg
+        C, h, w = feat0.shape
+        K = label0.shape[0]
+        feat0 = self._normalize(feat0.float())
+        label0 = label0.to(device=feat0.device, dtype=torch.float32)
+        self._state = _State(cfg, self.block, C, K, h, w, feat0.device)
+        self._state.set_long_memory(feat0, label0)
+        if cfg.pad_with_first:
+            for _ in range(cfg.context):
+                self._state.push(feat0, label0)
+        return label0
+
+    @torch.no_grad()
+    def step(self, feat: torch.Tensor) -> torch.Tensor:
+        """Propagate to the next frame: features (C, h, w) -> soft labels (K, h, w)."""
+        state = self._state
+        if state is None:
+            raise RuntimeError("call start(feat0, label0) before step()")
+        if tuple(feat.shape) != (state.C, state.h, state.w):
+            raise ValueError(f"expected features {(state.C, state.h, state.w)}, got {tuple(feat.shape)}")
+        query = self._normalize(feat.to(state.device, torch.float32))
+        label = normalize_label(self._predict(state, query), self.cfg.label_norm)
+        if self.cfg.context > 0:
+            state.push(query, label)
+        return label
+
+    # ------------------------------------------------------------------ internals
+    def _normalize(self, feat: torch.Tensor) -> torch.Tensor:
+        return F.normalize(feat, dim=0) if self.cfg.normalize_features else feat
+
+    def _predict(self, s: "_State", query: torch.Tensor) -> torch.Tensor:
+        cfg, b = self.cfg, s.block
+        # Query tiles: (blocks, b*b, C), positions outside the grid are zero and cropped later.
+        q = F.pad(query, (0, s.nbx * b - s.w, 0, s.nby * b - s.h))
+        q = rearrange(q, "c (by y) (bx x) -> (by bx) (y x) c", y=b, x=b)
+        n_short = max(s.filled, 1)
+        if s.local:  # window copy + affinities of one tile
+            per_tile = 4 * n_short * s.window_area * (s.C + b * b) + 4 * b * b * s.h * s.w
+        else:
+            per_tile = 4 * b * b * (1 + n_short) * s.h * s.w
+        rows = max(1, self.memory_budget // max(per_tile * s.nbx, 1))  # tile rows per chunk
+        out = torch.empty(s.nby * s.nbx, b * b, s.K, device=s.device)
+        for r0 in range(0, s.nby, rows):
+            t0, t1 = r0 * s.nbx, min(r0 + rows, s.nby) * s.nbx
+            out[t0:t1] = self._predict_tiles(s, q[t0:t1], t0, t1)
+        out = rearrange(out, "(by bx) (y x) k -> k (by y) (bx x)", by=s.nby, y=b)
+        return out[:, : s.h, : s.w].contiguous()
+
+    def _predict_tiles(self, s: "_State", q: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """q: (L, b*b, C) query tiles t0..t1-1 (whole tile rows) -> labels (L, b*b, K)."""
+        k = self.cfg.topk
+        L, Q, _ = q.shape
+        # Long memory: frame 0, dense.
+        aff = q.reshape(L * Q, -1) @ s.long_keys  # (L*Q, hw)
+        kk = min(k, aff.shape[1])
+        values, index = aff.topk(kk, dim=1)
+        cand_values = [values]
+        cand_labels = [s.long_labels[index]]  # (L*Q, kk, K)
+        # Short memory.
+        if s.filled > 0:
+            values, labels = (self._short_local if s.local else self._short_dense)(s, q, t0, t1)
+            cand_values.append(values)
+            cand_labels.append(labels)
+        values = torch.cat(cand_values, dim=1)
+        labels = torch.cat(cand_labels, dim=1)
+        if len(cand_values) > 1:
+            values, pick = values.topk(min(k, values.shape[1]), dim=1)
+            labels = labels.gather(1, pick[..., None].expand(-1, -1, labels.shape[-1]))
+        weights = torch.softmax(values / self.cfg.temperature, dim=1)  # (L*Q, k)
+        return (weights[..., None] * labels).sum(1).view(L, Q, -1)
+
+    def _short_local(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
+        """Top-k over the local windows of the short-memory frames for tiles t0..t1-1."""
+        L, Q, C = q.shape
+        b, P, n = s.block, s.P, s.filled
+        r0, r1 = t0 // s.nbx, t1 // s.nbx
+        # Windows of every tile in rows r0..r1-1 as a strided view of the channels-last
+        # memory (no copy), then one copy into (L, n*P*P, C) whose rows are contiguous.
+        mem = s.short_feats[:n]  # (n, Hp, Wp, C)
+        st = mem.stride()
+        windows = mem.as_strided((r1 - r0, s.nbx, n, P, P, C),
+                                 (b * st[1], b * st[2], st[0], st[1], st[2], st[3]),
+                                 mem.storage_offset() + r0 * b * st[1])
+        windows = windows.reshape(L, n * P * P, C)
+        aff = torch.bmm(q, windows.transpose(1, 2))  # (L, Q, n*P*P) cosine similarities
+        aff.view(L, Q, n, P * P).add_(s.window_bias[t0:t1, :, None, :])  # -inf outside disk / grid
+        kk = min(self.cfg.topk, aff.shape[-1])
+        values, index = aff.topk(kk, dim=-1)  # (L, Q, kk), index over (slot, py, px)
+        slot = index // (P * P)
+        cell = index % (P * P)
+        tile = torch.arange(t0, t1, device=s.device)[:, None, None]
+        row = (tile // s.nbx) * b + cell // P  # padded-grid coordinates
+        col = (tile % s.nbx) * b + cell % P
+        flat = (slot * s.Hp + row) * s.Wp + col
+        labels = s.short_labels.view(-1, s.K)[flat]  # (L, Q, kk, K)
+        return values.reshape(L * Q, kk), labels.reshape(L * Q, kk, s.K)
+
+    def _short_dense(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
+        """No locality limit: top-k over every position of every short-memory frame."""
+        L, Q, C = q.shape
+        keys = s.short_feats[: s.filled].reshape(-1, C)  # (n*h*w, C); no padding without a radius
+        aff = q.reshape(L * Q, C) @ keys.T  # (L*Q, n*h*w)
+        kk = min(self.cfg.topk, aff.shape[1])
+        values, index = aff.topk(kk, dim=1)
+        labels = s.short_labels[: s.filled]  # (n, h, w, K)
+        labels = labels.reshape(-1, s.K)[index]  # (L*Q, kk, K)
+        return values, labels
+
+
+class _State:
+    """Per-video memory: frame 0 (dense) and a ring buffer of n padded short-memory frames."""
+
+    def __init__(self, cfg: PropagationConfig, block: int, C: int, K: int, h: int, w: int, device):
+        self.C, self.K, self.h, self.w, self.device = C, K, h, w, device
+        self.block = b = block
+        self.local = cfg.radius is not None
+        self.pad = p = max(0, math.ceil(cfg.radius) - 1) if self.local else 0  # largest offset with d < radius
+        self.P = b + 2 * p  # window side around a tile
+        self.window_area = self.P * self.P
+        self.nby, self.nbx = math.ceil(h / b), math.ceil(w / b)
+        self.Hp, self.Wp = self.nby * b + 2 * p, self.nbx * b + 2 * p
+        n = cfg.context
+        # Short memory, channels last; slots 0..filled-1 are in use, in any order.
+        self.short_feats = torch.zeros(n, self.Hp, self.Wp, C, device=device)
+        self.short_labels = torch.zeros(n, self.Hp, self.Wp, K, device=device)
+        self.filled = 0
+        self.next_slot = 0
+        if self.local:
+            allowed = self._allowed_masks(cfg.radius)  # (tiles, b*b, P*P)
+            self.window_bias = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
+
+    def _allowed_masks(self, radius: float) -> torch.Tensor:
+        """(tiles, b*b, P*P) bool: key cell of the tile's window inside the disk and on the grid."""
+        b, p, P, dev = self.block, self.pad, self.P, self.device
+        qy, qx = torch.meshgrid(torch.arange(b, device=dev), torch.arange(b, device=dev), indexing="ij")
+        ky, kx = torch.meshgrid(torch.arange(P, device=dev), torch.arange(P, device=dev), indexing="ij")
+        dy = ky.flatten()[None] - p - qy.flatten()[:, None]
+        dx = kx.flatten()[None] - p - qx.flatten()[:, None]
+        disk = (dy * dy + dx * dx).float() < radius * radius  # (b*b, P*P)
+        on_grid = torch.zeros(self.Hp, self.Wp, dtype=torch.bool, device=dev)
+        on_grid[p: p + self.h, p: p + self.w] = True
+        on_grid = rearrange(on_grid.unfold(0, P, b).unfold(1, P, b), "by bx py px -> (by bx) (py px)")
+        return disk[None] & on_grid[:, None, :]
+
+    def set_long_memory(self, feat0: torch.Tensor, label0: torch.Tensor) -> None:
+        self.long_keys = feat0.flatten(1)  # (C, hw)
+        self.long_labels = rearrange(label0, "k h w -> (h w) k")
+
+    def push(self, feat: torch.Tensor, label: torch.Tensor) -> None:
+        """Write a frame into the oldest slot of the short memory."""
+        if self.short_feats.shape[0] == 0:
+            return
+        p, i = self.pad, self.next_slot
+        self.short_feats[i, p: p + self.h, p: p + self.w] = rearrange(feat, "c h w -> h w c")
+        self.short_labels[i, p: p + self.h, p: p + self.w] = rearrange(label, "k h w -> h w k")
+        self.next_slot = (i + 1) % self.short_feats.shape[0]
+        self.filled = min(self.filled + 1, self.short_feats.shape[0])

@@ -1,0 +1,149 @@
+"""The propagator equals the dense formulation of PROTOCOLS.md section 4, and hand-made cases."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from propagate import PRESETS, Propagator, PropagationConfig
+from propagate.dense import context_frames, propagate_dense
+
+
+def smooth_features(T, C, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, C, h, w, generator=g)
+    return F.avg_pool2d(x, 3, 1, 1)  # spatially correlated, like real features
+
+
+def soft_label(K, h, w, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(3 * torch.randn(K, h, w, generator=g), dim=0)
+
+
+@pytest.mark.parametrize("pad_with_first", [False, True])
+@pytest.mark.parametrize("radius", [12.0, 2.5, None])
+def test_equals_dense_reference(pad_with_first, radius):
+    cfg = PropagationConfig(context=4, topk=6, temperature=0.05, radius=radius, pad_with_first=pad_with_first)
+    feats, label = smooth_features(8, 24, 15, 22), soft_label(3, 15, 22)
+    expected = propagate_dense(feats, label, cfg)
+    for block in (4, 8):
+        got = Propagator(cfg, block=block, memory_budget=1 << 15).propagate(feats, label)
+        assert got.shape == (8, 3, 15, 22)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert torch.equal(got[0], label)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_equal_dense_reference(preset):
+    cfg = PropagationConfig.preset(preset, context=3)
+    feats, label = smooth_features(6, 16, 12, 17, seed=3), soft_label(4, 12, 17, seed=4)
+    got = Propagator(cfg).propagate(feats, label)
+    torch.testing.assert_close(got, propagate_dense(feats, label, cfg), atol=1e-4, rtol=0)
+
+
+def test_stepwise_equals_whole_video():
+    cfg = PropagationConfig.preset("crw", context=3)
+    feats, label = smooth_features(6, 16, 10, 12), soft_label(2, 10, 12)
+    whole = Propagator(cfg).propagate(feats, label)
+    prop = Propagator(cfg)
+    prop.start(feats[0], label)
+    for t in range(1, 6):
+        torch.testing.assert_close(prop.step(feats[t]), whole[t])
+
+
+def test_padding_changes_early_frames_only_through_context():
+    feats, label = smooth_features(6, 8, 9, 9, seed=5), soft_label(3, 9, 9, seed=6)
+    plain = Propagator(PropagationConfig(context=3, topk=5, radius=4.0)).propagate(feats, label)
+    padded = Propagator(PropagationConfig(context=3, topk=5, radius=4.0, pad_with_first=True)).propagate(feats, label)
+    assert (plain[1] - padded[1]).abs().max() > 1e-3  # frame 0 copies take top-k slots
+
+
+def test_context_frames_rule():
+    plain = PropagationConfig(context=3)
+    padded = PropagationConfig(context=3, pad_with_first=True)
+    assert context_frames(1, plain) == []
+    assert context_frames(2, plain) == [1]
+    assert context_frames(5, plain) == [2, 3, 4]
+    assert context_frames(1, padded) == [0, 0, 0]
+    assert context_frames(2, padded) == [0, 0, 1]
+    assert context_frames(5, padded) == [2, 3, 4]
+
+
+def test_hand_computed_two_positions():
+    # Grid 1x2, C=2. Frame 0 keys: e0 at x=0 (label A), e1 at x=1 (label B).
+    # Frame 1 query at x=0 is (cos a, sin a): cosines 0.8 with key 0 and 0.6 with key 1.
+    feats = torch.zeros(2, 2, 1, 2)
+    feats[0, :, 0, 0] = torch.tensor([1.0, 0.0])
+    feats[0, :, 0, 1] = torch.tensor([0.0, 1.0])
+    feats[1, :, 0, 0] = torch.tensor([0.8, 0.6])
+    feats[1, :, 0, 1] = torch.tensor([0.0, 1.0])
+    label = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # (K=2, 1, 2)
+    tau = 0.1
+    out = Propagator(PropagationConfig(context=1, topk=2, temperature=tau, radius=1.0)).propagate(feats, label)
+    wa = math.exp(0.8 / tau) / (math.exp(0.8 / tau) + math.exp(0.6 / tau))
+    assert out[1, 0, 0, 0].item() == pytest.approx(wa, abs=1e-6)
+    assert out[1, 1, 0, 0].item() == pytest.approx(1 - wa, abs=1e-6)
+    # top-1 keeps only the best key
+    out1 = Propagator(PropagationConfig(context=1, topk=1, temperature=tau, radius=1.0)).propagate(feats, label)
+    assert out1[1, :, 0, 0].tolist() == [1.0, 0.0]
+
+
+def test_radius_excludes_far_short_memory_but_not_frame_zero():
+    # 1x6 grid. Frame 1 at x=5 looks like frame 0 at x=0 (allowed: long memory).
+    # Frame 2 at x=5 looks like frame 1 at x=0, 5 cells away: excluded with radius 2.
+    C, w = 6, 6
+    eye = torch.eye(C)
+    f0 = eye.clone().view(C, 1, w)
+    f1 = eye[:, [1, 1, 2, 3, 4, 0]].contiguous().view(C, 1, w)  # x=5 matches f0's x=0
+    f2 = eye[:, [0, 1, 2, 3, 4, 1]].contiguous().view(C, 1, w)  # x=5 matches f1's x=0 and x=1 (far)
+    feats = torch.stack([f0, f1, f2])
+    label = torch.zeros(2, 1, w)
+    label[0, 0, 0] = 1
+    label[1, 0, 1:] = 1
+    out = Propagator(PropagationConfig(context=1, topk=1, temperature=0.01, radius=2.0)).propagate(feats, label)
+    assert out[1, 0, 0, 5].item() == pytest.approx(1.0)  # from frame 0, 5 cells away: allowed
+    # In frame 2, x=5 can only reach frame 0 (x=1, label 1) or frame 1 within distance < 2.
+    far = Propagator(PropagationConfig(context=1, topk=1, temperature=0.01, radius=None)).propagate(feats, label)
+    near = out
+    torch.testing.assert_close(near, propagate_dense(feats, label, PropagationConfig(context=1, topk=1, temperature=0.01, radius=2.0)))
+    torch.testing.assert_close(far, propagate_dense(feats, label, PropagationConfig(context=1, topk=1, temperature=0.01, radius=None)))
+
+
+def test_memory_does_not_grow_with_video_length():
+    cfg = PropagationConfig.preset("crw", context=3)
+    prop = Propagator(cfg)
+    feats = smooth_features(12, 8, 10, 10)
+    prop.start(feats[0], soft_label(2, 10, 10))
+
+    def state_numel():
+        return sum(v.numel() for v in vars(prop._state).values() if isinstance(v, torch.Tensor))
+
+    prop.step(feats[1])
+    before = state_numel()
+    for t in range(2, 12):
+        prop.step(feats[t])
+    assert state_numel() == before
+
+
+def test_bad_input_is_reported():
+    prop = Propagator(PropagationConfig())
+    with pytest.raises(RuntimeError, match="start"):
+        prop.step(torch.zeros(4, 5, 5))
+    with pytest.raises(ValueError, match="grid"):
+        prop.start(torch.zeros(4, 5, 5), torch.zeros(2, 6, 5))
+    prop.start(torch.zeros(4, 5, 5), torch.zeros(2, 5, 5))
+    with pytest.raises(ValueError, match="expected features"):
+        prop.step(torch.zeros(4, 6, 5))
+    with pytest.raises(KeyError, match="unknown propagation preset"):
+        PropagationConfig.preset("nope")
+    with pytest.raises(ValueError, match="temperature"):
+        PropagationConfig(temperature=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_equals_cpu():
+    cfg = PropagationConfig.preset("crw", context=4)
+    feats, label = smooth_features(6, 32, 20, 30), soft_label(3, 20, 30)
+    cpu = Propagator(cfg).propagate(feats, label)
+    gpu = Propagator(cfg).propagate(feats.cuda(), label.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
