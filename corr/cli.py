@@ -1,8 +1,8 @@
 """A small typed command line for configuration dataclasses.
 
 Every field of a (possibly nested-free) dataclass becomes a ``--field-name`` option whose
-type is taken from the annotation: ``int``, ``float``, ``str``, ``bool`` (``--flag`` /
-``--no-flag``), ``Optional[X]`` (the word ``none`` gives ``None``) and ``tuple[X, ...]``
+type is taken from the annotation: ``int``, ``float``, ``str``, ``bool`` and ``Optional[bool]``
+(``--flag`` / ``--no-flag``), ``Optional[X]`` (the word ``none`` gives ``None``) and ``tuple[X, ...]``
 (comma separated). Defaults come from the dataclass, so ``--help`` shows them.
 
     @dataclass
@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Sequence, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         help_text = field.metadata.get("help", "")
-        if tp is bool:
+        if tp is bool or tp == Optional[bool]:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
         else:

@@ -1,0 +1,295 @@
+"""Task runner: read -> features -> propagate -> score -> save.
+
+    python evaluate.py --task davis --data-root data/DAVIS --checkpoint ckpt.pt
+
+Outputs under ``--out``:
+
+* ``predictions/<seq>/<frame>.png``: indexed PNGs with the DAVIS palette and frame 0's
+  object ids, at the annotation's size: exactly what the official scorer reads;
+* ``sequences/<seq>.json``: one sequence's scores, written as soon as it is done. A rerun
+  with the same settings skips sequences that have one (``--overwrite`` redoes them), so an
+  interrupted evaluation loses only the sequence in progress;
+* ``results.json``: ``"metrics"`` (J&F-Mean, J-Mean, J-Recall, J-Decay, F-Mean, F-Recall,
+  F-Decay as fractions), per-object and per-sequence numbers, the full configuration, the
+  checkpoint's hash, the code version, the dataset's identity and timings;
+* with ``--vis``: ``vis/<seq>.mp4`` (propagated masks blended on the frames) and
+  ``vis/<seq>.png`` (a contact sheet).
+
+Without ``--data-root`` the DAVIS task uses ``data/DAVIS`` when it exists and otherwise a
+generated synthetic set in the DAVIS-2017 format (``data/synthetic-davis``), and says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from corr.encoders import build_encoder, load_checkpoint
+from corr.io import atomic_write_json
+from corr.runtime import REPO_ROOT, code_version, resolve_device
+from datasets.davis import DavisDataset, DavisSequence
+from datasets.palette import write_indexed_png
+from datasets.transforms import normalize_frames
+
+from .config import PropagationConfig
+from .labels import grid_size, labels_to_masks, masks_to_labels
+from .metrics import DAVIS_SUMMARY_KEYS, davis_sequence_scores, davis_summary
+from .propagator import Propagator
+from .visualize import contact_sheet, overlay_mask, save_png, write_video
+
+TASKS = ("davis",)
+DEFAULT_DAVIS_ROOT = REPO_ROOT / "data" / "DAVIS"
+SYNTHETIC_DAVIS_ROOT = REPO_ROOT / "data" / "synthetic-davis"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate an encoder by label propagation on a benchmark."""
+
+    task: str = dataclasses.field(default="davis", metadata={"help": "benchmark: " + "|".join(TASKS)})
+    data_root: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "dataset folder; default data/DAVIS, else a generated synthetic set"})
+    split: str = dataclasses.field(default="val", metadata={"help": "split name or path to a split .txt"})
+    resolution: str = dataclasses.field(default="480p", metadata={"help": "480p or Full-Resolution"})
+    sequences: Optional[tuple[str, ...]] = dataclasses.field(
+        default=None, metadata={"help": "comma-separated subset of the split's sequences"})
+    encoder: str = dataclasses.field(default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS)"})
+    checkpoint: Optional[str] = dataclasses.field(default=None, metadata={"help": "our or the published CRW checkpoint"})
+    weights: Optional[str] = dataclasses.field(default=None, metadata={"help": "local torchvision ImageNet weights"})
+    preset: str = dataclasses.field(default="crw", metadata={"help": "propagation preset"})
+    context: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: short-memory frames"})
+    topk: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: top-k"})
+    temperature: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: softmax temperature"})
+    radius: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: radius in cells (inf = none)"})
+    pad_with_first: Optional[bool] = dataclasses.field(default=None, metadata={"help": "override: pad with frame 0"})
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto|cpu|cuda[:i]"})
+    out: str = dataclasses.field(default="results/davis", metadata={"help": "output folder"})
+    vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
+    batch_size: int = dataclasses.field(default=8, metadata={"help": "frames per feature-extraction batch"})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "redo sequences already scored in --out"})
+
+    def propagation(self) -> PropagationConfig:
+        """The preset with this run's overrides (``--radius inf`` removes the locality limit)."""
+        overrides = {name: getattr(self, name) for name in ("context", "topk", "temperature", "pad_with_first")
+                     if getattr(self, name) is not None}
+        if self.radius is not None:
+            overrides["radius"] = None if math.isinf(self.radius) else self.radius
+        return PropagationConfig.preset(self.preset, **overrides)
+
+
+def load_encoder(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The encoder to evaluate and a description of where its weights came from."""
+    if cfg.checkpoint and cfg.weights:
+        raise ValueError("give --checkpoint or --weights, not both")
+    if cfg.checkpoint:
+        encoder, info = load_checkpoint(cfg.checkpoint, device)
+        return encoder, {k: v for k, v in info.items() if k in ("encoder", "kwargs", "format", "sha256", "path", "step")}
+    encoder = build_encoder(cfg.encoder, weights=cfg.weights).to(device).eval()
+    info = {"encoder": cfg.encoder, "format": "torchvision" if cfg.weights else "random-init"}
+    if cfg.weights:
+        from corr.io import file_sha256
+
+        info.update(path=str(cfg.weights), sha256=file_sha256(cfg.weights))
+    return encoder, info
+
+
+def open_davis(cfg: EvalConfig) -> DavisDataset:
+    """The DAVIS dataset of this run; generates the synthetic set when no data is given."""
+    if cfg.data_root is not None:
+        return DavisDataset(cfg.data_root, split=cfg.split, resolution=cfg.resolution)
+    if DEFAULT_DAVIS_ROOT.is_dir():
+        print(f"using DAVIS at {DEFAULT_DAVIS_ROOT}")
+        return DavisDataset(DEFAULT_DAVIS_ROOT, split=cfg.split, resolution=cfg.resolution)
+    from datasets.synthetic import generate_davis
+
+    print("=" * 78)
+    print(f"No --data-root and no {DEFAULT_DAVIS_ROOT}: evaluating on a GENERATED synthetic set in the")
+    print(f"DAVIS-2017 format ({SYNTHETIC_DAVIS_ROOT}). Numbers are not DAVIS numbers.")
+    print("=" * 78)
+    root = generate_davis(SYNTHETIC_DAVIS_ROOT, num_sequences=4, num_frames=24, size=(240, 432), seed=0, split="val")
+    return DavisDataset(root, split="val", resolution="480p")
+
+
+@torch.inference_mode()
+def extract_features(encoder: torch.nn.Module, frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 frames (B, H, W, 3) -> float32 features (B, C, h, w) on ``device``."""
+    return encoder(normalize_frames(frames, device=device)).float()
+
+
+@torch.inference_mode()
+def propagate_sequence(seq: DavisSequence, encoder: torch.nn.Module, prop_cfg: PropagationConfig,
+                       device: torch.device, batch_size: int = 8, progress: bool = True
+                       ) -> tuple[np.ndarray, dict]:
+    """Propagate frame 0's masks through a sequence.
+
+    Returns (predicted ids uint8 (T, H, W), timings in seconds). Features are computed
+    ``batch_size`` frames at a time and consumed at once by the step-wise propagator, so
+    memory does not grow with the video's length.
+    """
+    H, W = seq.size
+    stride = encoder.stride
+    first = seq.read_annotation(0)
+    object_ids = seq.object_ids()
+    predictions = np.zeros((seq.num_frames, H, W), np.uint8)
+    predictions[0] = np.where(first == 255, 0, first)
+    propagator = Propagator(prop_cfg)
+    timings = {"features": 0.0, "propagation": 0.0}
+    bar = tqdm(total=seq.num_frames, desc=seq.name, unit="frame", leave=False, disable=not progress)
+    for start in range(0, seq.num_frames, batch_size):
+        stop = min(start + batch_size, seq.num_frames)
+        frames = np.stack([seq.read_frame(i) for i in range(start, stop)])
+        tick = time.perf_counter()
+        feats = extract_features(encoder, frames, device)  # (B, C, h, w)
+        _sync(device)
+        timings["features"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        for offset, feat in enumerate(feats):
+            t = start + offset
+            if t == 0:
+                grid = grid_size(H, W, stride)
+                if tuple(feat.shape[-2:]) != grid:
+                    raise RuntimeError(f"encoder grid {tuple(feat.shape[-2:])} != expected {grid} for {H}x{W} at stride {stride}")
+                propagator.start(feat, masks_to_labels(first, object_ids, grid, stride, device=device))
+            else:
+                predictions[t] = labels_to_masks(propagator.step(feat), object_ids, (H, W), stride)
+        _sync(device)
+        timings["propagation"] += time.perf_counter() - tick
+        bar.update(stop - start)
+    bar.close()
+    return predictions, timings
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def save_predictions(out_dir: Path, seq: DavisSequence, predictions: np.ndarray) -> None:
+    """``out_dir/<seq>/<frame>.png`` indexed PNGs named like the sequence's frames."""
+    for path, ids in zip(seq.frame_paths, predictions):
+        write_indexed_png(out_dir / seq.name / f"{Path(path).stem}.png", ids)
+
+
+def save_visualisation(out_dir: Path, seq: DavisSequence, predictions: np.ndarray, fps: float = 10.0) -> None:
+    """``<seq>.mp4`` with masks blended on the frames and ``<seq>.png``, a contact sheet."""
+    overlays = [overlay_mask(seq.read_frame(t), predictions[t]) for t in range(seq.num_frames)]
+    write_video(out_dir / f"{seq.name}.mp4", overlays, fps=fps)
+    picks = np.unique(np.linspace(0, seq.num_frames - 1, min(12, seq.num_frames)).round().astype(int))
+    sheet = contact_sheet([overlays[t] for t in picks], columns=4, captions=[f"{seq.name} t={t}" for t in picks])
+    save_png(out_dir / f"{seq.name}.png", sheet)
+
+
+def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict) -> str:
+    """Hash of everything that determines a sequence's result (resume only reuses equal keys)."""
+    settings = {"propagation": cfg.propagation().to_dict(), "encoder": encoder_info,
+                "dataset": dataset_identity, "resolution": cfg.resolution}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def evaluate_davis(cfg: EvalConfig) -> dict:
+    """Run the DAVIS task end to end; returns the content written to ``results.json``."""
+    device = resolve_device(cfg.device)
+    encoder, encoder_info = load_encoder(cfg, device)
+    prop_cfg = cfg.propagation()
+    dataset = open_davis(cfg)
+    identity = dataset.identity()
+    names = list(cfg.sequences) if cfg.sequences else dataset.sequences
+    out = Path(cfg.out)
+    key = run_key(cfg, encoder_info, identity)
+    print(f"{len(names)} sequences from {identity['root']} ({identity['split']}); encoder {encoder_info['encoder']} "
+          f"({encoder_info['format']}); propagation {prop_cfg}; device {device}")
+
+    sequence_scores, timings, unscored = {}, {}, []
+    for name in tqdm(names, desc="sequences", unit="seq"):
+        record_path = out / "sequences" / f"{name}.json"
+        record = _load_record(record_path, key) if not cfg.overwrite else None
+        if record is None:
+            seq = dataset[name]
+            predictions, seq_timings = propagate_sequence(seq, encoder, prop_cfg, device, cfg.batch_size)
+            save_predictions(out / "predictions", seq, predictions)
+            record = {"run_key": key, "sequence": name, "num_frames": seq.num_frames,
+                      "timings": seq_timings, "scores": None}
+            if seq.fully_annotated:
+                scores = davis_sequence_scores(seq.annotations(), predictions, sequence=name)
+                record["scores"] = {str(k): {s: (v.tolist() if isinstance(v, np.ndarray) else v) for s, v in obj.items()}
+                                    for k, obj in scores["objects"].items()}
+            if cfg.vis:
+                save_visualisation(out / "vis", seq, predictions)
+            atomic_write_json(record_path, record)
+        timings[name] = {**record["timings"], "num_frames": record["num_frames"]}
+        if record["scores"] is None:
+            unscored.append(name)
+        else:
+            sequence_scores[name] = {"objects": record["scores"]}
+
+    results = {
+        "task": "davis",
+        "metrics": None,
+        "config": {"eval": dataclasses.asdict(cfg), "propagation": prop_cfg.to_dict()},
+        "checkpoint": encoder_info,
+        "code_version": code_version(),
+        "dataset": identity,
+        "timings": _timing_summary(timings),
+        "unscored_sequences": unscored,
+    }
+    if sequence_scores:
+        summary = davis_summary(sequence_scores)
+        results["metrics"] = {k: summary[k] for k in DAVIS_SUMMARY_KEYS}
+        results["metrics"]["num_objects"] = summary["num_objects"]
+        results["per_sequence"] = summary["per_sequence"]
+        results["per_object"] = summary["per_object"]
+    atomic_write_json(out / "results.json", results)
+    print_davis_table(results)
+    if unscored:
+        print(f"{len(unscored)} sequence(s) have only a first-frame annotation (test-dev layout): "
+              f"predictions written, not scored.")
+    print(f"predictions: {out / 'predictions'}   results: {out / 'results.json'}")
+    return results
+
+
+def _load_record(path: Path, key: str) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("run_key") == key else None
+
+
+def _timing_summary(per_sequence: dict[str, dict]) -> dict:
+    frames = sum(t["num_frames"] for t in per_sequence.values())
+    features = sum(t["features"] for t in per_sequence.values())
+    propagation = sum(t["propagation"] for t in per_sequence.values())
+    return {"frames": frames, "features_s": features, "propagation_s": propagation,
+            "features_s_per_frame": features / max(frames, 1),
+            "propagation_s_per_frame": propagation / max(frames - len(per_sequence), 1),
+            "per_sequence": per_sequence}
+
+
+def print_davis_table(results: dict) -> None:
+    if results.get("metrics") is None:
+        return
+    print(f"\n{'sequence':<24}{'objects':>8}{'J&F':>8}{'J':>8}{'F':>8}")
+    for name, row in results["per_sequence"].items():
+        print(f"{name:<24}{row['num_objects']:>8}{row['J&F-Mean']:>8.3f}{row['J-Mean']:>8.3f}{row['F-Mean']:>8.3f}")
+    m = results["metrics"]
+    print("-" * 56)
+    print(f"{'all (mean over objects)':<24}{m['num_objects']:>8}{m['J&F-Mean']:>8.3f}{m['J-Mean']:>8.3f}{m['F-Mean']:>8.3f}")
+    print("  ".join(f"{k} {m[k]:.3f}" for k in DAVIS_SUMMARY_KEYS))
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run ``cfg.task``."""
+    if cfg.task == "davis":
+        return evaluate_davis(cfg)
+    raise ValueError(f"unknown task {cfg.task!r}; available: {', '.join(TASKS)}")
