@@ -101,8 +101,8 @@ class Propagator:
         q = F.pad(query, (0, s.nbx * b - s.w, 0, s.nby * b - s.h))
         q = rearrange(q, "c (by y) (bx x) -> (by bx) (y x) c", y=b, x=b)
         n_short = max(s.filled, 1)
-        if s.local:  # window copy + affinities of one tile
-            per_tile = 4 * n_short * s.window_area * (s.C + b * b) + 4 * b * b * s.h * s.w
+        if s.local:  # per-frame top-k of one tile + affinities with frame 0
+            per_tile = 12 * n_short * b * b * self.cfg.topk + 4 * b * b * s.h * s.w
         else:
             per_tile = 4 * b * b * (1 + n_short) * s.h * s.w
         rows = max(1, self.memory_budget // max(per_tile * s.nbx, 1))  # tile rows per chunk
@@ -137,27 +137,37 @@ class Propagator:
         return (weights[..., None] * labels).sum(1).view(L, Q, -1)
 
     def _short_local(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
-        """Top-k over the local windows of the short-memory frames for tiles t0..t1-1."""
+        """Top-k over the local windows of the short-memory frames for tiles t0..t1-1.
+
+        A tile's window in one frame is a contiguous block of that frame's column strips,
+        so one tile row against all frames is a single batched matmul over (frame, tile)
+        pairs on a view of the memory, with no copy of keys. The top-k of every frame is
+        taken, then the top-k of their union.
+        """
         L, Q, C = q.shape
-        b, P, n = s.block, s.P, s.filled
-        r0, r1 = t0 // s.nbx, t1 // s.nbx
-        # Windows of every tile in rows r0..r1-1 as a strided view of the channels-last
-        # memory (no copy), then one copy into (L, n*P*P, C) whose rows are contiguous.
-        mem = s.short_feats[:n]  # (n, Hp, Wp, C)
-        st = mem.stride()
-        windows = mem.as_strided((r1 - r0, s.nbx, n, P, P, C),
-                                 (b * st[1], b * st[2], st[0], st[1], st[2], st[3]),
-                                 mem.storage_offset() + r0 * b * st[1])
-        windows = windows.reshape(L, n * P * P, C)
-        aff = torch.bmm(q, windows.transpose(1, 2))  # (L, Q, n*P*P) cosine similarities
-        aff.view(L, Q, n, P * P).add_(s.window_bias[t0:t1, :, None, :])  # -inf outside disk / grid
-        kk = min(self.cfg.topk, aff.shape[-1])
-        values, index = aff.topk(kk, dim=-1)  # (L, Q, kk), index over (slot, py, px)
-        slot = index // (P * P)
-        cell = index % (P * P)
+        b, P, nbx, n = s.block, s.P, s.nbx, s.filled
+        kk = min(self.cfg.topk, s.window_area)
+        values = torch.empty(n, L, Q, kk, device=s.device)
+        index = torch.empty(n, L, Q, kk, dtype=torch.long, device=s.device)
+        strips = s.short_strips[:n]  # (n, nbx, Hp, P, C)
+        st = strips.stride()
+        for r in range(t0 // nbx, t1 // nbx):
+            tiles = slice(r * nbx - t0, (r + 1) * nbx - t0)
+            # windows[f * nbx + j] = strip j of frame f, rows r*b .. r*b+P-1: (P*P, C) contiguous
+            windows = strips.as_strided((n * nbx, P * P, C), (st[1], C, 1),
+                                        strips.storage_offset() + r * b * st[2])
+            queries = q[tiles].expand(n, nbx, Q, C).reshape(n * nbx, Q, C)
+            aff = torch.bmm(queries, windows.transpose(1, 2)).view(n, nbx, Q, P * P)
+            aff.add_(s.window_bias[r * nbx:(r + 1) * nbx])  # -inf outside disk / grid
+            values[:, tiles], index[:, tiles] = aff.topk(kk, dim=-1)
+        values = rearrange(values, "n l q k -> l q (n k)")
+        index = rearrange(index, "n l q k -> l q (n k)")
+        values, pick = values.topk(kk, dim=-1)  # (L, Q, kk) over every frame's top-k
+        cell = index.gather(-1, pick)  # position inside the P x P window
+        slot = pick // kk
         tile = torch.arange(t0, t1, device=s.device)[:, None, None]
-        row = (tile // s.nbx) * b + cell // P  # padded-grid coordinates
-        col = (tile % s.nbx) * b + cell % P
+        row = (tile // nbx) * b + cell // P  # padded-grid coordinates
+        col = (tile % nbx) * b + cell % P
         flat = (slot * s.Hp + row) * s.Wp + col
         labels = s.short_labels.view(-1, s.K)[flat]  # (L, Q, kk, K)
         return values.reshape(L * Q, kk), labels.reshape(L * Q, kk, s.K)
@@ -169,8 +179,7 @@ class Propagator:
         aff = q.reshape(L * Q, C) @ keys.T  # (L*Q, n*h*w)
         kk = min(self.cfg.topk, aff.shape[1])
         values, index = aff.topk(kk, dim=1)
-        labels = s.short_labels[: s.filled]  # (n, h, w, K)
-        labels = labels.reshape(-1, s.K)[index]  # (L*Q, kk, K)
+        labels = s.short_labels[: s.filled].reshape(-1, s.K)[index]  # (L*Q, kk, K)
         return values, labels
 
 
@@ -185,10 +194,17 @@ class _State:
         self.P = b + 2 * p  # window side around a tile
         self.window_area = self.P * self.P
         self.nby, self.nbx = math.ceil(h / b), math.ceil(w / b)
-        self.Hp, self.Wp = self.nby * b + 2 * p, self.nbx * b + 2 * p
+        # Padded grid of the short memory: room for every tile's window (local), or none.
+        self.Hp, self.Wp = (self.nby * b + 2 * p, self.nbx * b + 2 * p) if self.local else (h, w)
         n = cfg.context
-        # Short memory, channels last; slots 0..filled-1 are in use, in any order.
-        self.short_feats = torch.zeros(n, self.Hp, self.Wp, C, device=device)
+        # Short memory; slots 0..filled-1 are in use, in any order. With a radius, features
+        # are kept as overlapping column strips (n, nbx, Hp, P, C): strip j holds padded
+        # columns j*b .. j*b+P-1, so every tile window is contiguous. Without one, plainly
+        # as (n, h, w, C).
+        if self.local:
+            self.short_strips = torch.zeros(n, self.nbx, self.Hp, self.P, C, device=device)
+        else:
+            self.short_feats = torch.zeros(n, h, w, C, device=device)
         self.short_labels = torch.zeros(n, self.Hp, self.Wp, K, device=device)
         self.filled = 0
         self.next_slot = 0
@@ -215,10 +231,16 @@ class _State:
 
     def push(self, feat: torch.Tensor, label: torch.Tensor) -> None:
         """Write a frame into the oldest slot of the short memory."""
-        if self.short_feats.shape[0] == 0:
+        if self.short_labels.shape[0] == 0:
             return
         p, i = self.pad, self.next_slot
-        self.short_feats[i, p: p + self.h, p: p + self.w] = rearrange(feat, "c h w -> h w c")
+        if self.local:
+            padded = torch.zeros(self.Hp, self.Wp, self.C, device=self.device)
+            padded[p: p + self.h, p: p + self.w] = rearrange(feat, "c h w -> h w c")
+            strips = padded.unfold(1, self.P, self.block)  # (Hp, nbx, C, P)
+            self.short_strips[i] = rearrange(strips, "y j c x -> j y x c")
+        else:
+            self.short_feats[i] = rearrange(feat, "c h w -> h w c")
         self.short_labels[i, p: p + self.h, p: p + self.w] = rearrange(label, "k h w -> h w k")
-        self.next_slot = (i + 1) % self.short_feats.shape[0]
-        self.filled = min(self.filled + 1, self.short_feats.shape[0])
+        self.next_slot = (i + 1) % self.short_labels.shape[0]
+        self.filled = min(self.filled + 1, self.short_labels.shape[0])
