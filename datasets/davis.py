@@ -1,0 +1,316 @@
+"""Reader for DAVIS-2017 (semi-supervised video object segmentation).
+
+On-disk layout (also produced by :mod:`datasets.synthetic`)::
+
+    <root>/JPEGImages/<res>/<seq>/00000.jpg ...   RGB frames
+    <root>/Annotations/<res>/<seq>/00000.png ...  indexed PNGs: 0 background, 1..N objects,
+                                                  255 void (see datasets.palette)
+    <root>/ImageSets/2017/<split>.txt             one sequence name per line
+
+``<res>`` is ``480p`` or ``Full-Resolution``. Sequences may differ in size (DAVIS-2017 val
+has 854x480, 910x480 and 1152x480 videos). Every frame is annotated in train/val; the
+test-dev layout annotates only the first frame, which is accepted
+(``DavisSequence.fully_annotated`` is then False).
+
+Opening a dataset validates the listing eagerly: frame numbering without gaps, one
+annotation per frame (or only frame 0's), and the image headers (size, annotation mode).
+Headers are a few hundred bytes per file; pixels are read only when asked for.
+
+Object ids follow the official scorer: ids ``1..N`` with ``N`` the largest id in the first
+frame's annotation, ignoring the void id 255.
+
+Arrays: frames ``uint8 (H, W, 3)`` RGB; annotations ``uint8 (H, W)`` ids; ``size`` is
+``(H, W)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from datasets.palette import ID_MODES, VOID_ID, read_indexed_png, write_indexed_png
+
+__all__ = ["DatasetError", "DavisDataset", "DavisSequence", "read_indexed_png",
+           "write_indexed_png", "RESOLUTIONS"]
+
+RESOLUTIONS = ("480p", "Full-Resolution")
+FRAME_SUFFIX = ".jpg"
+ANNOTATION_SUFFIX = ".png"
+_NUMBERED = re.compile(r"^\d+$")
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is missing a file or holds a malformed one (message names it)."""
+
+
+@dataclass
+class DavisSequence:
+    """One video: its frame files and annotation files (ordered by frame number).
+
+    ``annotation_paths[i]`` annotates ``frame_paths[i]``; in the first-frame-only layout
+    (DAVIS test-dev) ``annotation_paths`` holds frame 0's annotation alone.
+    """
+
+    name: str
+    frame_paths: list[Path]
+    annotation_paths: list[Path]
+    _size: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    _object_ids: list[int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_paths)
+
+    @property
+    def fully_annotated(self) -> bool:
+        """True when every frame has an annotation (train/val), False for first-frame-only."""
+        return len(self.annotation_paths) == len(self.frame_paths)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of every frame and annotation of the sequence."""
+        if self._size is None:
+            width, height, _ = _image_header(self.frame_paths[0])
+            self._size = (height, width)
+        return self._size
+
+    def _check_index(self, i: int, count: int, what: str) -> int:
+        if not -count <= i < count:
+            raise IndexError(f"sequence {self.name!r}: {what} index {i} out of range (has {count})")
+        return i % count
+
+    def read_frame(self, i: int) -> np.ndarray:
+        """Frame ``i`` as ``uint8 (H, W, 3)`` RGB."""
+        path = self.frame_paths[self._check_index(i, self.num_frames, "frame")]
+        try:
+            with Image.open(path) as image:
+                rgb = np.asarray(image.convert("RGB"))
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: frame file not found") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise DatasetError(f"{path}: cannot read frame ({error})") from error
+        if rgb.shape[:2] != self.size:
+            raise DatasetError(f"{path}: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH), the "
+                               f"sequence's frames are {self.size[1]}x{self.size[0]}")
+        return rgb
+
+    def read_frames(self) -> np.ndarray:
+        """All frames as ``uint8 (T, H, W, 3)``."""
+        return np.stack([self.read_frame(i) for i in range(self.num_frames)])
+
+    def read_annotation(self, i: int) -> np.ndarray:
+        """Annotation of frame ``i`` as ``uint8 (H, W)`` ids (0 background, 255 void)."""
+        path = self.annotation_paths[self._check_index(i, len(self.annotation_paths), "annotation")]
+        try:
+            ids = read_indexed_png(path)
+        except ValueError as error:
+            raise DatasetError(f"sequence {self.name!r}: {error}") from error
+        if ids.shape != self.size:
+            raise DatasetError(f"{path}: annotation is {ids.shape[1]}x{ids.shape[0]} (WxH) but "
+                               f"its frame is {self.size[1]}x{self.size[0]}")
+        return ids
+
+    def annotations(self) -> np.ndarray:
+        """Every frame's annotation, ``uint8 (T, H, W)``; needs a fully annotated sequence."""
+        if not self.fully_annotated:
+            raise DatasetError(f"sequence {self.name!r} annotates {len(self.annotation_paths)} of "
+                               f"{self.num_frames} frames (first-frame-only layout); use "
+                               "read_annotation(0)")
+        return np.stack([self.read_annotation(i) for i in range(self.num_frames)])
+
+    def object_ids(self) -> list[int]:
+        """``[1, ..., N]`` with ``N`` = largest id in frame 0's annotation other than 255.
+
+        This is the official DAVIS scorer's rule: an id missing from frame 0 but below N
+        still counts as an object (its masks are then empty).
+        """
+        if self._object_ids is None:
+            ids = self.read_annotation(0)
+            labels = ids[ids != VOID_ID]
+            largest = int(labels.max()) if labels.size else 0
+            self._object_ids = list(range(1, largest + 1))
+        return list(self._object_ids)
+
+
+class DavisDataset:
+    """The sequences of one DAVIS-2017 split, validated on opening, read lazily.
+
+    ``split`` is a split name (``ImageSets/2017/<split>.txt`` under ``root``) or the path
+    of a split file (any ``*.txt``; a relative path is tried from the working directory,
+    then from ``root``). ``check_headers`` (default True) also opens each image's header
+    to check annotation modes and that every annotation has its frame's size.
+    """
+
+    def __init__(self, root: str | Path, split: str = "val", resolution: str = "480p",
+                 check_headers: bool = True):
+        self.root = Path(root)
+        self.resolution = resolution
+        self.split = str(split)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: DAVIS root folder not found")
+        self.split_file = self._find_split_file(self.split)
+        self.sequences: list[str] = _read_split_file(self.split_file)
+        self._by_name: dict[str, DavisSequence] = {}
+        for name in self.sequences:
+            sequence = _list_sequence(self.root, resolution, name)
+            if check_headers:
+                _check_sequence_headers(sequence)
+            self._by_name[name] = sequence
+
+    def _find_split_file(self, split: str) -> Path:
+        if split.endswith(".txt"):
+            path = Path(split)
+            if not path.is_absolute() and not path.exists() and (self.root / path).exists():
+                path = self.root / path
+        else:
+            path = self.root / "ImageSets" / "2017" / f"{split}.txt"
+        if not path.is_file():
+            raise DatasetError(f"{path}: split file not found")
+        return path
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __iter__(self):
+        return (self._by_name[name] for name in self.sequences)
+
+    def __getitem__(self, key: int | str) -> DavisSequence:
+        if isinstance(key, str):
+            if key not in self._by_name:
+                raise KeyError(f"no sequence {key!r} in split {self.split!r} "
+                               f"({len(self.sequences)} sequences)")
+            return self._by_name[key]
+        index = int(key)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sequence index {index} out of range ({len(self)} sequences)")
+        return self._by_name[self.sequences[index]]
+
+    def identity(self) -> dict:
+        """What was read, for result files: names, counts and a hash of the file listing.
+
+        ``listing_sha256`` is the SHA-256 of the lines ``"<relative path>\\t<size in
+        bytes>\\n"`` of every frame and annotation of the split, sorted by path (paths
+        relative to ``root``, with ``/``). It changes when a file is added, removed or
+        resized, without reading pixels.
+        """
+        lines = []
+        for sequence in self:
+            for path in [*sequence.frame_paths, *sequence.annotation_paths]:
+                relative = path.relative_to(self.root).as_posix()
+                lines.append(f"{relative}\t{os.stat(path).st_size}\n")
+        digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+        return {
+            "name": "DAVIS-2017",
+            "root": str(self.root.resolve()),
+            "split": self.split,
+            "resolution": self.resolution,
+            "num_sequences": len(self),
+            "num_frames": sum(sequence.num_frames for sequence in self),
+            "listing_sha256": digest,
+        }
+
+    def __repr__(self) -> str:
+        return (f"DavisDataset(root={str(self.root)!r}, split={self.split!r}, "
+                f"resolution={self.resolution!r}, sequences={len(self)})")
+
+
+def _read_split_file(path: Path) -> list[str]:
+    """Sequence names, one per line, in file order (blank lines and ``#`` comments skipped)."""
+    names = [line.strip() for line in path.read_text().splitlines()]
+    names = [name for name in names if name and not name.startswith("#")]
+    if not names:
+        raise DatasetError(f"{path}: split file lists no sequences")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DatasetError(f"{path}: sequence {name!r} is listed twice")
+        seen.add(name)
+    return names
+
+
+def _numbered_files(folder: Path, suffix: str, what: str) -> dict[int, Path]:
+    """``{frame number: path}`` of the ``*<suffix>`` files of ``folder`` (hidden ones skipped)."""
+    files: dict[int, Path] = {}
+    for path in folder.iterdir():
+        if path.name.startswith(".") or path.suffix.lower() != suffix:
+            continue
+        if not _NUMBERED.match(path.stem):
+            raise DatasetError(f"{path}: {what} file name is not a frame number")
+        number = int(path.stem)
+        if number in files:
+            raise DatasetError(f"{path}: frame number {number} also used by {files[number].name}")
+        files[number] = path
+    return dict(sorted(files.items()))
+
+
+def _list_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
+    """Find a sequence's files and check their numbering (names only, no file is opened)."""
+    frame_dir = root / "JPEGImages" / resolution / name
+    annotation_dir = root / "Annotations" / resolution / name
+    if not frame_dir.is_dir():
+        raise DatasetError(f"{frame_dir}: frame folder of sequence {name!r} not found")
+    if not annotation_dir.is_dir():
+        raise DatasetError(f"{annotation_dir}: annotation folder of sequence {name!r} not found")
+    frames = _numbered_files(frame_dir, FRAME_SUFFIX, "frame")
+    annotations = _numbered_files(annotation_dir, ANNOTATION_SUFFIX, "annotation")
+    if not frames:
+        raise DatasetError(f"{frame_dir}: no {FRAME_SUFFIX} frames")
+    numbers = list(frames)
+    width = len(frames[numbers[0]].stem)
+    for previous, number in zip(numbers, numbers[1:]):
+        if number != previous + 1:
+            missing = frame_dir / f"{previous + 1:0{width}d}{FRAME_SUFFIX}"
+            raise DatasetError(f"{missing}: frame missing (numbering jumps from "
+                               f"{frames[previous].name} to {frames[number].name})")
+    if not annotations:
+        raise DatasetError(f"{annotation_dir}: no {ANNOTATION_SUFFIX} annotations")
+    first_only = list(annotations) == [numbers[0]]
+    if not first_only:
+        for number, path in annotations.items():
+            if number not in frames:
+                frame = frame_dir / f"{path.stem}{FRAME_SUFFIX}"
+                raise DatasetError(f"{path}: annotation has no frame {frame} "
+                                   f"({len(frames)} frames, {len(annotations)} annotations)")
+        for number, path in frames.items():
+            if number not in annotations:
+                expected = annotation_dir / f"{path.stem}{ANNOTATION_SUFFIX}"
+                raise DatasetError(f"{expected}: annotation missing ({len(frames)} frames, "
+                                   f"{len(annotations)} annotations; only the first-frame-only "
+                                   "layout may annotate fewer frames)")
+    return DavisSequence(name=name, frame_paths=list(frames.values()),
+                         annotation_paths=list(annotations.values()))
+
+
+def _image_header(path: Path) -> tuple[int, int, str]:
+    """``(width, height, mode)`` from an image file's header (pixels are not decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.width, image.height, image.mode
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DatasetError(f"{path}: cannot read image ({error})") from error
+
+
+def _check_sequence_headers(sequence: DavisSequence) -> None:
+    """All frames share one size; each annotation is an id map of its frame's size."""
+    width, height, _ = _image_header(sequence.frame_paths[0])
+    for path in sequence.frame_paths[1:]:
+        w, h, _ = _image_header(path)
+        if (w, h) != (width, height):
+            raise DatasetError(f"{path}: frame is {w}x{h} (WxH) but {sequence.frame_paths[0].name} "
+                               f"is {width}x{height}")
+    for path in sequence.annotation_paths:
+        w, h, mode = _image_header(path)
+        if mode not in ID_MODES:
+            raise DatasetError(f"{path}: annotation has mode {mode!r}; expected an indexed "
+                               "palette PNG (mode 'P') or grey ids (mode 'L')")
+        if (w, h) != (width, height):
+            raise DatasetError(f"{path}: annotation is {w}x{h} (WxH) but its frame is "
+                               f"{width}x{height}")
+    sequence._size = (height, width)
