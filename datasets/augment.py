@@ -1,0 +1,210 @@
+"""Per-frame training augmentation of the contrastive random walk (PROTOCOLS.md section 1).
+
+Reading of the reference CRW code (``code/utils/augs.py``, defaults of
+``code/utils/arguments.py`` and the README training command ``--frame-aug grid``):
+
+- frame transform ``crop`` (the default; ``cj`` colour jitter and ``flip`` are opt-in and
+  unused by the published command, so neither is implemented here): every frame of a clip
+  gets its own ``RandomResizedCrop(256, scale=(0.8, 0.95), ratio=(0.7, 1.3))``, bilinear;
+- frame augmentation ``grid``: 64x64 windows at stride 32 of the 256x256 frame
+  (``skimage.util.view_as_windows``, row-major: window ``n = row * 7 + col``) -> 7x7 = 49
+  patches, each jittered by its own ``RandomResizedCrop(64, scale=(0.7, 0.9))`` with the
+  default ratio (3/4, 4/3);
+- without ``grid`` the whole 256x256 frame is the input and every feature-map cell becomes
+  a node ("dense" here);
+- normalisation: ImageNet mean/std, the numbers of :func:`datasets.transforms.normalize_frames`
+  (the reference used CIFAR-10 statistics for training; this codebase uses one normalisation).
+
+Consequence of torchvision's sampling, kept for fidelity: a crop of area fraction >= 0.8 and
+aspect <= 1.3 exists only when the frame's width / height <= 1.3 / 0.8 = 1.625. Wider frames
+(every 16:9 video) always get the same fallback centre crop (aspect 1.3), so their frames
+differ only through the patch jitter; Kinetics prepared at 340x256 (aspect 1.33) is fine.
+
+Crop boxes follow ``torchvision.transforms.RandomResizedCrop.get_params`` (10 tries of a
+random area fraction and log-uniform aspect ratio with integer sides, else a centre crop
+clamped to the ratio range), drawn from a ``numpy.random.Generator``. Resizing is OpenCV on
+``uint8`` like the reference's PIL pipeline: bilinear, or area averaging when a frame crop
+shrinks on both sides (standing in for PIL's antialiased bilinear). Normalisation happens
+once, on the final ``uint8`` pixels, by :func:`normalize_uint8` (the numbers of
+``normalize_frames`` to float rounding, about 4x faster on the 49 * 64 * 64 patch pixels
+of a frame; a test checks the two agree).
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+from einops import rearrange
+
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+_DEFAULT_PATCH_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def random_resized_crop_boxes(
+    rng: np.random.Generator, height: int, width: int, count: int,
+    scale: tuple[float, float], ratio: tuple[float, float], attempts: int = 10,
+) -> np.ndarray:
+    """``count`` crop boxes ``(top, left, h, w)`` (int64, shape ``(count, 4)``) in a ``height x width`` image.
+
+    Same distribution as torchvision's ``RandomResizedCrop.get_params``: area fraction
+    ``s ~ U(scale)``, aspect ``r = exp(U(log ratio))``, ``w = round(sqrt(s * H * W * r))``,
+    ``h = round(sqrt(s * H * W / r))``; the first of ``attempts`` tries that fits wins, its
+    corner uniform over the valid positions; if none fits, the largest centred crop whose
+    aspect is clamped to ``ratio``.
+    """
+    area = height * width
+    target = area * rng.uniform(scale[0], scale[1], size=(count, attempts))
+    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(count, attempts)))
+    w = np.round(np.sqrt(target * aspect)).astype(np.int64)
+    h = np.round(np.sqrt(target / aspect)).astype(np.int64)
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.argmax(axis=1)
+    rows = np.arange(count)
+    h, w = h[rows, first], w[rows, first]
+    u = rng.random(size=(count, 2))
+    top = np.floor(u[:, 0] * (height - h + 1)).astype(np.int64)
+    left = np.floor(u[:, 1] * (width - w + 1)).astype(np.int64)
+
+    none_fit = ~fits.any(axis=1)
+    if none_fit.any():  # fallback: centre crop with the aspect clamped to the range
+        in_ratio = width / height
+        if in_ratio < min(ratio):
+            cw, ch = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            ch, cw = height, int(round(height * max(ratio)))
+        else:
+            cw, ch = width, height
+        h[none_fit], w[none_fit] = ch, cw
+        top[none_fit], left[none_fit] = (height - ch) // 2, (width - cw) // 2
+    return np.stack([top, left, h, w], axis=1)
+
+
+_SHIFT = tuple(255.0 * m for m in IMAGENET_MEAN)
+_SCALE = tuple(1.0 / (255.0 * s) for s in IMAGENET_STD)
+
+
+def normalize_uint8(images: np.ndarray) -> torch.Tensor:
+    """``uint8 (B, H, W, 3)`` RGB -> ``float32 (B, 3, H, W)``: ``(x / 255 - mean) / std``, ImageNet statistics.
+
+    The numbers of :func:`datasets.transforms.normalize_frames` (up to float rounding),
+    about 4x faster on CPU: OpenCV splits the channels while they are still bytes, then
+    each channel plane is converted and scaled in place.
+    """
+    b, h, w, _ = images.shape
+    planes = cv2.split(np.ascontiguousarray(images).reshape(b * h, w, 3))  # 3 x (B*H, W) uint8
+    out = torch.empty((b, 3, h, w), dtype=torch.float32)
+    for c, plane in enumerate(planes):
+        channel = out[:, c]
+        channel.copy_(torch.from_numpy(plane).view(b, h, w))
+        channel.sub_(_SHIFT[c]).mul_(_SCALE[c])
+    return out
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """``uint8 (h, w, 3)`` -> ``(size, size, 3)``: area averaging when shrinking both sides, else bilinear."""
+    h, w = image.shape[:2]
+    if h == size and w == size:
+        return image
+    interpolation = cv2.INTER_AREA if (h > size and w > size) else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+class ClipTransform:
+    """``uint8 (T, H, W, 3)`` RGB clip -> normalised float32 network input.
+
+    - ``mode="grid"``: ``(T, N, 3, patch_size, patch_size)`` with ``N = n * n`` patches,
+      ``n = (size - patch_size) // patch_stride + 1`` (7 for 256/64/32), row-major: patch
+      ``r * n + c`` comes from the window at ``(top, left) = (r, c) * patch_stride``.
+    - ``mode="dense"``: ``(T, 3, size, size)``.
+
+    ``train=True``: each frame gets its own random resized crop (``crop_scale``,
+    ``crop_ratio``) to ``size x size``; in grid mode each window its own random resized crop
+    (``patch_scale``, ratio 3/4..4/3) resized back to ``patch_size``.
+    ``train=False``: no randomness: the whole frame resized to ``size x size``, windows taken
+    as they are.
+
+    Call as ``transform(frames)`` or ``transform(frames, rng=numpy_generator)`` (the
+    dataset passes its per-item generator, so results are reproducible).
+    """
+
+    accepts_rng = True
+
+    def __init__(
+        self,
+        mode: str = "grid",
+        size: int = 256,
+        patch_size: int = 64,
+        patch_stride: int = 32,
+        crop_scale=(0.8, 0.95),
+        crop_ratio=(0.7, 1.3),
+        patch_scale=(0.7, 0.9),
+        train: bool = True,
+    ):
+        if mode not in ("grid", "dense"):
+            raise ValueError(f"mode must be 'grid' or 'dense', got {mode!r}")
+        if mode == "grid" and not 0 < patch_size <= size:
+            raise ValueError(f"patch_size {patch_size} must be in (0, size={size}]")
+        if patch_stride < 1:
+            raise ValueError(f"patch_stride must be >= 1, got {patch_stride}")
+        self.mode = mode
+        self.size = int(size)
+        self.patch_size = int(patch_size)
+        self.patch_stride = int(patch_stride)
+        self.crop_scale = tuple(crop_scale)
+        self.crop_ratio = tuple(crop_ratio)
+        self.patch_scale = tuple(patch_scale)
+        self.train = bool(train)
+        n = (self.size - self.patch_size) // self.patch_stride + 1
+        self.grid_side = n
+        offsets = np.arange(n) * self.patch_stride
+        # Window corners (top, left), row-major: (N, 2).
+        self.window_corners = np.stack(np.meshgrid(offsets, offsets, indexing="ij"), axis=-1).reshape(-1, 2)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_side ** 2
+
+    def __repr__(self) -> str:
+        return (f"ClipTransform(mode={self.mode!r}, size={self.size}, patch_size={self.patch_size}, "
+                f"patch_stride={self.patch_stride}, crop_scale={self.crop_scale}, crop_ratio={self.crop_ratio}, "
+                f"patch_scale={self.patch_scale}, train={self.train})")
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected uint8 RGB frames shaped (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        if rng is None:
+            rng = np.random.default_rng()
+        resized = np.stack([self._frame(frame, rng) for frame in frames])  # T, S, S, 3 uint8
+        if self.mode == "dense":
+            return normalize_uint8(resized)  # T, 3, S, S
+        patches = self._patches(resized, rng)  # T * N, P, P, 3 uint8
+        return rearrange(normalize_uint8(patches), "(t n) c py px -> t n c py px", t=len(frames))
+
+    def _frame(self, frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``uint8 (H, W, 3)`` -> ``(S, S, 3)``: random resized crop, or plain resize when not training."""
+        if not self.train:
+            return _resize(frame, self.size)
+        top, left, h, w = random_resized_crop_boxes(rng, frame.shape[0], frame.shape[1], 1,
+                                                    self.crop_scale, self.crop_ratio)[0]
+        return _resize(frame[top:top + h, left:left + w], self.size)
+
+    def _patches(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``uint8 (T, S, S, 3)`` -> ``(T * N, P, P, 3)`` windows (row-major), jittered when training."""
+        t, n, p = len(frames), self.num_patches, self.patch_size
+        out = np.empty((t * n, p, p, 3), dtype=np.uint8)
+        if self.train:
+            jitter = random_resized_crop_boxes(rng, p, p, t * n, self.patch_scale, _DEFAULT_PATCH_RATIO)
+        for k in range(t * n):
+            frame = frames[k // n]
+            wy, wx = self.window_corners[k % n]
+            if not self.train:
+                out[k] = frame[wy:wy + p, wx:wx + p]
+                continue
+            top, left, h, w = jitter[k]
+            crop = frame[wy + top:wy + top + h, wx + left:wx + left + w]
+            cv2.resize(crop, (p, p), dst=out[k], interpolation=cv2.INTER_LINEAR)
+        return out

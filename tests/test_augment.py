@@ -1,0 +1,139 @@
+"""CRW per-frame augmentation: shapes, per-frame randomness, normalisation, crop boxes."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datasets.augment import ClipTransform, normalize_uint8, random_resized_crop_boxes
+from datasets.transforms import normalize_frames
+
+
+def textured_clip(t: int = 4, h: int = 200, w: int = 300, seed: int = 0) -> np.ndarray:
+    """``t`` copies of one smooth random RGB image, uint8 (T, H, W, 3)."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+    image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)
+    return np.repeat(image[None], t, axis=0)
+
+
+def test_grid_mode_shape_and_dtype():
+    out = ClipTransform("grid")(textured_clip(), rng=np.random.default_rng(0))
+    assert tuple(out.shape) == (4, 49, 3, 64, 64) and out.dtype == torch.float32 and out.is_contiguous()
+
+
+def test_dense_mode_shape_and_dtype():
+    out = ClipTransform("dense")(textured_clip(t=3), rng=np.random.default_rng(0))
+    assert tuple(out.shape) == (3, 3, 256, 256) and out.dtype == torch.float32
+
+
+def test_grid_size_follows_size_patch_and_stride():
+    transform = ClipTransform("grid", size=128, patch_size=32, patch_stride=16)
+    assert transform.num_patches == 7 * 7
+    assert tuple(transform(textured_clip(t=2)).shape) == (2, 49, 3, 32, 32)
+    assert ClipTransform("grid", size=256, patch_size=64, patch_stride=64).num_patches == 16
+
+
+def test_every_frame_gets_its_own_crop():
+    # Identical frames: any difference comes from the crops. Kinetics-like 340x256 frames:
+    # (a 16:9 frame admits no crop of area >= 0.8 with aspect <= 1.3, so torchvision's
+    # RandomResizedCrop, and this one, fall back to the same centre crop for every frame.)
+    clip = textured_clip(h=256, w=340)
+    for mode in ("dense", "grid"):
+        out = ClipTransform(mode)(clip, rng=np.random.default_rng(1))
+        for t in range(1, len(clip)):
+            assert (out[t] - out[0]).abs().mean() > 0.05, f"{mode}: frame {t} has the crop of frame 0"
+
+
+def test_patches_get_their_own_jitter():
+    clip = textured_clip(t=1)
+    still = ClipTransform("grid", train=False)(clip)
+    jittered = ClipTransform("grid", crop_scale=(1.0, 1.0), crop_ratio=(1.5, 1.5))(clip, rng=np.random.default_rng(0))
+    # Same 256x256 frame (full-frame crop), but each window is re-cropped and rescaled.
+    assert not torch.allclose(jittered, still, atol=1e-3)
+    # A jittered patch still shows its own window: it is closer to it than to other windows.
+    err = ((jittered[0][:, None] - still[0][None]) ** 2).mean(dim=(2, 3, 4))  # N, N
+    assert (err.argmin(dim=1) == torch.arange(49)).float().mean() > 0.9
+
+
+def test_eval_mode_is_deterministic_resize_and_normalize_frames():
+    clip = textured_clip(h=256, w=256)
+    dense = ClipTransform("dense", train=False)(clip)
+    assert torch.allclose(dense, normalize_frames(clip), atol=1e-5)
+    clip = textured_clip(h=180, w=320)
+    a, b = ClipTransform("dense", train=False)(clip), ClipTransform("dense", train=False)(clip)
+    assert torch.equal(a, b)
+    resized = np.stack([cv2.resize(f, (256, 256), interpolation=cv2.INTER_LINEAR) for f in clip])
+    assert torch.allclose(a, normalize_frames(resized), atol=1e-5)
+
+
+def test_eval_grid_patches_are_the_windows_in_row_major_order():
+    clip = textured_clip(t=2, h=256, w=256)
+    grid = ClipTransform("grid", train=False)(clip)
+    dense = normalize_frames(clip)
+    for n in (0, 8, 13, 48):
+        row, col = divmod(n, 7)
+        window = dense[:, :, 32 * row:32 * row + 64, 32 * col:32 * col + 64]
+        assert torch.allclose(grid[:, n], window, atol=1e-5)
+
+
+def test_same_generator_same_output():
+    clip = textured_clip()
+    transform = ClipTransform("grid")
+    a = transform(clip, rng=np.random.default_rng(7))
+    b = transform(clip, rng=np.random.default_rng(7))
+    c = transform(clip, rng=np.random.default_rng(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_normalize_uint8_matches_normalize_frames():
+    images = np.random.default_rng(0).integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)
+    assert torch.allclose(normalize_uint8(images), normalize_frames(images), atol=1e-5)
+
+
+def test_random_resized_crop_boxes_follow_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    h, w = 300, 400
+    boxes = random_resized_crop_boxes(rng, h, w, 2000, scale=(0.8, 0.95), ratio=(0.7, 1.3))
+    top, left, bh, bw = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + bh <= h).all() and (left + bw <= w).all()
+    area = bh * bw / (h * w)
+    assert area.min() > 0.78 and area.max() < 0.98  # integer rounding of the sides
+    aspect = bw / bh
+    assert aspect.min() > 0.68 and aspect.max() < 1.33
+    assert len({tuple(b) for b in boxes}) > 1500  # varied, not a constant crop
+    # Patch jitter inside a 64x64 window.
+    jitter = random_resized_crop_boxes(rng, 64, 64, 1000, scale=(0.7, 0.9), ratio=(3 / 4, 4 / 3))
+    assert (jitter[:, 0] + jitter[:, 2] <= 64).all() and (jitter[:, 1] + jitter[:, 3] <= 64).all()
+    assert 0.68 < (jitter[:, 2] * jitter[:, 3] / 64 ** 2).min() and (jitter[:, 2] * jitter[:, 3] / 64 ** 2).max() < 0.92
+
+
+def test_random_resized_crop_falls_back_to_a_centre_crop():
+    # A 10x1000 strip cannot hold 90% of its area at aspect <= 1.3: centre crop, aspect 1.3.
+    boxes = random_resized_crop_boxes(np.random.default_rng(0), 10, 1000, 5, scale=(0.9, 0.9), ratio=(0.7, 1.3))
+    assert (boxes == np.array([0, (1000 - 13) // 2, 10, 13])).all()
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="uint8"):
+        ClipTransform()(np.zeros((4, 32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match="mode"):
+        ClipTransform("patches")
+
+
+def test_cost_per_frame_is_small():
+    """Loose guard against accidental slow paths (a few ms per frame is expected)."""
+    import time
+
+    clip = textured_clip(h=256, w=340)
+    transform = ClipTransform("grid")
+    transform(clip)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        transform(clip)
+        best = min(best, time.perf_counter() - start)
+    assert best / len(clip) < 0.05
