@@ -25,9 +25,8 @@ random area fraction and log-uniform aspect ratio with integer sides, else a cen
 clamped to the ratio range), drawn from a ``numpy.random.Generator``. Resizing is OpenCV on
 ``uint8`` like the reference's PIL pipeline: bilinear, or area averaging when a frame crop
 shrinks on both sides (standing in for PIL's antialiased bilinear). Normalisation happens
-once, on the final ``uint8`` pixels, by :func:`normalize_uint8` (the numbers of
-``normalize_frames`` to float rounding, about 4x faster on the 49 * 64 * 64 patch pixels
-of a frame; a test checks the two agree).
+once, on the final ``uint8`` pixels, by :func:`datasets.transforms.normalize_frames`, the
+normalisation evaluation uses too.
 """
 from __future__ import annotations
 
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from datasets.transforms import normalize_frames
 
 _DEFAULT_PATCH_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
@@ -80,27 +79,6 @@ def random_resized_crop_boxes(
         h[none_fit], w[none_fit] = ch, cw
         top[none_fit], left[none_fit] = (height - ch) // 2, (width - cw) // 2
     return np.stack([top, left, h, w], axis=1)
-
-
-_SHIFT = tuple(255.0 * m for m in IMAGENET_MEAN)
-_SCALE = tuple(1.0 / (255.0 * s) for s in IMAGENET_STD)
-
-
-def normalize_uint8(images: np.ndarray) -> torch.Tensor:
-    """``uint8 (B, H, W, 3)`` RGB -> ``float32 (B, 3, H, W)``: ``(x / 255 - mean) / std``, ImageNet statistics.
-
-    The numbers of :func:`datasets.transforms.normalize_frames` (up to float rounding),
-    about 4x faster on CPU: OpenCV splits the channels while they are still bytes, then
-    each channel plane is converted and scaled in place.
-    """
-    b, h, w, _ = images.shape
-    planes = cv2.split(np.ascontiguousarray(images).reshape(b * h, w, 3))  # 3 x (B*H, W) uint8
-    out = torch.empty((b, 3, h, w), dtype=torch.float32)
-    for c, plane in enumerate(planes):
-        channel = out[:, c]
-        channel.copy_(torch.from_numpy(plane).view(b, h, w))
-        channel.sub_(_SHIFT[c]).mul_(_SCALE[c])
-    return out
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -180,9 +158,9 @@ class ClipTransform:
             rng = np.random.default_rng()
         resized = np.stack([self._frame(frame, rng) for frame in frames])  # T, S, S, 3 uint8
         if self.mode == "dense":
-            return normalize_uint8(resized)  # T, 3, S, S
+            return normalize_frames(resized)  # T, 3, S, S
         patches = self._patches(resized, rng)  # T * N, P, P, 3 uint8
-        return rearrange(normalize_uint8(patches), "(t n) c py px -> t n c py px", t=len(frames))
+        return rearrange(normalize_frames(patches), "(t n) c py px -> t n c py px", t=len(frames))
 
     def _frame(self, frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``uint8 (H, W, 3)`` -> ``(S, S, 3)``: random resized crop, or plain resize when not training."""
