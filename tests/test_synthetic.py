@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,12 +95,6 @@ def test_sequences_of_different_sizes(tmp_path):
     assert [sequence.size for sequence in data] == sizes
     with pytest.raises(ValueError, match="sizes"):
         generate_davis(tmp_path / "t", num_sequences=3, num_frames=3, sizes=sizes)
-
-
-def test_small_set_is_fast(tmp_path):
-    start = time.perf_counter()
-    generate_davis(tmp_path / "fast", num_sequences=3, num_frames=20, size=(240, 320))
-    assert time.perf_counter() - start < 20.0
 
 
 def test_reuse_when_parameters_match(tmp_path):
