@@ -1,5 +1,8 @@
 """Benchmark metrics as pure numpy functions, each documented like the benchmark's own scorer.
 
+Sections: DAVIS-2017 J&F (below), then TAP-Vid point tracking, JHMDB PCK and VIP mIoU,
+each with its own rules.
+
 DAVIS-2017 semi-supervised J&F (PROTOCOLS.md section 5)
 =======================================================
 Numerically identical to the official scorer (davisvideochallenge/davis2017-evaluation,
@@ -413,3 +416,427 @@ def _as_bool_pair(gt: np.ndarray, pred: np.ndarray, caller: str) -> tuple[np.nda
             f"got {gt.shape} and {pred.shape}"
         )
     return gt, pred
+
+
+# ------------------------------------------------------------------ TAP-Vid point tracking
+#
+# TAP-Vid metrics (PROTOCOLS.md section 8), numerically identical to the reference scorer
+# (google-deepmind/tapnet, tapnet/tapvid/evaluation_datasets.py, compute_tapvid_metrics,
+# per-video mode):
+#
+# * Inputs are in pixel units of the evaluation frames (256 x 256 in the standard
+#   protocol; a higher-resolution run is its own category). (0, 0) is the top-left corner
+#   of the top-left pixel. Queries are (t, y, x), tracks (x, y). B videos, N queries
+#   (tracks) per video, T frames.
+# * Scored frames of a query with frame q = round(t) (numpy rounding, half to even):
+#   "first" mode: the frames after it, q+1 .. T-1 (the points before the first visible one
+#   are known to be occluded); "strided" mode: every frame but q itself.
+# * Occlusion accuracy = |scored & (pred_occluded == gt_occluded)| / |scored|.
+# * For d in 1, 2, 4, 8, 16 pixels: within_d = |pred - gt|^2 < d^2 (strict), whatever the
+#   occlusion flags say; visible = not gt_occluded.
+#       pts_within_d = |scored & within_d & visible| / |scored & visible|
+#       jaccard_d    = TP / (|scored & visible| + FP), with
+#           TP = |scored & within_d & visible & predicted visible|,
+#           FP = |scored & predicted visible & (not visible or not within_d)|.
+#   average_jaccard (AJ) = mean of the five jaccard_d; average_pts_within_thresh
+#   (<delta^x_avg>) = mean of the five pts_within_d.
+# * Every count is summed over all queries and scored frames of one video, giving one
+#   number per video; the benchmark number is the plain mean over videos
+#   (:func:`tapvid_summary`). A zero denominator (no scored frame, or no visible scored
+#   point) gives NaN, as in the reference, and a NaN video makes the mean NaN.
+
+TAPVID_THRESHOLDS = (1, 2, 4, 8, 16)  # pixels
+TAPVID_QUERY_MODES = ("first", "strided")
+TAPVID_KEYS = (
+    ("occlusion_accuracy",)
+    + tuple(f"pts_within_{d}" for d in TAPVID_THRESHOLDS)
+    + tuple(f"jaccard_{d}" for d in TAPVID_THRESHOLDS)
+    + ("average_jaccard", "average_pts_within_thresh")
+)
+
+
+def tapvid_scored_frames(query_points: np.ndarray, num_frames: int, query_mode: str) -> np.ndarray:
+    """Which (query, frame) pairs are scored, from the query frames.
+
+    Args:
+        query_points: (B, N, 3) queries (t, y, x); t is rounded half to even to a frame index.
+        num_frames: T.
+        query_mode: "first" (frames after the query frame) or "strided" (all frames but the
+            query frame).
+
+    Returns:
+        (B, N, T) bool.
+    """
+    if query_mode not in TAPVID_QUERY_MODES:
+        raise ValueError(f"unknown TAP-Vid query mode {query_mode!r}; expected one of {TAPVID_QUERY_MODES}")
+    query_points = np.asarray(query_points)
+    if query_points.ndim != 3 or query_points.shape[-1] != 3:
+        raise ValueError(f"tapvid: query_points must be (B, N, 3) (t, y, x), got shape {query_points.shape}")
+    query_frame = np.round(query_points[..., 0]).astype(np.int64)  # (B, N)
+    if query_frame.size and (query_frame.min() < 0 or query_frame.max() >= num_frames):
+        raise ValueError(
+            f"tapvid: query frames must lie in [0, {num_frames}), got "
+            f"{query_frame.min()} .. {query_frame.max()}"
+        )
+    frames = np.arange(num_frames)  # (T,)
+    if query_mode == "first":
+        return frames[None, None, :] > query_frame[..., None]
+    return frames[None, None, :] != query_frame[..., None]
+
+
+def tapvid_metrics(
+    query_points: np.ndarray,
+    gt_occluded: np.ndarray,
+    gt_tracks: np.ndarray,
+    pred_occluded: np.ndarray,
+    pred_tracks: np.ndarray,
+    query_mode: str,
+) -> dict[str, np.ndarray]:
+    """TAP-Vid occlusion accuracy, pts_within_d, jaccard_d, AJ and <delta^x_avg> per video.
+
+    Arguments in the reference scorer's order; pixel units of the evaluation frames.
+
+    Args:
+        query_points:  (B, N, 3) float, (t, y, x) of each query.
+        gt_occluded:   (B, N, T) bool, True = occluded in the ground truth (any array is
+                       cast to bool: nonzero = occluded; likewise pred_occluded).
+        gt_tracks:     (B, N, T, 2) float, ground-truth (x, y).
+        pred_occluded: (B, N, T) bool, True = predicted occluded.
+        pred_tracks:   (B, N, T, 2) float, predicted (x, y).
+        query_mode:    "first" or "strided" (which frames are scored, see the section notes).
+
+    Returns:
+        {key: (B,) float64} for every key of ``TAPVID_KEYS``: occlusion_accuracy,
+        pts_within_{1,2,4,8,16}, jaccard_{1,2,4,8,16}, average_jaccard,
+        average_pts_within_thresh. Fractions in [0, 1]; NaN where a denominator is 0.
+    """
+    gt_occluded = np.asarray(gt_occluded).astype(bool)
+    pred_occluded = np.asarray(pred_occluded).astype(bool)
+    gt_tracks = np.asarray(gt_tracks, dtype=np.float64)
+    pred_tracks = np.asarray(pred_tracks, dtype=np.float64)
+    if gt_occluded.ndim != 3:
+        raise ValueError(f"tapvid: gt_occluded must be (B, N, T), got shape {gt_occluded.shape}")
+    batch, num_points, num_frames = gt_occluded.shape
+    expected = {
+        "pred_occluded": (pred_occluded.shape, (batch, num_points, num_frames)),
+        "gt_tracks": (gt_tracks.shape, (batch, num_points, num_frames, 2)),
+        "pred_tracks": (pred_tracks.shape, (batch, num_points, num_frames, 2)),
+        "query_points": (np.shape(query_points), (batch, num_points, 3)),
+    }
+    for name, (shape, want) in expected.items():
+        if tuple(shape) != want:
+            raise ValueError(f"tapvid: {name} must have shape {want} (from gt_occluded), got {tuple(shape)}")
+    scored = tapvid_scored_frames(query_points, num_frames, query_mode)  # (B, N, T)
+    visible = ~gt_occluded
+    pred_visible = ~pred_occluded
+    sq_dist = np.sum(np.square(pred_tracks - gt_tracks), axis=-1)  # (B, N, T)
+
+    def count(mask: np.ndarray) -> np.ndarray:  # (B, N, T) -> (B,) over scored pairs
+        return np.sum(mask & scored, axis=(1, 2))
+
+    metrics: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        metrics["occlusion_accuracy"] = count(pred_occluded == gt_occluded) / count(np.ones_like(scored))
+        num_visible = count(visible)
+        pts_within, jaccard = [], []
+        for d in TAPVID_THRESHOLDS:
+            within = sq_dist < np.square(d)
+            correct = within & visible
+            pts_within.append(count(correct) / num_visible)
+            true_pos = count(correct & pred_visible)
+            false_pos = count(pred_visible & (~visible | ~within))
+            jaccard.append(true_pos / (num_visible + false_pos))
+            metrics[f"pts_within_{d}"] = pts_within[-1]
+            metrics[f"jaccard_{d}"] = jaccard[-1]
+        metrics["average_jaccard"] = np.mean(np.stack(jaccard, axis=1), axis=1)
+        metrics["average_pts_within_thresh"] = np.mean(np.stack(pts_within, axis=1), axis=1)
+    return {key: metrics[key] for key in TAPVID_KEYS}
+
+
+def tapvid_summary(results_per_video: list[dict]) -> dict[str, float]:
+    """Benchmark numbers: the plain mean over videos of :func:`tapvid_metrics` results.
+
+    Args:
+        results_per_video: :func:`tapvid_metrics` outputs (each key a (B,) array, or a
+            scalar for one video); the arrays of each key are concatenated over the list,
+            so every video weighs the same whatever batch it came in.
+
+    Returns:
+        {key: float} for every key of ``TAPVID_KEYS`` (NaN if any video's value is NaN).
+    """
+    if not results_per_video:
+        raise ValueError("tapvid_summary: no videos to average")
+    summary = {}
+    for key in TAPVID_KEYS:
+        values = np.concatenate(
+            [np.atleast_1d(np.asarray(result[key], dtype=np.float64)) for result in results_per_video]
+        )
+        summary[key] = float(np.mean(values))
+    return summary
+
+
+# ------------------------------------------------------------------ JHMDB PCK
+#
+# JHMDB keypoint PCK (PROTOCOLS.md section 6), as the CRW reference scorer computes it
+# (ajabri/videowalk, code/eval/eval_pck.py), for predictions already in image pixels:
+#
+# * Per video, ground truth and prediction are (T, 15, 2) arrays of (x, y) image pixels,
+#   0-based (the ground truth of joint_positions.mat minus 1), joints in JHMDB order.
+# * A joint is "not predicted" in a frame when its predicted x is negative (the scorer
+#   tests x only; write -1 to both coordinates). Such a joint is left out entirely: it is
+#   neither in the frame's box nor in any count; it is not a miss.
+# * Normaliser of frame t: 0.6 x the diagonal of the axis-aligned bounding box of the
+#   ground-truth positions of the joints predicted in frame t.
+# * Frame 0 (the given annotation) is skipped in every video.
+# * Entry = distance(prediction, ground truth) / normaliser, for every predicted joint of
+#   every frame t >= 1 of every video. PCK@a of joint j = |entries of j with value <= a|
+#   / |entries of j|, pooled over all videos (not per video); the reported PCK@a is the
+#   mean over the 15 joints (not over all entries). Fractions here; papers print x 100.
+# * A zero normaliser (one predicted joint in the frame, or all at one ground-truth point)
+#   makes its entries 0/0 or d/0: they count in the denominator and never as correct, as in
+#   the scorer.
+# * The scorer reads predictions on a hard-coded 40 x 40 grid and rescales them by the
+#   image size; here the caller passes image pixels, for any grid or input size.
+# * Scorer bug not reproduced: its box starts from max = -1 and min = 1e6, so a box whose
+#   joints all have ground truth below -1 (outside the image) on an axis gets max = -1 on
+#   that axis. Here the box is the true min/max of those joints (identical otherwise).
+# * A joint with no entry at all makes the scorer divide by zero; here that joint is left
+#   out of the mean over joints (an error if no joint has an entry).
+
+JHMDB_NUM_JOINTS = 15
+JHMDB_JOINTS = (
+    "neck", "belly", "face", "right shoulder", "left shoulder", "right hip", "left hip",
+    "right elbow", "left elbow", "right knee", "left knee", "right wrist", "left wrist",
+    "right ankle", "left ankle",
+)
+JHMDB_PCK_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+JHMDB_BOX_SCALE = 0.6
+
+
+def jhmdb_normalised_distances(
+    pred: np.ndarray, gt: np.ndarray, *, video: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised distances of one video's joints and which of them are scored.
+
+    Args:
+        pred: (T, 15, 2) predicted (x, y) in image pixels; x < 0 = joint not predicted.
+        gt:   (T, 15, 2) ground-truth (x, y) in image pixels, 0-based.
+        video: name used in error messages only.
+
+    Returns:
+        dist:   (T, 15) float64, |pred - gt| / (0.6 x diagonal of the box of the
+                ground-truth positions of the frame's predicted joints); NaN or inf where
+                that normaliser is 0, NaN where the joint is not scored.
+        scored: (T, 15) bool, True for a predicted joint in a frame t >= 1.
+    """
+    where = f" (video {video})" if video else ""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if gt.ndim != 3 or gt.shape[1:] != (JHMDB_NUM_JOINTS, 2) or pred.shape != gt.shape:
+        raise ValueError(
+            f"jhmdb_pck{where}: expected prediction and ground truth of the same (T, "
+            f"{JHMDB_NUM_JOINTS}, 2) shape, got {pred.shape} and {gt.shape}"
+        )
+    predicted = ~(pred[..., 0] < 0)  # (T, 15); the scorer tests x only (a NaN x counts as predicted)
+    box_min = np.min(np.where(predicted[..., None], gt, np.inf), axis=1)  # (T, 2)
+    box_max = np.max(np.where(predicted[..., None], gt, -np.inf), axis=1)  # (T, 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normaliser = JHMDB_BOX_SCALE * np.sqrt(np.sum(np.square(box_max - box_min), axis=-1))  # (T,)
+        distance = np.sqrt(np.sum(np.square(pred - gt), axis=-1))  # (T, 15)
+        dist = distance / normaliser[:, None]
+    scored = predicted.copy()
+    scored[0] = False  # frame 0 carries the given annotation
+    return np.where(scored, dist, np.nan), scored
+
+
+def jhmdb_pck_per_joint(
+    preds: list[np.ndarray], gts: list[np.ndarray], thresholds=JHMDB_PCK_THRESHOLDS
+) -> dict[float, np.ndarray]:
+    """PCK of each joint, pooled over all videos.
+
+    Args:
+        preds, gts: lists (one entry per video) of (T, 15, 2) (x, y) arrays, see
+            :func:`jhmdb_normalised_distances`.
+        thresholds: the a of PCK@a.
+
+    Returns:
+        {a: (15,) float64}: |scored entries of joint j with dist <= a| / |scored entries of
+        joint j| over every frame t >= 1 of every video; NaN for a joint without entries.
+    """
+    if len(preds) != len(gts):
+        raise ValueError(f"jhmdb_pck: {len(preds)} predicted videos but {len(gts)} ground-truth videos")
+    if not gts:
+        raise ValueError("jhmdb_pck: no videos")
+    dists, scoreds = [], []
+    for index, (pred, gt) in enumerate(zip(preds, gts)):
+        dist, scored = jhmdb_normalised_distances(pred, gt, video=str(index))
+        dists.append(dist)
+        scoreds.append(scored)
+    dist = np.concatenate(dists)  # (sum T, 15)
+    scored = np.concatenate(scoreds)  # (sum T, 15)
+    entries = scored.sum(axis=0)  # (15,)
+    per_joint = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for a in thresholds:
+            correct = np.sum(scored & (dist <= a), axis=0)  # NaN compares False
+            per_joint[a] = correct / entries
+    return per_joint
+
+
+def jhmdb_pck(
+    preds: list[np.ndarray], gts: list[np.ndarray], thresholds=JHMDB_PCK_THRESHOLDS
+) -> dict[float, float]:
+    """JHMDB PCK@a for each a: the mean over joints of :func:`jhmdb_pck_per_joint`.
+
+    Args:
+        preds: list over videos of (T, 15, 2) predicted (x, y) image pixels; x < 0 = not
+            predicted (left out, not a miss).
+        gts:   list over videos of (T, 15, 2) ground-truth (x, y), 0-based image pixels.
+        thresholds: the a of PCK@a (default 0.1 .. 0.5).
+
+    Returns:
+        {a: PCK@a as a fraction in [0, 1]}; joints without any entry are left out of the mean.
+
+    Raises:
+        ValueError: shapes differ, the lists differ in length, or no joint has an entry.
+    """
+    per_joint = jhmdb_pck_per_joint(preds, gts, thresholds)
+    result = {}
+    for a, values in per_joint.items():
+        if np.all(np.isnan(values)):
+            raise ValueError("jhmdb_pck: no predicted joint in any frame after frame 0; nothing to score")
+        result[a] = float(np.nanmean(values))
+    return result
+
+
+# ------------------------------------------------------------------ VIP mIoU
+#
+# VIP human-parsing mIoU (PROTOCOLS.md section 7), as the CRW reference scorer computes it
+# (ajabri/videowalk, code/eval/eval_vip.py):
+#
+# * Per frame, a ground-truth and a predicted (H, W) map of class ids 0..19 (0 =
+#   background). The prediction must have the ground truth's size: the caller resizes it
+#   with :func:`resize_nearest` (the pixel choice of PIL's NEAREST, which the scorer uses).
+#   An antialiased or bilinear resize mixes neighbouring ids into ids of other classes, a
+#   known bug of one reference pipeline.
+# * One confusion matrix C (rows = ground truth, columns = prediction) is accumulated
+#   over every pixel of every frame of every video; IoUs are computed once from it (not per
+#   frame or per video and then averaged).
+# * Ground-truth ids outside [0, num_classes) (e.g. 255) are ignored: the pixel adds
+#   nothing to C, whatever was predicted there (the scorer's rule). Predicted ids outside
+#   [0, num_classes) are an error here (the scorer would file them under a wrong class).
+# * IoU_c = C[c, c] / (sum_j C[c, j] + sum_i C[i, c] - C[c, c]); a class absent from both
+#   ground truth and prediction has 0/0 = NaN and is left out of the mean; a class only
+#   predicted has IoU 0 and counts. mIoU = nanmean over the classes.
+
+VIP_NUM_CLASSES = 20
+VIP_CLASSES = (
+    "background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks",
+    "pants", "gloves", "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm",
+    "right-leg", "left-leg", "right-shoe", "left-shoe",
+)
+
+
+def resize_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an id map, choosing the same pixels as PIL's NEAREST.
+
+    Output pixel (i, j) takes the input pixel (floor(y_i), floor(x_j)) with
+    x_j = (W_in / W_out) / 2 + j * (W_in / W_out) accumulated in float64 step by step
+    (so the choice is bit-for-bit PIL's ``Image.resize(..., Image.NEAREST)``, whose running
+    sum sometimes falls just below an integer), likewise y_i. Ids are copied, never mixed.
+
+    Args:
+        ids: (H, W) or (T, H, W) integer map (any dtype; values are copied).
+        size: (height, width) of the output (numpy order, not PIL's (width, height)).
+
+    Returns:
+        (H_out, W_out) or (T, H_out, W_out) array of the input's dtype.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim not in (2, 3):
+        raise ValueError(f"resize_nearest: expected an (H, W) or (T, H, W) id map, got shape {ids.shape}")
+    out_h, out_w = (int(s) for s in size)
+    if out_h < 1 or out_w < 1 or 0 in ids.shape[-2:]:
+        raise ValueError(f"resize_nearest: cannot resize {ids.shape[-2:]} to {(out_h, out_w)}")
+    rows = _nearest_source_index(ids.shape[-2], out_h)
+    cols = _nearest_source_index(ids.shape[-1], out_w)
+    return ids[..., rows[:, None], cols[None, :]]
+
+
+def _nearest_source_index(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out,) source index of each output pixel, as PIL's affine NEAREST scaler sums it."""
+    step = n_in / n_out
+    centres = np.cumsum(np.concatenate([[step * 0.5], np.full(n_out - 1, step)]))  # sequential sum
+    return np.minimum(centres.astype(np.int64), n_in - 1)
+
+
+def vip_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int = VIP_NUM_CLASSES) -> np.ndarray:
+    """Confusion matrix of one or more frames: C[g, p] = #pixels with ground truth g, prediction p.
+
+    Args:
+        pred: (H, W) or (T, H, W) integer ids in [0, num_classes).
+        gt:   same shape, integer ids; those outside [0, num_classes) are ignored.
+        num_classes: number of classes (20 for VIP).
+
+    Returns:
+        (num_classes, num_classes) int64; rows = ground truth, columns = prediction.
+    """
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    if pred.shape != gt.shape or gt.ndim not in (2, 3):
+        raise ValueError(
+            f"vip_confusion: expected prediction and ground truth of the same (H, W) shape "
+            f"(resize the prediction with resize_nearest), got {pred.shape} and {gt.shape}"
+        )
+    if not np.issubdtype(pred.dtype, np.integer) or not np.issubdtype(gt.dtype, np.integer):
+        raise ValueError(f"vip_confusion: expected integer id maps, got {pred.dtype} and {gt.dtype}")
+    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(
+            f"vip_confusion: predicted ids must lie in [0, {num_classes}), got {pred.min()} .. {pred.max()}"
+        )
+    gt = gt.astype(np.int64)
+    valid = (gt >= 0) & (gt < num_classes)
+    pairs = num_classes * gt[valid] + pred[valid].astype(np.int64)
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def vip_iou_from_confusion(confusion: np.ndarray) -> dict:
+    """{"mIoU": float, "IoU": [C] floats} from a confusion matrix (rows = ground truth).
+
+    IoU_c = C[c, c] / (row_c + column_c - C[c, c]), NaN for a class in neither;
+    mIoU = nanmean (NaN if every class is NaN).
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"vip_iou_from_confusion: expected a square matrix, got shape {confusion.shape}")
+    hits = np.diag(confusion)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = hits / (confusion.sum(axis=1) + confusion.sum(axis=0) - hits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        miou = float(np.nanmean(iou))
+    return {"mIoU": miou, "IoU": [float(v) for v in iou]}
+
+
+def vip_miou(preds: list[np.ndarray], gts: list[np.ndarray], num_classes: int = VIP_NUM_CLASSES) -> dict:
+    """VIP mIoU from one confusion matrix over every frame of every video.
+
+    Args:
+        preds: list of (H, W) (one frame) or (T, H, W) (one video) predicted id maps in
+            [0, num_classes), each of its ground truth's size (see :func:`resize_nearest`).
+        gts:   list of ground-truth id maps, entry by entry the same shapes; ids outside
+            [0, num_classes) (e.g. 255) are ignored.
+        num_classes: 20 for VIP.
+
+    Returns:
+        {"mIoU": float, "IoU": list of num_classes floats (NaN = class in neither)}.
+    """
+    if len(preds) != len(gts):
+        raise ValueError(f"vip_miou: {len(preds)} predictions but {len(gts)} ground-truth maps")
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for index, (pred, gt) in enumerate(zip(preds, gts)):
+        try:
+            confusion += vip_confusion(pred, gt, num_classes)
+        except ValueError as err:
+            raise ValueError(f"{err} (entry {index})") from None
+    return vip_iou_from_confusion(confusion)
