@@ -42,8 +42,8 @@ from PIL import Image
 
 from datasets.palette import ids_to_image
 
-__all__ = ["SyntheticScene", "render_scene", "render_sequence", "object_layer", "sequence_rng",
-           "generate_davis"]
+__all__ = ["SyntheticScene", "render_scene", "render_sequence", "object_layer", "object_sprite_map",
+           "sequence_rng", "generate_davis"]
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 90
@@ -270,6 +270,37 @@ def object_layer(scene: SyntheticScene, t: int, object_id: int,
         texture[window] = window_texture * window_coverage[..., None]
         coverage[window] = window_coverage
     return texture, coverage
+
+
+def object_sprite_map(scene: SyntheticScene, t: int, object_id: int, sprite_map: np.ndarray,
+                      size: tuple[int, int]) -> np.ndarray:
+    """A per-sprite-pixel integer map of object ``object_id`` carried into frame ``t``: (H, W).
+
+    ``sprite_map`` (uint8 or uint16, the sprite's shape (S, S), e.g. part ids) is warped
+    with nearest sampling on exactly the window and transform that make the object's
+    coverage, so its nonzero pixels inside the sprite's shape line up with
+    ``object_layer``'s coverage.
+    0 where the object does not cover the frame.
+    """
+    out = np.zeros(size, sprite_map.dtype)
+    alpha = scene.sprite_alphas[object_id - 1]
+    if sprite_map.shape != alpha.shape:
+        raise ValueError(f"sprite_map has shape {sprite_map.shape}, the sprite {alpha.shape}")
+    height, width = size
+    affine = scene.affines[t, object_id - 1]
+    side_y, side_x = alpha.shape
+    corners = np.array([[-0.5, -0.5, 1], [side_x - 0.5, -0.5, 1], [-0.5, side_y - 0.5, 1],
+                        [side_x - 0.5, side_y - 0.5, 1]]) @ affine.T
+    x0, y0 = np.floor(corners.min(axis=0)).astype(int) - 2
+    x1, y1 = np.ceil(corners.max(axis=0)).astype(int) + 3
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if x0 >= x1 or y0 >= y1:
+        return out
+    local = affine.copy()
+    local[:, 2] -= (x0, y0)
+    inside = np.where(alpha, sprite_map, 0)
+    out[y0:y1, x0:x1] = _warp(inside, local, (y1 - y0, x1 - x0), nearest=True)
+    return out
 
 
 def _composite(scene: SyntheticScene, t: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,16 @@ to the grid (PROTOCOLS.md section 4). Void pixels count as background, as in the
 DAVIS scorer, which sets 255 to 0 in the semi-supervised task. Decoding upsamples the soft
 channels bilinearly to image size and takes the argmax. Beware: ids are palette indices,
 never RGB colours.
+
+Other label kinds (each section below states its encoding and decoding):
+
+* keypoints (JHMDB): one Gaussian channel per joint plus background; decoded as the
+  weighted mean of each channel's top-3 cells (:func:`keypoints_to_heatmaps`);
+* part maps (VIP): one-hot channels of class ids 0..19, decoded by argmax
+  (:func:`parts_to_labels`);
+* query points (TAP-Vid): one small Gaussian per query plus background, decoded to sub-cell
+  positions; occlusion when the heatmap fades or the point fails a forward-backward
+  consistency check against the query frame (:func:`track_points`).
 """
 from __future__ import annotations
 
@@ -59,3 +69,284 @@ def labels_to_masks(labels: torch.Tensor, object_ids: Sequence[int], size: tuple
     winner = upsample_to_image(labels, size, stride).argmax(dim=0)  # (H, W) channel index
     lookup = torch.tensor([0, *object_ids], dtype=torch.uint8, device=winner.device)
     return lookup[winner].cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- points on the grid
+#
+# Point coordinates here are (x, y) pixels with integer values at pixel centres, the
+# convention of the grid geometry above: cell (i, j) is centred on pixel (s*j + (s-1)/2,
+# s*i + (s-1)/2). TAP-Vid's corner convention is these plus 0.5 (see :func:`track_points`).
+
+def pixel_to_grid(points: torch.Tensor, stride: int) -> torch.Tensor:
+    """Pixel coordinates (..., 2) -> grid coordinates (..., 2): ``g = (p - (s - 1) / 2) / s``."""
+    return (points - (stride - 1) / 2) / stride
+
+
+def grid_to_pixel(points: torch.Tensor, stride: int) -> torch.Tensor:
+    """Grid coordinates (..., 2) -> pixel coordinates (..., 2): ``p = s * g + (s - 1) / 2``."""
+    return points * stride + (stride - 1) / 2
+
+
+def rescale_points(points: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Points (..., 2) (x, y) of an ``from_size`` (H, W) image -> the same points after a resize to ``to_size``.
+
+    Pixel-centre convention: ``x' = (x + 0.5) * W' / W - 0.5`` (and likewise y), which is the
+    geometry of ``cv2.resize`` / PIL resizing (pixel areas, not centres, are aligned).
+    A point with a negative coordinate means "not predicted" and stays ``(-1, -1)``.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    scale = np.array([to_size[1] / from_size[1], to_size[0] / from_size[0]])
+    out = (points + 0.5) * scale - 0.5
+    missing = (points < 0).any(axis=-1)
+    out[missing] = -1.0
+    return out
+
+
+def _gaussian_channels(centres: torch.Tensor, present: torch.Tensor, grid: tuple[int, int],
+                       sigma: float, cutoff: float) -> torch.Tensor:
+    """One Gaussian per centre on the grid: (P, 2) grid (x, y), (P,) bool -> (P, h, w).
+
+    ``G_p(i, j) = exp(-((j - x_p)^2 + (i - y_p)^2) / (2 sigma^2))`` where the distance is at
+    most ``cutoff`` cells, 0 elsewhere; a channel whose point is not present is all zero.
+    """
+    h, w = grid
+    rows = torch.arange(h, dtype=torch.float32, device=centres.device)
+    cols = torch.arange(w, dtype=torch.float32, device=centres.device)
+    dx2 = (cols[None, None, :] - centres[:, 0, None, None]) ** 2  # (P, 1, w)
+    dy2 = (rows[None, :, None] - centres[:, 1, None, None]) ** 2  # (P, h, 1)
+    dist2 = dx2 + dy2                                             # (P, h, w)
+    heat = torch.exp(-dist2 / (2 * sigma ** 2)) * (dist2 <= cutoff ** 2)
+    return heat * present[:, None, None]
+
+
+# ----------------------------------------------------------------------------- keypoints (JHMDB)
+
+#: Gaussian width of a keypoint channel in feature-grid cells: the reference CRW evaluator
+#: draws each joint with ``sigma = 0.5`` (videowalk ``code/data/jhmdb.py``, ``JhmdbSet``
+#: default, ``draw_labelmap_np``: value 1 at the joint, a window of +-3 sigma).
+KEYPOINT_SIGMA = 0.5
+KEYPOINT_TOPK = 3
+
+
+def keypoints_to_heatmaps(keypoints: np.ndarray, image_size: tuple[int, int], grid: tuple[int, int],
+                          stride: int, sigma: float = KEYPOINT_SIGMA,
+                          device: torch.device | str | None = None) -> torch.Tensor:
+    """Keypoints (J, 2) (x, y) of an (H, W) image -> heatmap labels (1 + J, h, w) on the grid.
+
+    Channel ``1 + j`` holds a Gaussian of width ``sigma`` grid cells centred on joint j's
+    sub-cell grid position ``g = (p - (s - 1) / 2) / s`` (peak 1, zero beyond 3 sigma), as
+    the reference CRW recipe (videowalk ``code/data/jhmdb.py``), which places it at the
+    integer cell ``int(p / s - 1.5) + 2`` instead. Channel 0 is the background: 1 where
+    every joint channel is 0, else 0 (the reference's rule). A joint that is absent (a
+    non-finite coordinate, or outside ``[0, W) x [0, H)``, tapnet's validity rule for
+    JHMDB's first frame) gets an all-zero channel, which propagation keeps all zero, so it
+    decodes as "not predicted" (see :func:`heatmaps_to_keypoints`).
+    """
+    points = torch.as_tensor(np.asarray(keypoints, dtype=np.float64), dtype=torch.float32, device=device)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"keypoints must be (J, 2) (x, y), got shape {tuple(points.shape)}")
+    height, width = image_size
+    x, y = points[:, 0], points[:, 1]
+    present = torch.isfinite(points).all(1) & (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    centres = pixel_to_grid(torch.nan_to_num(points), stride)
+    joints = _gaussian_channels(centres, present, grid, sigma, cutoff=3 * sigma)  # (J, h, w)
+    background = (joints.sum(0, keepdim=True) == 0).float()
+    return torch.cat([background, joints])
+
+
+def heatmaps_to_keypoints(labels: torch.Tensor, stride: int, topk: int = KEYPOINT_TOPK) -> np.ndarray:
+    """Soft labels (1 + J, h, w) -> keypoints float64 (J, 2) (x, y) in pixels of the grid's image.
+
+    Each joint: the ``topk`` largest cells of its channel (on the grid), weighted by their
+    values normalised to sum 1; ``(x, y) = s * sum_i w_i (col_i, row_i) + (s - 1) / 2``
+    (reference CRW ``process_pose``: top-3 on the grid, times the stride). A channel whose
+    total is 0 (the joint was absent in the first frame) gives ``(-1, -1)``: not predicted.
+    To map to the original image, use :func:`rescale_points`.
+    """
+    if labels.ndim != 3 or labels.shape[0] < 2:
+        raise ValueError(f"labels must be (1 + J, h, w), got shape {tuple(labels.shape)}")
+    joints = labels[1:].float().flatten(1)                       # (J, h*w)
+    w = labels.shape[-1]
+    values, index = joints.topk(min(topk, joints.shape[1]), dim=1)  # (J, k)
+    total = values.sum(1, keepdim=True)
+    weights = values / total.clamp_min(1e-12)
+    cells = torch.stack([index % w, index // w], dim=-1).float()  # (J, k, 2) (col, row)
+    points = grid_to_pixel((weights[..., None] * cells).sum(1), stride)  # (J, 2)
+    points[joints.sum(1) <= 0] = -1.0
+    return points.cpu().double().numpy()
+
+
+# ----------------------------------------------------------------------------- part maps (VIP)
+
+VIP_NUM_CLASSES = 20
+
+
+def parts_to_labels(ids: np.ndarray, grid: tuple[int, int], stride: int, num_classes: int = VIP_NUM_CLASSES,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Part map (H, W) of class ids 0..num_classes-1 -> soft one-hot labels (num_classes, h, w).
+
+    Channel c is class c (0 = background), bilinearly resized to the grid exactly like mask
+    labels (:func:`masks_to_labels`); a class absent from the map has an all-zero channel.
+    The void id 255 counts as background; any other id >= num_classes is an error.
+    """
+    ids = np.asarray(ids)
+    bad = (ids >= num_classes) & (ids != VOID_ID)
+    if bad.any():
+        raise ValueError(f"part map holds ids {sorted(np.unique(ids[bad]).tolist())[:5]} outside "
+                         f"0..{num_classes - 1} (and 255 void)")
+    return masks_to_labels(ids, range(1, num_classes), grid, stride, device=device)
+
+
+def labels_to_parts(labels: torch.Tensor, size: tuple[int, int], stride: int) -> np.ndarray:
+    """Soft labels (num_classes, h, w) -> part map uint8 (H, W): bilinear upsampling, argmax = class id."""
+    return labels_to_masks(labels, range(1, labels.shape[0]), size, stride)
+
+
+# ----------------------------------------------------------------------------- query points (TAP-Vid)
+
+#: Width of a query point's heatmap in grid cells, and the window (radius in cells) around
+#: the peak whose weighted mean is the decoded sub-cell position.
+QUERY_SIGMA = 0.5
+QUERY_WINDOW = 2
+#: A tracked point is predicted occluded when the best match of its feature in the query
+#: frame lies more than OCCLUSION_THRESHOLD grid cells from the query point, or when its
+#: channel's peak falls below MIN_PEAK_RATIO times its peak in the query frame (see
+#: :func:`track_points`).
+OCCLUSION_THRESHOLD = 1.5
+MIN_PEAK_RATIO = 0.25
+
+
+def queries_to_heatmaps(points: torch.Tensor | np.ndarray, grid: tuple[int, int], stride: int,
+                        sigma: float = QUERY_SIGMA, device: torch.device | str | None = None) -> torch.Tensor:
+    """Query points (Q, 2) (x, y) in pixels -> labels (1 + Q, h, w): background + one Gaussian each.
+
+    Channel ``1 + q`` is a Gaussian of width ``sigma`` cells at the query's sub-cell grid
+    position (cut at 4 sigma, where it is < 4e-4), so its weighted mean is the point itself
+    to a few hundredths of a cell. Channel 0 = ``clip(1 - sum of the query channels, 0, 1)``.
+    """
+    points = torch.as_tensor(points, dtype=torch.float32, device=device)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"query points must be (Q, 2) (x, y), got shape {tuple(points.shape)}")
+    present = torch.isfinite(points).all(1)
+    channels = _gaussian_channels(pixel_to_grid(torch.nan_to_num(points), stride), present, grid,
+                                  sigma, cutoff=4 * sigma)
+    background = (1 - channels.sum(0, keepdim=True)).clamp(0, 1)
+    return torch.cat([background, channels])
+
+
+def heatmaps_to_points(labels: torch.Tensor, stride: int, window: int = QUERY_WINDOW
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft labels (1 + Q, h, w) -> (points (Q, 2) (x, y) in pixels, peak values (Q,)).
+
+    Position = weighted mean of the cell centres within ``window`` cells (a square of side
+    ``2 * window + 1``) of the channel's largest cell, weights = the channel's values there
+    (clamped at 0), mapped to pixels by ``p = s * g + (s - 1) / 2``. ``peak`` is that
+    largest value; a channel that is all 0 has peak 0 and its position is meaningless.
+    """
+    if labels.ndim != 3 or labels.shape[0] < 2:
+        raise ValueError(f"labels must be (1 + Q, h, w), got shape {tuple(labels.shape)}")
+    heat = labels[1:].float().clamp_min(0)                    # (Q, h, w)
+    Q, h, w = heat.shape
+    peak, index = heat.flatten(1).max(dim=1)                  # (Q,)
+    rows = torch.arange(h, device=heat.device, dtype=torch.float32)
+    cols = torch.arange(w, device=heat.device, dtype=torch.float32)
+    near_rows = ((rows[None, :] - (index // w)[:, None].float()).abs() <= window)  # (Q, h)
+    near_cols = ((cols[None, :] - (index % w)[:, None].float()).abs() <= window)   # (Q, w)
+    weights = heat * near_rows[:, :, None] * near_cols[:, None, :]                 # (Q, h, w)
+    mass = weights.sum((1, 2)).clamp_min(1e-12)
+    gx = (weights.sum(1) * cols).sum(1) / mass
+    gy = (weights.sum(2) * rows).sum(1) / mass
+    return grid_to_pixel(torch.stack([gx, gy], dim=1), stride), peak
+
+
+def backmatch_distance(query_feat: torch.Tensor, target_feat: torch.Tensor, target_points: torch.Tensor,
+                       query_points: torch.Tensor, stride: int) -> torch.Tensor:
+    """Distance in grid cells from each query point to where its tracked feature matches back.
+
+    query_feat, target_feat: (C, h, w) features of the query frame and of the target frame;
+    target_points, query_points: (Q, 2) (x, y) pixels. The target feature at each tracked
+    point (bilinear, L2-normalised) is compared by cosine with every cell of the query frame;
+    the result is ``|argmax cell - query grid position|`` (Euclidean, cells). A visible point
+    matches back near its query; an occluded one shows the occluder, which matches elsewhere.
+    """
+    C, h, w = target_feat.shape
+    g = pixel_to_grid(target_points.float(), stride)          # (Q, 2)
+    normalised = torch.stack([2 * g[:, 0] / max(w - 1, 1) - 1, 2 * g[:, 1] / max(h - 1, 1) - 1], dim=1)
+    sampled = F.grid_sample(target_feat[None].float(), normalised[None, :, None, :], mode="bilinear",
+                            padding_mode="border", align_corners=True)[0, :, :, 0]  # (C, Q)
+    sampled = F.normalize(sampled, dim=0)
+    keys = F.normalize(query_feat.float().flatten(1), dim=0)  # (C, h*w)
+    best = (sampled.T @ keys).argmax(dim=1)                   # (Q,)
+    matched = torch.stack([best % w, best // w], dim=1).float()
+    return (matched - pixel_to_grid(query_points.float(), stride)).norm(dim=1)
+
+
+@torch.no_grad()
+def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, stride: int,
+                 sigma: float = QUERY_SIGMA, window: int = QUERY_WINDOW,
+                 occlusion_threshold: float = OCCLUSION_THRESHOLD, min_peak_ratio: float = MIN_PEAK_RATIO,
+                 backward: bool = True, max_queries: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Track TAP-Vid query points by label propagation -> (tracks [Q, T, 2] x, y; occluded [Q, T]).
+
+    propagate:    ``propagate(feats (T', C, h, w), first_label (K, h, w)) -> (T', K, h, w)``,
+                  e.g. ``Propagator(cfg).propagate``; its frame 0 is the query frame.
+    feats:        (T, C, h, w) features of the video's frames (image size ``(h*s, w*s)`` or less).
+    query_points: (Q, 3) ``[t, y, x]``, TAP-Vid convention: pixels of the frames the features
+                  were computed from, (0, 0) the top-left corner of the top-left pixel (a pixel
+                  centre is at ``i + 0.5``); ``t`` is rounded to the nearest frame.
+
+    Queries are grouped by query frame t0. Each group is encoded as heatmaps
+    (:func:`queries_to_heatmaps`) on frame t0 and propagated forward over frames t0..T-1 and,
+    if ``backward``, backward over t0, t0-1, ..., 0 (the same algorithm on the reversed
+    video). Each frame's channels are decoded by :func:`heatmaps_to_points`. At most
+    ``max_queries`` channels are propagated at once (memory is linear in them).
+
+    Occlusion rule: a point is predicted occluded in frame t when either
+
+    * its heatmap has faded: the channel's peak is below ``min_peak_ratio`` times its peak
+      in the query frame. When the point is hidden, no cell of frame t matches the labelled
+      keys well, so the propagated mass collapses (a peak of 0 means the channel died out;
+      the position is then the previous frame's); or
+    * it fails forward-backward consistency against the query frame: the feature at its
+      predicted position, matched back to the query frame by cosine similarity (top-1),
+      lands more than ``occlusion_threshold`` grid cells from the query point
+      (:func:`backmatch_distance`).
+
+    The query frame itself is visible at the query point. With ``backward=False`` frames
+    before t0 are reported occluded at the query point (TAP-Vid "first" mode does not score
+    them, and skipping them halves the work). Returned tracks use the TAP-Vid corner
+    convention, like ``query_points``. Both thresholds depend on the encoder's features;
+    record them with every result.
+    """
+    T, _, h, w = feats.shape
+    query_points = np.asarray(query_points, dtype=np.float64)
+    if query_points.ndim != 2 or query_points.shape[1] != 3:
+        raise ValueError(f"query_points must be (Q, 3) [t, y, x], got shape {query_points.shape}")
+    Q = query_points.shape[0]
+    query_frames = np.clip(np.round(query_points[:, 0]).astype(np.int64), 0, T - 1)
+    centres = torch.as_tensor(query_points[:, [2, 1]] - 0.5, dtype=torch.float32)  # (Q, 2) x, y
+    tracks = np.repeat(query_points[:, None, [2, 1]], T, axis=1)  # (Q, T, 2), corner convention
+    occluded = np.ones((Q, T), dtype=bool)
+    for t0 in np.unique(query_frames):
+        group = np.flatnonzero(query_frames == t0)
+        occluded[group, t0] = False
+        directions = [np.arange(t0, T)] + ([np.arange(t0, -1, -1)] if backward else [])
+        for chunk in np.array_split(group, math.ceil(len(group) / max_queries)):
+            start = centres[chunk].to(feats.device)
+            label0 = queries_to_heatmaps(start, (h, w), stride, sigma, device=feats.device)
+            _, peak0 = heatmaps_to_points(label0, stride, window)
+            for frames in directions:
+                if len(frames) < 2:
+                    continue
+                labels = propagate(feats[torch.as_tensor(frames, device=feats.device)], label0)
+                previous = start
+                for step, t in enumerate(frames[1:], start=1):
+                    points, peak = heatmaps_to_points(labels[step], stride, window)
+                    alive = peak > 0
+                    points = torch.where(alive[:, None], points, previous)
+                    far = backmatch_distance(feats[t0], feats[t], points, start, stride)
+                    tracks[chunk, t] = points.cpu().double().numpy() + 0.5
+                    faded = peak < min_peak_ratio * peak0
+                    occluded[chunk, t] = (~alive | faded | (far > occlusion_threshold)).cpu().numpy()
+                    previous = points
+    return tracks, occluded

@@ -1,0 +1,149 @@
+"""Keypoint, part-map and query-point codecs; point tracking through the propagator."""
+import numpy as np
+import pytest
+import torch
+
+from propagate.config import PropagationConfig
+from propagate.labels import (backmatch_distance, grid_size, heatmaps_to_keypoints, heatmaps_to_points,
+                              keypoints_to_heatmaps, labels_to_parts, parts_to_labels, queries_to_heatmaps,
+                              rescale_points, track_points)
+from propagate.propagator import Propagator
+
+STRIDE = 8
+
+
+def test_keypoint_round_trip_within_a_pixel_and_a_third():
+    """Top-3 weighted mean of a clean sigma-0.5 Gaussian: error <= s/6 per axis (4 equal cells)."""
+    rng = np.random.default_rng(0)
+    size = (320, 320)
+    grid = grid_size(*size, STRIDE)
+    errors = []
+    for _ in range(40):
+        keypoints = rng.uniform(8, 312, size=(15, 2))
+        labels = keypoints_to_heatmaps(keypoints, size, grid, STRIDE)
+        assert labels.shape == (16, 40, 40)
+        decoded = heatmaps_to_keypoints(labels, STRIDE)
+        assert decoded.shape == (15, 2)
+        errors.append(np.linalg.norm(decoded - keypoints, axis=1))
+    errors = np.concatenate(errors)
+    assert errors.max() < 8 / 6 * np.sqrt(2) + 1e-6
+    assert errors.mean() < 1.0
+
+
+def test_keypoint_heatmap_recipe_and_absent_joints():
+    size, grid = (64, 80), grid_size(64, 80, STRIDE)
+    keypoints = np.array([[3.5 + 8 * 2, 3.5 + 8 * 3],   # exactly on cell (row 3, col 2)
+                          [-4.0, 10.0],                  # outside the image: absent
+                          [np.nan, 5.0],                 # missing
+                          [79.9, 63.9]])                 # inside (last pixel), beyond the last cell centre
+    labels = keypoints_to_heatmaps(keypoints, size, grid, STRIDE)
+    assert labels.shape == (5, 8, 10)
+    joint = labels[1]
+    assert joint[3, 2] == pytest.approx(1.0)
+    assert joint[3, 3] == pytest.approx(np.exp(-1 / (2 * 0.25)))   # one cell away, sigma 0.5
+    assert joint[3, 4] == 0                                          # 2 cells > 3 sigma: cut
+    assert labels[2].sum() == 0 and labels[3].sum() == 0
+    background = labels[0]
+    assert torch.equal(background, (labels[1:].sum(0) == 0).float())
+    decoded = heatmaps_to_keypoints(labels, STRIDE)
+    np.testing.assert_array_equal(decoded[1], [-1, -1])
+    np.testing.assert_array_equal(decoded[2], [-1, -1])
+    np.testing.assert_allclose(decoded[3], [75.5, 59.5], atol=0.6)  # clamped to the last cells
+
+
+def test_rescale_points_pixel_centre_convention():
+    # Pixel 10 of a 128-wide row covers [9.5, 10.5) -> [20, 22) of a 256-wide row, centre 20.5.
+    out = rescale_points(np.array([[10.0, 0.0], [-1.0, -1.0]]), (64, 128), (128, 256))
+    np.testing.assert_allclose(out[0], [20.5, 0.5])
+    np.testing.assert_array_equal(out[1], [-1, -1])  # not predicted stays not predicted
+
+
+def test_part_map_round_trip_and_bad_ids():
+    ids = np.zeros((96, 128), np.uint8)
+    ids[10:60, 20:70] = 4
+    ids[30:90, 60:120] = 19
+    ids[0:8, 0:16] = 255  # void -> background
+    labels = parts_to_labels(ids, grid_size(96, 128, STRIDE), STRIDE)
+    assert labels.shape == (20, 12, 16)
+    assert labels[7].sum() == 0  # absent class: empty channel
+    back = labels_to_parts(labels, (96, 128), STRIDE)
+    expected = np.where(ids == 255, 0, ids)
+    assert back.dtype == np.uint8 and back.shape == ids.shape
+    assert (back == expected).mean() > 0.95
+    interior = np.zeros_like(ids, bool)
+    interior[14:26, 24:56] = True
+    assert (back[interior] == 4).all()
+    ids[0, 0] = 20
+    with pytest.raises(ValueError, match="20"):
+        parts_to_labels(ids, grid_size(96, 128, STRIDE), STRIDE)
+
+
+def test_query_heatmap_decodes_to_sub_cell_positions():
+    rng = np.random.default_rng(1)
+    grid = grid_size(256, 256, STRIDE)
+    points = torch.tensor(rng.uniform(20, 236, size=(64, 2)), dtype=torch.float32)  # 2+ cells from the edge
+    labels = queries_to_heatmaps(points, grid, STRIDE)
+    assert labels.shape == (65, 32, 32)
+    assert labels[0].min() >= 0 and labels[0].max() <= 1
+    decoded, peak = heatmaps_to_points(labels, STRIDE)
+    assert (decoded - points).norm(dim=1).max() < 0.3
+    assert (peak > 0.36).all()  # a Gaussian of sigma 0.5 cell peaks above exp(-0.5) on its nearest cell
+
+
+def test_query_decode_follows_a_translating_heatmap():
+    """A heatmap moved by a sub-cell shift (and blurred) decodes to the moved point."""
+    grid = (24, 24)
+    start = torch.tensor([[60.0, 70.0]])
+    for step in range(1, 6):
+        moved = start + torch.tensor([[2.7 * step, -1.3 * step]])
+        labels = queries_to_heatmaps(moved, grid, STRIDE, sigma=0.8)  # propagation blurs
+        decoded, _ = heatmaps_to_points(labels, STRIDE)
+        assert (decoded - moved).norm() < 0.6
+
+
+def _smooth_field(rng, channels, height, width):
+    coarse = torch.tensor(rng.normal(size=(1, channels, height // 2 + 2, width // 2 + 2)), dtype=torch.float32)
+    return torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def test_track_points_follows_translating_features_and_flags_occlusion():
+    """Features of frame t are a random field shifted by 1 cell per frame (8 px in x).
+
+    A point on it moves 8 px per frame; an "occluder" (unrelated features) covers the
+    second query's track from frame 4 on and must be predicted occluded there.
+    """
+    rng = np.random.default_rng(2)
+    T, h, w, C = 6, 16, 24, 32
+    field = _smooth_field(rng, C, h, w + T)
+    feats = torch.stack([field[:, :, T - t: T - t + w] for t in range(T)])  # content moves right
+    occluder = _smooth_field(rng, C, h, w)
+    track_b = lambda t: np.array([44.0 + 8 * t, 92.0])  # (x, y), TAP-Vid corner convention
+    for t in range(4, T):
+        col, row = int(track_b(t)[0] // 8), int(track_b(t)[1] // 8)
+        feats[t, :, row - 2: row + 3, col - 2: col + 3] = occluder[:, row - 2: row + 3, col - 2: col + 3]
+    queries = np.array([[0, 40.0, 60.0],    # [t, y, x]
+                        [0, 92.0, 44.0],
+                        [3, 70.0, 100.0]])  # queried mid-video: tracked both ways
+    cfg = PropagationConfig(context=3, topk=5, temperature=0.05, radius=None)
+    tracks, occluded = track_points(Propagator(cfg).propagate, feats, queries, STRIDE)
+    assert tracks.shape == (3, T, 2) and occluded.shape == (3, T)
+    truth_a = np.array([[60.0 + 8 * t, 40.0] for t in range(T)])
+    truth_c = np.array([[100.0 + 8 * (t - 3), 70.0] for t in range(T)])
+    assert np.abs(tracks[0] - truth_a).max() < 2.0
+    assert np.abs(tracks[2] - truth_c).max() < 2.0
+    assert not occluded[0].any() and not occluded[2].any()
+    assert np.abs(tracks[1, :4] - np.stack([track_b(t) for t in range(4)])).max() < 2.0
+    assert not occluded[1, :4].any()
+    assert occluded[1, 4:].all()
+    np.testing.assert_allclose(tracks[2, 3], [100.0, 70.0])  # the query frame gives the query
+
+
+def test_backmatch_distance_is_zero_for_a_perfect_match():
+    rng = np.random.default_rng(3)
+    feat = _smooth_field(rng, 16, 12, 12)
+    points = torch.tensor([[3.5 + 8 * 4, 3.5 + 8 * 6]])
+    assert backmatch_distance(feat, feat, points, points, STRIDE).item() == pytest.approx(0.0)
+    shifted = torch.roll(feat, shifts=2, dims=2)  # content moves 2 cells right
+    moved = points + torch.tensor([[16.0, 0.0]])
+    assert backmatch_distance(feat, shifted, moved, points, STRIDE).item() == pytest.approx(0.0)
+    assert backmatch_distance(feat, shifted, points, points, STRIDE).item() > 1.5
