@@ -1,8 +1,16 @@
 """Task runner: read -> features -> propagate -> score -> save.
 
     python evaluate.py --task davis --data-root data/DAVIS --checkpoint ckpt.pt
+    python evaluate.py --task jhmdb|vip|tapvid ...        (runners in :mod:`propagate.tasks`)
 
-Outputs under ``--out``:
+Every task takes the same options (:class:`EvalConfig`) and writes the same kind of outputs
+under ``--out`` (default ``results/<task>``): per-video records for resuming, predictions in
+the benchmark's own format, ``results.json`` and, with ``--vis``, overlay videos and contact
+sheets. Per-task defaults (:data:`TASK_DEFAULTS`): input size (DAVIS native, JHMDB 320x320,
+VIP 560x560, TAP-Vid 256x256; ``--input-size H,W`` overrides), split and data location. The
+propagation preset is ``crw`` for every task (``--preset`` changes it).
+
+DAVIS outputs under ``--out``:
 
 * ``predictions/<seq>/<frame>.png``: indexed PNGs with the DAVIS palette and frame 0's
   object ids, at the annotation's size: exactly what the official scorer reads;
@@ -27,8 +35,9 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -46,9 +55,37 @@ from .metrics import DAVIS_SUMMARY_KEYS, davis_sequence_scores, davis_summary
 from .propagator import Propagator
 from .visualize import contact_sheet, overlay_mask, save_png, write_video
 
-TASKS = ("davis",)
+TASKS = ("davis", "jhmdb", "vip", "tapvid")
 DEFAULT_DAVIS_ROOT = REPO_ROOT / "data" / "DAVIS"
 SYNTHETIC_DAVIS_ROOT = REPO_ROOT / "data" / "synthetic-davis"
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """What a task uses when an option is not given.
+
+    input_size: (H, W) every frame is resized to before feature extraction (None = native);
+    split:      the split (DAVIS/VIP: a name; JHMDB: the split file, relative to the root);
+    data:       the dataset looked for when ``--data-root`` is not given;
+    synthetic:  where a generated stand-in is written when ``data`` does not exist either.
+    """
+
+    input_size: Optional[tuple[int, int]]
+    split: Optional[str]
+    data: Path
+    synthetic: Path
+
+
+#: Per-task defaults: the published input sizes (PROTOCOLS.md section 4: JHMDB 320x320,
+#: VIP 560x560; TAP-Vid's 256x256 protocol, section 8); DAVIS keeps its native 480p frames.
+TASK_DEFAULTS: dict[str, TaskDefaults] = {
+    "davis": TaskDefaults(None, "val", DEFAULT_DAVIS_ROOT, SYNTHETIC_DAVIS_ROOT),
+    "jhmdb": TaskDefaults((320, 320), "splits/test_split1.txt", REPO_ROOT / "data" / "JHMDB",
+                          REPO_ROOT / "data" / "synthetic-jhmdb"),
+    "vip": TaskDefaults((560, 560), "val", REPO_ROOT / "data" / "VIP", REPO_ROOT / "data" / "synthetic-vip"),
+    "tapvid": TaskDefaults((256, 256), None, REPO_ROOT / "data" / "tapvid_davis.pkl",
+                           REPO_ROOT / "data" / "synthetic-tapvid"),
+}
 
 
 @dataclass
@@ -57,9 +94,17 @@ class EvalConfig:
 
     task: str = dataclasses.field(default="davis", metadata={"help": "benchmark: " + "|".join(TASKS)})
     data_root: Optional[str] = dataclasses.field(
-        default=None, metadata={"help": "dataset folder; default data/DAVIS, else a generated synthetic set"})
-    split: str = dataclasses.field(default="val", metadata={"help": "split name or path to a split .txt"})
-    resolution: str = dataclasses.field(default="480p", metadata={"help": "480p or Full-Resolution"})
+        default=None, metadata={"help": "dataset: DAVIS / VIP_Fine folder, JHMDB folder or split file, TAP-Vid "
+                                        ".pkl or Kinetics folder; default data/<DAVIS|JHMDB|VIP|tapvid_davis.pkl>, "
+                                        "else a generated synthetic set"})
+    split: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "split name or path to a split .txt (default: davis/vip val, jhmdb "
+                                        "splits/test_split1.txt under the data root)"})
+    resolution: str = dataclasses.field(default="480p", metadata={"help": "DAVIS: 480p or Full-Resolution"})
+    input_size: Optional[tuple[int, ...]] = dataclasses.field(
+        default=None, metadata={"help": "H,W frames are resized to (default: jhmdb 320,320; vip 560,560; "
+                                        "tapvid 256,256; davis native only)"})
+    query_mode: str = dataclasses.field(default="strided", metadata={"help": "TAP-Vid queries: first|strided"})
     sequences: Optional[tuple[str, ...]] = dataclasses.field(
         default=None, metadata={"help": "comma-separated subset of the split's sequences"})
     encoder: str = dataclasses.field(default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS)"})
@@ -72,7 +117,7 @@ class EvalConfig:
     radius: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: radius in cells (inf = none)"})
     pad_with_first: Optional[bool] = dataclasses.field(default=None, metadata={"help": "override: pad with frame 0"})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto|cpu|cuda[:i]"})
-    out: str = dataclasses.field(default="results/davis", metadata={"help": "output folder"})
+    out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output folder (default results/<task>)"})
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "frames per feature-extraction batch"})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "redo sequences already scored in --out"})
@@ -84,6 +129,24 @@ class EvalConfig:
         if self.radius is not None:
             overrides["radius"] = None if math.isinf(self.radius) else self.radius
         return PropagationConfig.preset(self.preset, **overrides)
+
+    def with_task_defaults(self) -> "EvalConfig":
+        """This configuration with the task's defaults filled in (``out``, ``split``, ``input_size``)."""
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; available: {', '.join(TASKS)}")
+        defaults = TASK_DEFAULTS[self.task]
+        size = self.input_size if self.input_size is not None else defaults.input_size
+        if size is not None:
+            size = tuple(int(v) for v in size)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"--input-size must be H,W (two positive integers), got {self.input_size}")
+        if self.task == "davis" and self.input_size is not None:
+            raise ValueError("--input-size is not supported by the DAVIS task (native resolution; see --resolution)")
+        if self.query_mode not in ("first", "strided"):
+            raise ValueError(f"--query-mode must be first or strided, got {self.query_mode!r}")
+        return dataclasses.replace(self, out=self.out or f"results/{self.task}",
+                                   split=self.split if self.split is not None else defaults.split,
+                                   input_size=size)
 
 
 def load_encoder(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -105,24 +168,92 @@ def load_encoder(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module
 def open_davis(cfg: EvalConfig) -> DavisDataset:
     """The DAVIS dataset of this run; generates the synthetic set when no data is given."""
     if cfg.data_root is not None:
-        return DavisDataset(cfg.data_root, split=cfg.split, resolution=cfg.resolution)
+        return DavisDataset(cfg.data_root, split=cfg.split or "val", resolution=cfg.resolution)
     if DEFAULT_DAVIS_ROOT.is_dir():
         print(f"using DAVIS at {DEFAULT_DAVIS_ROOT}")
-        return DavisDataset(DEFAULT_DAVIS_ROOT, split=cfg.split, resolution=cfg.resolution)
+        return DavisDataset(DEFAULT_DAVIS_ROOT, split=cfg.split or "val", resolution=cfg.resolution)
     from datasets.synthetic import generate_davis
 
-    print("=" * 78)
-    print(f"No --data-root and no {DEFAULT_DAVIS_ROOT}: evaluating on a GENERATED synthetic set in the")
-    print(f"DAVIS-2017 format ({SYNTHETIC_DAVIS_ROOT}). Numbers are not DAVIS numbers.")
-    print("=" * 78)
+    synthetic_banner("DAVIS", DEFAULT_DAVIS_ROOT, SYNTHETIC_DAVIS_ROOT, "DAVIS-2017")
     root = generate_davis(SYNTHETIC_DAVIS_ROOT, num_sequences=4, num_frames=24, size=(240, 432), seed=0, split="val")
     return DavisDataset(root, split="val", resolution="480p")
+
+
+def synthetic_banner(benchmark: str, expected: Path, synthetic: Path, format_name: str) -> None:
+    """Say loudly that a generated stand-in replaces a missing benchmark."""
+    print("=" * 78)
+    print(f"No --data-root and no {expected}: evaluating on a GENERATED synthetic set in the")
+    print(f"{format_name} format ({synthetic}). Numbers are not {benchmark} numbers.")
+    print("=" * 78)
+
+
+def resize_frame(frame: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size[0], size[1], 3), bilinear (``cv2.INTER_LINEAR``); None = unchanged."""
+    if size is None or tuple(frame.shape[:2]) == tuple(size):
+        return frame
+    return cv2.resize(frame, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
 
 
 @torch.inference_mode()
 def extract_features(encoder: torch.nn.Module, frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 frames (B, H, W, 3) -> float32 features (B, C, h, w) on ``device``."""
     return encoder(normalize_frames(frames, device=device)).float()
+
+
+@torch.inference_mode()
+def extract_video_features(encoder: torch.nn.Module, frames: np.ndarray, device: torch.device,
+                           batch_size: int = 8) -> tuple[torch.Tensor, float]:
+    """All frames uint8 (T, H, W, 3) -> (features (T, C, h, w) on ``device``, seconds spent)."""
+    tick = time.perf_counter()
+    feats = torch.cat([extract_features(encoder, frames[i:i + batch_size], device)
+                       for i in range(0, len(frames), batch_size)])
+    _sync(device)
+    return feats, time.perf_counter() - tick
+
+
+@torch.inference_mode()
+def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, encoder: torch.nn.Module,
+                     prop_cfg: PropagationConfig, device: torch.device,
+                     first_label: Callable[[tuple[int, int]], torch.Tensor],
+                     decode: Callable[[int, torch.Tensor], None], batch_size: int = 8,
+                     desc: str = "", progress: bool = True) -> dict:
+    """The step-wise propagation loop every task shares; returns timings in seconds.
+
+    read_frame(t):      uint8 (H, W, 3) frame t at the input size (the same for every t);
+    first_label(grid):  frame 0's labels (K, h, w) for the feature grid ``(h, w)``;
+    decode(t, labels):  receives the soft labels (K, h, w) of every frame t >= 1, in order.
+
+    Features are computed ``batch_size`` frames at a time and consumed at once by one
+    :class:`Propagator`, so memory does not grow with the video's length.
+    """
+    stride = encoder.stride
+    propagator = Propagator(prop_cfg)
+    timings = {"features": 0.0, "propagation": 0.0}
+    bar = tqdm(total=num_frames, desc=desc, unit="frame", leave=False, disable=not progress)
+    for start in range(0, num_frames, batch_size):
+        stop = min(start + batch_size, num_frames)
+        frames = np.stack([read_frame(i) for i in range(start, stop)])
+        tick = time.perf_counter()
+        feats = extract_features(encoder, frames, device)  # (B, C, h, w)
+        _sync(device)
+        timings["features"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        for offset, feat in enumerate(feats):
+            t = start + offset
+            if t == 0:
+                H, W = frames.shape[1:3]
+                grid = grid_size(H, W, stride)
+                if tuple(feat.shape[-2:]) != grid:
+                    raise RuntimeError(f"encoder grid {tuple(feat.shape[-2:])} != expected {grid} for {H}x{W} "
+                                       f"at stride {stride}")
+                propagator.start(feat, first_label(grid))
+            else:
+                decode(t, propagator.step(feat))
+        _sync(device)
+        timings["propagation"] += time.perf_counter() - tick
+        bar.update(stop - start)
+    bar.close()
+    return timings
 
 
 @torch.inference_mode()
@@ -136,35 +267,18 @@ def propagate_sequence(seq: DavisSequence, encoder: torch.nn.Module, prop_cfg: P
     memory does not grow with the video's length.
     """
     H, W = seq.size
-    stride = encoder.stride
     first = seq.read_annotation(0)
     object_ids = seq.object_ids()
     predictions = np.zeros((seq.num_frames, H, W), np.uint8)
     predictions[0] = np.where(first == 255, 0, first)
-    propagator = Propagator(prop_cfg)
-    timings = {"features": 0.0, "propagation": 0.0}
-    bar = tqdm(total=seq.num_frames, desc=seq.name, unit="frame", leave=False, disable=not progress)
-    for start in range(0, seq.num_frames, batch_size):
-        stop = min(start + batch_size, seq.num_frames)
-        frames = np.stack([seq.read_frame(i) for i in range(start, stop)])
-        tick = time.perf_counter()
-        feats = extract_features(encoder, frames, device)  # (B, C, h, w)
-        _sync(device)
-        timings["features"] += time.perf_counter() - tick
-        tick = time.perf_counter()
-        for offset, feat in enumerate(feats):
-            t = start + offset
-            if t == 0:
-                grid = grid_size(H, W, stride)
-                if tuple(feat.shape[-2:]) != grid:
-                    raise RuntimeError(f"encoder grid {tuple(feat.shape[-2:])} != expected {grid} for {H}x{W} at stride {stride}")
-                propagator.start(feat, masks_to_labels(first, object_ids, grid, stride, device=device))
-            else:
-                predictions[t] = labels_to_masks(propagator.step(feat), object_ids, (H, W), stride)
-        _sync(device)
-        timings["propagation"] += time.perf_counter() - tick
-        bar.update(stop - start)
-    bar.close()
+
+    def decode(t: int, labels: torch.Tensor) -> None:
+        predictions[t] = labels_to_masks(labels, object_ids, (H, W), encoder.stride)
+
+    timings = propagate_frames(
+        seq.read_frame, seq.num_frames, encoder, prop_cfg, device,
+        first_label=lambda grid: masks_to_labels(first, object_ids, grid, encoder.stride, device=device),
+        decode=decode, batch_size=batch_size, desc=seq.name, progress=progress)
     return predictions, timings
 
 
@@ -182,21 +296,32 @@ def save_predictions(out_dir: Path, seq: DavisSequence, predictions: np.ndarray)
 def save_visualisation(out_dir: Path, seq: DavisSequence, predictions: np.ndarray, fps: float = 10.0) -> None:
     """``<seq>.mp4`` with masks blended on the frames and ``<seq>.png``, a contact sheet."""
     overlays = [overlay_mask(seq.read_frame(t), predictions[t]) for t in range(seq.num_frames)]
-    write_video(out_dir / f"{seq.name}.mp4", overlays, fps=fps)
-    picks = np.unique(np.linspace(0, seq.num_frames - 1, min(12, seq.num_frames)).round().astype(int))
-    sheet = contact_sheet([overlays[t] for t in picks], columns=4, captions=[f"{seq.name} t={t}" for t in picks])
-    save_png(out_dir / f"{seq.name}.png", sheet)
+    write_overlays(out_dir, seq.name, overlays, fps=fps)
 
 
-def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict) -> str:
-    """Hash of everything that determines a sequence's result (resume only reuses equal keys)."""
+def write_overlays(out_dir: Path, name: str, overlays: list[np.ndarray], fps: float = 10.0) -> None:
+    """``<name>.mp4`` of the overlay frames and ``<name>.png``, a contact sheet of up to 12 of them."""
+    picks = np.unique(np.linspace(0, len(overlays) - 1, min(12, len(overlays))).round().astype(int))
+    write_video(out_dir / f"{name}.mp4", overlays, fps=fps)
+    sheet = contact_sheet([overlays[t] for t in picks], columns=4, captions=[f"{name} t={t}" for t in picks])
+    save_png(out_dir / f"{name}.png", sheet)
+
+
+def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: Optional[dict] = None) -> str:
+    """Hash of everything that determines a sequence's result (resume only reuses equal keys).
+
+    ``extra``: task settings that also change the result (input size, decoding parameters).
+    """
     settings = {"propagation": cfg.propagation().to_dict(), "encoder": encoder_info,
                 "dataset": dataset_identity, "resolution": cfg.resolution}
+    if extra:
+        settings["task"] = extra
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def evaluate_davis(cfg: EvalConfig) -> dict:
     """Run the DAVIS task end to end; returns the content written to ``results.json``."""
+    cfg = cfg.with_task_defaults()
     device = resolve_device(cfg.device)
     encoder, encoder_info = load_encoder(cfg, device)
     prop_cfg = cfg.propagation()
@@ -210,8 +335,8 @@ def evaluate_davis(cfg: EvalConfig) -> dict:
 
     sequence_scores, timings, unscored = {}, {}, []
     for name in tqdm(names, desc="sequences", unit="seq"):
-        record_path = out / "sequences" / f"{name}.json"
-        record = _load_record(record_path, key) if not cfg.overwrite else None
+        path = record_path(out, name)
+        record = load_record(path, key) if not cfg.overwrite else None
         if record is None:
             seq = dataset[name]
             predictions, seq_timings = propagate_sequence(seq, encoder, prop_cfg, device, cfg.batch_size)
@@ -224,23 +349,15 @@ def evaluate_davis(cfg: EvalConfig) -> dict:
                                     for k, obj in scores["objects"].items()}
             if cfg.vis:
                 save_visualisation(out / "vis", seq, predictions)
-            atomic_write_json(record_path, record)
+            atomic_write_json(path, record)
         timings[name] = {**record["timings"], "num_frames": record["num_frames"]}
         if record["scores"] is None:
             unscored.append(name)
         else:
             sequence_scores[name] = {"objects": record["scores"]}
 
-    results = {
-        "task": "davis",
-        "metrics": None,
-        "config": {"eval": dataclasses.asdict(cfg), "propagation": prop_cfg.to_dict()},
-        "checkpoint": encoder_info,
-        "code_version": code_version(),
-        "dataset": identity,
-        "timings": _timing_summary(timings),
-        "unscored_sequences": unscored,
-    }
+    results = results_header("davis", cfg, encoder_info, identity, timings)
+    results["unscored_sequences"] = unscored
     if sequence_scores:
         summary = davis_summary(sequence_scores)
         results["metrics"] = {k: summary[k] for k in DAVIS_SUMMARY_KEYS}
@@ -256,7 +373,13 @@ def evaluate_davis(cfg: EvalConfig) -> dict:
     return results
 
 
-def _load_record(path: Path, key: str) -> Optional[dict]:
+def record_path(out: Path, name: str) -> Path:
+    """Where one video's record lives: ``<out>/sequences/<name>.json`` (``name`` may hold a ``/``)."""
+    return out / "sequences" / f"{name}.json"
+
+
+def load_record(path: Path, key: str) -> Optional[dict]:
+    """The record at ``path`` if it exists, parses and was made with run key ``key``; else None."""
     if not path.is_file():
         return None
     try:
@@ -264,6 +387,15 @@ def _load_record(path: Path, key: str) -> Optional[dict]:
     except (OSError, json.JSONDecodeError):
         return None
     return record if record.get("run_key") == key else None
+
+
+def results_header(task: str, cfg: EvalConfig, encoder_info: dict, identity: dict,
+                   per_video_timings: dict[str, dict], **extra) -> dict:
+    """The part of ``results.json`` every task shares; ``"metrics"`` is filled in by the task."""
+    return {"task": task, "metrics": None,
+            "config": {"eval": dataclasses.asdict(cfg), "propagation": cfg.propagation().to_dict(), **extra},
+            "checkpoint": encoder_info, "code_version": code_version(), "dataset": identity,
+            "timings": _timing_summary(per_video_timings)}
 
 
 def _timing_summary(per_sequence: dict[str, dict]) -> dict:
@@ -289,7 +421,10 @@ def print_davis_table(results: dict) -> None:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run ``cfg.task``."""
+    """Run ``cfg.task`` (with its defaults filled in); returns the content of ``results.json``."""
+    cfg = cfg.with_task_defaults()
     if cfg.task == "davis":
         return evaluate_davis(cfg)
-    raise ValueError(f"unknown task {cfg.task!r}; available: {', '.join(TASKS)}")
+    from . import tasks
+
+    return {"jhmdb": tasks.evaluate_jhmdb, "vip": tasks.evaluate_vip, "tapvid": tasks.evaluate_tapvid}[cfg.task](cfg)

@@ -70,3 +70,73 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 10.
         writer.release()
     tmp.replace(path)
     return path
+
+
+def _colours(n: int) -> np.ndarray:
+    """``n`` distinct RGB colours (uint8 (n, 3)): hues evenly spaced around the HSV wheel."""
+    hsv = np.stack([np.arange(n) * 180 // max(n, 1), np.full(n, 220), np.full(n, 255)], axis=1).astype(np.uint8)
+    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+
+
+def draw_skeleton(frame: np.ndarray, keypoints: np.ndarray, parents: Sequence[int],
+                  colour: tuple[int, int, int] | None = None, radius: int = 3, thickness: int = 2) -> np.ndarray:
+    """Draw a keypoint skeleton on a copy of an RGB frame (H, W, 3).
+
+    keypoints: (J, 2) (x, y) pixels, pixel centres at integers; a joint with a negative
+    coordinate (not predicted) is not drawn, nor are its bones. ``parents[j]`` is the joint
+    j is connected to (a root is its own parent), e.g. ``datasets.jhmdb.JHMDB_PARENTS``.
+    ``colour`` None gives each joint (and the bone to its parent) its own colour.
+    """
+    out = np.ascontiguousarray(frame.copy())
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    palette = _colours(len(keypoints))
+    present = np.isfinite(keypoints).all(1) & (keypoints >= 0).all(1)
+    for j, parent in enumerate(parents):
+        if j != parent and present[j] and present[parent]:
+            c = colour or tuple(int(v) for v in palette[j])
+            a = tuple(int(round(v)) for v in keypoints[j])
+            b = tuple(int(round(v)) for v in keypoints[parent])
+            cv2.line(out, a, b, c, thickness, cv2.LINE_AA)
+    for j in np.flatnonzero(present):
+        c = colour or tuple(int(v) for v in palette[j])
+        cv2.circle(out, tuple(int(round(v)) for v in keypoints[j]), radius, c, -1, cv2.LINE_AA)
+    return out
+
+
+def overlay_parts(frame: np.ndarray, parts: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend a part map (H, W) of class ids onto an RGB frame (H, W, 3); 0 (background) is left as is.
+
+    Each class c > 0 gets a fixed colour (``_colours(20)``, by id), so a class keeps its
+    colour across frames and videos.
+    """
+    parts = np.asarray(parts)
+    palette = _colours(max(20, int(parts.max()) + 1) if parts.size else 20)
+    out = frame.astype(np.float32)
+    fg = parts > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * palette[parts[fg]].astype(np.float32)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def draw_tracks(frame: np.ndarray, tracks: np.ndarray, occluded: np.ndarray, t: int, trail: int = 8,
+                radius: int = 3) -> np.ndarray:
+    """Draw point tracks up to frame ``t`` on a copy of an RGB frame (H, W, 3).
+
+    tracks: (Q, T, 2) (x, y) in pixels of ``frame``, TAP-Vid corner convention (a pixel
+    centre is at ``i + 0.5``); occluded: (Q, T) bool. Each track has its own colour; its
+    last ``trail`` positions are joined by a line (segments touching an occluded frame are
+    left out) and its position at ``t`` is a filled dot when visible and a hollow circle
+    when predicted occluded.
+    """
+    out = np.ascontiguousarray(frame.copy())
+    tracks = np.asarray(tracks, dtype=np.float64) - 0.5  # corner -> centre convention for drawing
+    palette = _colours(len(tracks))
+    for q in range(len(tracks)):
+        c = tuple(int(v) for v in palette[q])
+        for s in range(max(0, t - trail), t):
+            if not (occluded[q, s] or occluded[q, s + 1]):
+                a = tuple(int(round(v)) for v in tracks[q, s])
+                b = tuple(int(round(v)) for v in tracks[q, s + 1])
+                cv2.line(out, a, b, c, 1, cv2.LINE_AA)
+        centre = tuple(int(round(v)) for v in tracks[q, t])
+        cv2.circle(out, centre, radius, c, 1 if occluded[q, t] else -1, cv2.LINE_AA)
+    return out
