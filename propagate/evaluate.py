@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from corr.adapt import AdaptConfig, adapt_encoder
 from corr.encoders import build_encoder, load_checkpoint
 from corr.io import atomic_write_json
 from corr.runtime import REPO_ROOT, code_version, resolve_device
@@ -121,6 +122,14 @@ class EvalConfig:
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "frames per feature-extraction batch"})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "redo sequences already scored in --out"})
+    tta_steps: int = dataclasses.field(default=0, metadata={"help": "test-time adaptation: walk steps per video (0: off)"})
+    tta_window: int = dataclasses.field(default=10, metadata={"help": "test-time adaptation: clip frames within W of a time"})
+    tta_lr: float = dataclasses.field(default=1e-4, metadata={"help": "test-time adaptation: Adam learning rate"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of a random-init encoder and of adaptation"})
+
+    def adaptation(self) -> AdaptConfig:
+        """Test-time adaptation settings (:mod:`corr.adapt`); ``steps == 0`` is off."""
+        return AdaptConfig(steps=self.tta_steps, window=self.tta_window, lr=self.tta_lr, seed=self.seed)
 
     def propagation(self) -> PropagationConfig:
         """The preset with this run's overrides (``--radius inf`` removes the locality limit)."""
@@ -156,14 +165,30 @@ def load_encoder(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module
     if cfg.checkpoint:
         encoder, info = load_checkpoint(cfg.checkpoint, device)
         return encoder, {k: v for k, v in info.items() if k in ("encoder", "kwargs", "format", "sha256", "path", "step")}
+    torch.manual_seed(cfg.seed)  # a random-init encoder is the same for the same seed
     encoder = build_encoder(cfg.encoder, weights=cfg.weights).to(device).eval()
     info = {"encoder": cfg.encoder, "format": "torchvision" if cfg.weights else "random-init"}
+    if not cfg.weights:
+        info["seed"] = cfg.seed
     if cfg.weights:
         from corr.io import file_sha256
 
         info.update(path=str(cfg.weights), sha256=file_sha256(cfg.weights))
     return encoder, info
 
+
+
+def encoder_for_video(encoder: torch.nn.Module, read_frame: Callable[[int], np.ndarray], num_frames: int,
+                      cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, float]:
+    """The encoder for one video and the seconds spent making it: ``encoder`` itself, or
+    with ``--tta-steps`` a copy adapted to the video's frames (``encoder`` is untouched)."""
+    adapt = cfg.adaptation()
+    if adapt.steps <= 0:
+        return encoder, 0.0
+    tick = time.perf_counter()
+    frames = np.stack([read_frame(t) for t in range(num_frames)])
+    adapted, _ = adapt_encoder(encoder, frames, adapt, device)
+    return adapted, time.perf_counter() - tick
 
 def open_davis(cfg: EvalConfig) -> DavisDataset:
     """The DAVIS dataset of this run; generates the synthetic set when no data is given."""
@@ -313,6 +338,7 @@ def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: 
     ``extra``: task settings that also change the result (input size, decoding parameters).
     """
     settings = {"propagation": cfg.propagation().to_dict(), "encoder": encoder_info,
+                "adaptation": dataclasses.asdict(cfg.adaptation()) if cfg.tta_steps > 0 else None,
                 "dataset": dataset_identity, "resolution": cfg.resolution}
     if extra:
         settings["task"] = extra
@@ -339,7 +365,9 @@ def evaluate_davis(cfg: EvalConfig) -> dict:
         record = load_record(path, key) if not cfg.overwrite else None
         if record is None:
             seq = dataset[name]
-            predictions, seq_timings = propagate_sequence(seq, encoder, prop_cfg, device, cfg.batch_size)
+            video_encoder, adapt_seconds = encoder_for_video(encoder, seq.read_frame, seq.num_frames, cfg, device)
+            predictions, seq_timings = propagate_sequence(seq, video_encoder, prop_cfg, device, cfg.batch_size)
+            seq_timings["adaptation"] = adapt_seconds
             save_predictions(out / "predictions", seq, predictions)
             record = {"run_key": key, "sequence": name, "num_frames": seq.num_frames,
                       "timings": seq_timings, "scores": None}
@@ -402,7 +430,9 @@ def _timing_summary(per_sequence: dict[str, dict]) -> dict:
     frames = sum(t["num_frames"] for t in per_sequence.values())
     features = sum(t["features"] for t in per_sequence.values())
     propagation = sum(t["propagation"] for t in per_sequence.values())
+    adaptation = sum(t.get("adaptation", 0.0) for t in per_sequence.values())
     return {"frames": frames, "features_s": features, "propagation_s": propagation,
+            "adaptation_s": adaptation, "adaptation_s_per_video": adaptation / max(len(per_sequence), 1),
             "features_s_per_frame": features / max(frames, 1),
             "propagation_s_per_frame": propagation / max(frames - len(per_sequence), 1),
             "per_sequence": per_sequence}

@@ -47,8 +47,8 @@ from datasets.tapvid import TapVidDataset, TapVidVideo
 from datasets.vip import VipDataset, VipVideo
 
 from .config import PropagationConfig
-from .evaluate import (TASK_DEFAULTS, EvalConfig, extract_video_features, load_encoder, load_record,
-                       propagate_frames, record_path, resize_frame, results_header, run_key,
+from .evaluate import (TASK_DEFAULTS, EvalConfig, encoder_for_video, extract_video_features, load_encoder,
+                       load_record, propagate_frames, record_path, resize_frame, results_header, run_key,
                        synthetic_banner, write_overlays)
 from .labels import (KEYPOINT_SIGMA, KEYPOINT_TOPK, MIN_PEAK_RATIO, OCCLUSION_THRESHOLD, QUERY_SIGMA,
                      QUERY_WINDOW, heatmaps_to_keypoints, keypoints_to_heatmaps, labels_to_parts,
@@ -165,8 +165,11 @@ def evaluate_jhmdb(cfg: EvalConfig) -> dict:
         if record is not None and file.is_file():
             pred = np.load(file)
         else:
-            pred, video_timings = predict_jhmdb_video(video, encoder, prop_cfg, device, cfg.input_size,
+            video_encoder, adapt_seconds = encoder_for_video(
+                encoder, lambda t: resize_frame(video.read_frame(t), cfg.input_size), video.num_frames, cfg, device)
+            pred, video_timings = predict_jhmdb_video(video, video_encoder, prop_cfg, device, cfg.input_size,
                                                       cfg.batch_size)
+            video_timings["adaptation"] = adapt_seconds
             atomic_write(file, lambda f: np.save(f, pred))
             try:
                 single = jhmdb_pck([pred], [video.keypoints])
@@ -276,9 +279,12 @@ def evaluate_vip(cfg: EvalConfig) -> dict:
         record = load_record(path, key) if not cfg.overwrite else None
         if record is None:
             video = dataset[name]
+            video_encoder, adapt_seconds = encoder_for_video(
+                encoder, lambda t: resize_frame(video.read_frame(t), cfg.input_size), video.num_frames, cfg, device)
             video_confusion, video_timings, maps = predict_vip_video(
-                video, encoder, prop_cfg, device, cfg.input_size, out / "predictions", cfg.batch_size,
+                video, video_encoder, prop_cfg, device, cfg.input_size, out / "predictions", cfg.batch_size,
                 keep_maps=cfg.vis)
+            video_timings["adaptation"] = adapt_seconds
             record = {"run_key": key, "sequence": name, "num_frames": video.num_frames, "timings": video_timings,
                       "scored_frames": len([t for t in video.annotated_frames if t > 0]),
                       "confusion": video_confusion.tolist(),
@@ -393,6 +399,7 @@ def _track_video(video: TapVidVideo, dataset: TapVidDataset, encoder: torch.nn.M
                  device: torch.device, cfg: EvalConfig, out: Path, key: str, backward: bool) -> dict:
     """Track one video's queries, write its .npz (and --vis), score it; returns its record."""
     sample = video.sample(dataset.query_mode, dataset.resolution)
+    encoder, adapt_seconds = encoder_for_video(encoder, lambda t: sample.frames[t], video.num_frames, cfg, device)
     feats, feature_seconds = extract_video_features(encoder, sample.frames, device, cfg.batch_size)
     query_frames = np.clip(np.round(sample.query_points[:, 0]).astype(np.int64), 0, video.num_frames - 1)
     bar = tqdm(total=_propagated_frames(query_frames, video.num_frames, backward, TRACK_SETTINGS["max_queries"]),
@@ -425,7 +432,7 @@ def _track_video(video: TapVidVideo, dataset: TapVidDataset, encoder: torch.nn.M
                                                  for t, frame in enumerate(sample.frames)])
     return {"run_key": key, "sequence": video.name, "num_frames": video.num_frames,
             "num_queries": int(len(sample.query_points)),
-            "timings": {"features": feature_seconds, "propagation": propagation_seconds},
+            "timings": {"features": feature_seconds, "propagation": propagation_seconds, "adaptation": adapt_seconds},
             "scores": {k: float(v[0]) for k, v in metrics.items()}}
 
 
