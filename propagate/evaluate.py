@@ -25,11 +25,37 @@ DAVIS outputs under ``--out``:
 
 Without ``--data-root`` the DAVIS task uses ``data/DAVIS`` when it exists and otherwise a
 generated synthetic set in the DAVIS-2017 format (``data/synthetic-davis``), and says so.
+
+Feature cache, sweeps, several processes (every task):
+
+* ``--cache DIR`` stores each video's features, keyed by the encoder's identity (name,
+  kwargs, checkpoint SHA-256 or random-init seed), the preprocessing (input size, resize,
+  normalisation) and the video (dataset listing hash and name), see :mod:`propagate.cache`.
+  A later run with the same encoder and input reads them instead of running the encoder.
+  ``--cache-dtype float32`` (default) is exact: results equal a run without the cache;
+  ``float16`` halves the disk space and rounds the features on every run using it. With
+  ``--tta-steps`` the cache is neither read nor written (adapted features are per video).
+* ``--sweep "topk=5,10,20 radius=12,24"`` (or ``"preset=crw,dino"``; any of
+  :data:`SWEEP_FIELDS`) evaluates the cartesian product, each setting as its own run in
+  ``<out>/sweep/<setting>/`` (e.g. ``topk-5_radius-12``), sharing the features through
+  ``--cache`` or, without it, ``<out>/feature-cache``; ``<out>/sweep/summary.json`` and a
+  printed table compare them.
+* ``torchrun --nproc_per_node=G evaluate.py ...``: rank r evaluates sequences r::G, rank 0
+  merges the per-sequence records into ``results.json`` (:mod:`propagate.distributed`);
+  the metrics equal a single process's exactly.
+
+Every ``results.json`` has a ``"factors"`` block naming the implementation factors of the
+unified formulation the run used (:func:`implementation_factors`): feature and label
+normalisation (``--normalize-features/--no-normalize-features``, ``--label-norm``), how
+labels go to the feature grid and outputs back to pixels (bilinear, fixed per task), input
+resolution, context, top-k, radius and temperature. Timings add ``frames_s`` (reading
+frames) and ``cache_hits``.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -50,7 +76,9 @@ from datasets.davis import DavisDataset, DavisSequence
 from datasets.palette import write_indexed_png
 from datasets.transforms import normalize_frames
 
+from .cache import CACHE_DTYPES, CacheSlot, FeatureCache, cache_slot, preprocessing_identity
 from .config import PropagationConfig
+from .distributed import init_ranks, rank_device
 from .labels import grid_size, labels_to_masks, masks_to_labels
 from .metrics import DAVIS_SUMMARY_KEYS, davis_sequence_scores, davis_summary
 from .propagator import Propagator
@@ -117,6 +145,9 @@ class EvalConfig:
     temperature: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: softmax temperature"})
     radius: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: radius in cells (inf = none)"})
     pad_with_first: Optional[bool] = dataclasses.field(default=None, metadata={"help": "override: pad with frame 0"})
+    normalize_features: Optional[bool] = dataclasses.field(
+        default=None, metadata={"help": "override: L2-normalise features per position (cosine affinity)"})
+    label_norm: Optional[str] = dataclasses.field(default=None, metadata={"help": "override: none|minmax"})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto|cpu|cuda[:i]"})
     out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output folder (default results/<task>)"})
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
@@ -126,6 +157,13 @@ class EvalConfig:
     tta_window: int = dataclasses.field(default=10, metadata={"help": "test-time adaptation: clip frames within W of a time"})
     tta_lr: float = dataclasses.field(default=1e-4, metadata={"help": "test-time adaptation: Adam learning rate"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of a random-init encoder and of adaptation"})
+    cache: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "feature cache folder (propagate.cache); not used with --tta-steps"})
+    cache_dtype: str = dataclasses.field(
+        default="float32", metadata={"help": "feature cache storage: float32 (exact) | float16 (half the disk)"})
+    sweep: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "evaluate every combination, e.g. 'topk=5,10,20 radius=12,24' or "
+                                        "'preset=crw,dino' (results under <out>/sweep/<setting>/)"})
 
     def adaptation(self) -> AdaptConfig:
         """Test-time adaptation settings (:mod:`corr.adapt`); ``steps == 0`` is off."""
@@ -133,7 +171,8 @@ class EvalConfig:
 
     def propagation(self) -> PropagationConfig:
         """The preset with this run's overrides (``--radius inf`` removes the locality limit)."""
-        overrides = {name: getattr(self, name) for name in ("context", "topk", "temperature", "pad_with_first")
+        overrides = {name: getattr(self, name) for name in ("context", "topk", "temperature", "pad_with_first",
+                                                            "normalize_features", "label_norm")
                      if getattr(self, name) is not None}
         if self.radius is not None:
             overrides["radius"] = None if math.isinf(self.radius) else self.radius
@@ -151,6 +190,8 @@ class EvalConfig:
                 raise ValueError(f"--input-size must be H,W (two positive integers), got {self.input_size}")
         if self.task == "davis" and self.input_size is not None:
             raise ValueError("--input-size is not supported by the DAVIS task (native resolution; see --resolution)")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
         if self.query_mode not in ("first", "strided"):
             raise ValueError(f"--query-mode must be first or strided, got {self.query_mode!r}")
         return dataclasses.replace(self, out=self.out or f"results/{self.task}",
@@ -241,32 +282,55 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
                      prop_cfg: PropagationConfig, device: torch.device,
                      first_label: Callable[[tuple[int, int]], torch.Tensor],
                      decode: Callable[[int, torch.Tensor], None], batch_size: int = 8,
-                     desc: str = "", progress: bool = True) -> dict:
+                     desc: str = "", progress: bool = True, cache: Optional[CacheSlot] = None) -> dict:
     """The step-wise propagation loop every task shares; returns timings in seconds.
 
     read_frame(t):      uint8 (H, W, 3) frame t at the input size (the same for every t);
     first_label(grid):  frame 0's labels (K, h, w) for the feature grid ``(h, w)``;
-    decode(t, labels):  receives the soft labels (K, h, w) of every frame t >= 1, in order.
+    decode(t, labels):  receives the soft labels (K, h, w) of every frame t >= 1, in order;
+    cache:              this video's feature-cache slot (:mod:`propagate.cache`), or None.
 
     Features are computed ``batch_size`` frames at a time and consumed at once by one
-    :class:`Propagator`, so memory does not grow with the video's length.
+    :class:`Propagator`, so memory does not grow with the video's length. With a cache slot
+    holding a complete entry, features are read from it and neither the frames nor the
+    encoder are touched; otherwise they are computed and streamed into the slot. Timings:
+    ``frames`` (reading frames), ``features`` (encoder or cache read, cache writes),
+    ``propagation``, and ``cache``: ``"hit"``, ``"miss"`` or ``"off"``.
     """
     stride = encoder.stride
     propagator = Propagator(prop_cfg)
-    timings = {"features": 0.0, "propagation": 0.0}
+    timings = {"frames": 0.0, "features": 0.0, "propagation": 0.0, "cache": "off"}
+    cached = writer = None
+    if cache is not None:
+        cached = cache.lookup()
+        if cached is not None and cached.num_frames != num_frames:
+            raise RuntimeError(f"{cached.entry}: {cached.num_frames} frames cached, the video has {num_frames}; "
+                               f"delete the entry")
+        timings["cache"] = "miss" if cached is None else "hit"
+        writer = cache.writer(num_frames) if cached is None else None
+    frame_size = tuple(cached.meta["frame_size"]) if cached is not None else None
     bar = tqdm(total=num_frames, desc=desc, unit="frame", leave=False, disable=not progress)
     for start in range(0, num_frames, batch_size):
         stop = min(start + batch_size, num_frames)
-        frames = np.stack([read_frame(i) for i in range(start, stop)])
         tick = time.perf_counter()
-        feats = extract_features(encoder, frames, device)  # (B, C, h, w)
+        if cached is not None:
+            feats = cached.read(start, stop, device)  # (B, C, h, w)
+        else:
+            frames = np.stack([read_frame(i) for i in range(start, stop)])
+            frame_size = frame_size or tuple(frames.shape[1:3])
+            timings["frames"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            feats = extract_features(encoder, frames, device)  # (B, C, h, w)
+            if writer is not None:
+                feats = cache.cache.round_trip(feats)
+                writer.add(feats)
         _sync(device)
         timings["features"] += time.perf_counter() - tick
         tick = time.perf_counter()
         for offset, feat in enumerate(feats):
             t = start + offset
             if t == 0:
-                H, W = frames.shape[1:3]
+                H, W = frame_size
                 grid = grid_size(H, W, stride)
                 if tuple(feat.shape[-2:]) != grid:
                     raise RuntimeError(f"encoder grid {tuple(feat.shape[-2:])} != expected {grid} for {H}x{W} "
@@ -278,13 +342,49 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
         timings["propagation"] += time.perf_counter() - tick
         bar.update(stop - start)
     bar.close()
+    if writer is not None:
+        writer.finish(frame_size=list(frame_size), device=str(device))
     return timings
+
+
+def video_features(encoder: torch.nn.Module, frames: np.ndarray, device: torch.device, batch_size: int = 8,
+                   cache: Optional[CacheSlot] = None) -> tuple[torch.Tensor, dict]:
+    """All of a video's features (T, C, h, w) on ``device``, from ``cache`` when it holds them.
+
+    Returns (features, timings ``{"features": seconds, "cache": "hit"|"miss"|"off"}``); a
+    miss computes them with :func:`extract_video_features` and stores them.
+    """
+    cached = cache.lookup() if cache is not None else None
+    if cached is not None:
+        tick = time.perf_counter()
+        feats = cached.read(0, cached.num_frames, device)
+        _sync(device)
+        return feats, {"features": time.perf_counter() - tick, "cache": "hit"}
+    feats, seconds = extract_video_features(encoder, frames, device, batch_size)
+    if cache is None:
+        return feats, {"features": seconds, "cache": "off"}
+    tick = time.perf_counter()
+    feats = cache.cache.round_trip(feats)
+    writer = cache.writer(len(frames))
+    for i in range(0, len(frames), batch_size):
+        writer.add(feats[i:i + batch_size])
+    writer.finish(frame_size=list(frames.shape[1:3]), device=str(device))
+    return feats, {"features": seconds + time.perf_counter() - tick, "cache": "miss"}
+
+
+def feature_cache(cfg: EvalConfig, encoder_info: dict, identity: dict, name: str) -> Optional[CacheSlot]:
+    """Video ``name``'s feature-cache slot, or None without ``--cache`` or with test-time adaptation
+    (adapted features depend on the video, so they are never cached)."""
+    if not cfg.cache or cfg.tta_steps > 0:
+        return None
+    preprocessing = preprocessing_identity(cfg.input_size, cfg.resolution if cfg.task == "davis" else None)
+    return cache_slot(FeatureCache(cfg.cache, cfg.cache_dtype), encoder_info, preprocessing, identity, name)
 
 
 @torch.inference_mode()
 def propagate_sequence(seq: DavisSequence, encoder: torch.nn.Module, prop_cfg: PropagationConfig,
-                       device: torch.device, batch_size: int = 8, progress: bool = True
-                       ) -> tuple[np.ndarray, dict]:
+                       device: torch.device, batch_size: int = 8, progress: bool = True,
+                       cache: Optional[CacheSlot] = None) -> tuple[np.ndarray, dict]:
     """Propagate frame 0's masks through a sequence.
 
     Returns (predicted ids uint8 (T, H, W), timings in seconds). Features are computed
@@ -303,7 +403,7 @@ def propagate_sequence(seq: DavisSequence, encoder: torch.nn.Module, prop_cfg: P
     timings = propagate_frames(
         seq.read_frame, seq.num_frames, encoder, prop_cfg, device,
         first_label=lambda grid: masks_to_labels(first, object_ids, grid, encoder.stride, device=device),
-        decode=decode, batch_size=batch_size, desc=seq.name, progress=progress)
+        decode=decode, batch_size=batch_size, desc=seq.name, progress=progress, cache=cache)
     return predictions, timings
 
 
@@ -342,13 +442,20 @@ def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: 
                 "dataset": dataset_identity, "resolution": cfg.resolution}
     if extra:
         settings["task"] = extra
+    if cfg.cache and cfg.tta_steps <= 0 and cfg.cache_dtype != "float32":
+        settings["feature_storage"] = cfg.cache_dtype  # rounded features change the result
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def evaluate_davis(cfg: EvalConfig) -> dict:
-    """Run the DAVIS task end to end; returns the content written to ``results.json``."""
+def evaluate_davis(cfg: EvalConfig) -> Optional[dict]:
+    """Run the DAVIS task end to end; returns the content written to ``results.json``.
+
+    With several processes (:mod:`propagate.distributed`) each rank evaluates its shard of
+    the sequences; rank 0 merges the records and returns the results, the others None.
+    """
     cfg = cfg.with_task_defaults()
-    device = resolve_device(cfg.device)
+    ranks = init_ranks()
+    device = rank_device(resolve_device(cfg.device), ranks)
     encoder, encoder_info = load_encoder(cfg, device)
     prop_cfg = cfg.propagation()
     dataset = open_davis(cfg)
@@ -356,28 +463,37 @@ def evaluate_davis(cfg: EvalConfig) -> dict:
     names = list(cfg.sequences) if cfg.sequences else dataset.sequences
     out = Path(cfg.out)
     key = run_key(cfg, encoder_info, identity)
-    print(f"{len(names)} sequences from {identity['root']} ({identity['split']}); encoder {encoder_info['encoder']} "
-          f"({encoder_info['format']}); propagation {prop_cfg}; device {device}")
+    if ranks.is_main:
+        print(f"{len(names)} sequences from {identity['root']} ({identity['split']}); encoder "
+              f"{encoder_info['encoder']} ({encoder_info['format']}); propagation {prop_cfg}; device {device}"
+              + (f"; {ranks.world_size} processes" if ranks.distributed else ""))
+
+    for name in tqdm(ranks.shard(names), desc="sequences", unit="seq", disable=not ranks.is_main):
+        path = record_path(out, name)
+        if not cfg.overwrite and load_record(path, key) is not None:
+            continue
+        seq = dataset[name]
+        video_encoder, adapt_seconds = encoder_for_video(encoder, seq.read_frame, seq.num_frames, cfg, device)
+        predictions, seq_timings = propagate_sequence(seq, video_encoder, prop_cfg, device, cfg.batch_size,
+                                                      cache=feature_cache(cfg, encoder_info, identity, name))
+        seq_timings["adaptation"] = adapt_seconds
+        save_predictions(out / "predictions", seq, predictions)
+        record = {"run_key": key, "sequence": name, "num_frames": seq.num_frames, "rank": ranks.rank,
+                  "timings": seq_timings, "scores": None}
+        if seq.fully_annotated:
+            scores = davis_sequence_scores(seq.annotations(), predictions, sequence=name)
+            record["scores"] = {str(k): {s: (v.tolist() if isinstance(v, np.ndarray) else v) for s, v in obj.items()}
+                                for k, obj in scores["objects"].items()}
+        if cfg.vis:
+            save_visualisation(out / "vis", seq, predictions)
+        atomic_write_json(path, record)
+    ranks.barrier()
+    if not ranks.is_main:
+        return None
 
     sequence_scores, timings, unscored = {}, {}, []
-    for name in tqdm(names, desc="sequences", unit="seq"):
-        path = record_path(out, name)
-        record = load_record(path, key) if not cfg.overwrite else None
-        if record is None:
-            seq = dataset[name]
-            video_encoder, adapt_seconds = encoder_for_video(encoder, seq.read_frame, seq.num_frames, cfg, device)
-            predictions, seq_timings = propagate_sequence(seq, video_encoder, prop_cfg, device, cfg.batch_size)
-            seq_timings["adaptation"] = adapt_seconds
-            save_predictions(out / "predictions", seq, predictions)
-            record = {"run_key": key, "sequence": name, "num_frames": seq.num_frames,
-                      "timings": seq_timings, "scores": None}
-            if seq.fully_annotated:
-                scores = davis_sequence_scores(seq.annotations(), predictions, sequence=name)
-                record["scores"] = {str(k): {s: (v.tolist() if isinstance(v, np.ndarray) else v) for s, v in obj.items()}
-                                    for k, obj in scores["objects"].items()}
-            if cfg.vis:
-                save_visualisation(out / "vis", seq, predictions)
-            atomic_write_json(path, record)
+    for name in names:  # the merge reads every record back, whoever wrote it
+        record = require_record(out, name, key)
         timings[name] = {**record["timings"], "num_frames": record["num_frames"]}
         if record["scores"] is None:
             unscored.append(name)
@@ -417,13 +533,52 @@ def load_record(path: Path, key: str) -> Optional[dict]:
     return record if record.get("run_key") == key else None
 
 
+def require_record(out: Path, name: str, key: str) -> dict:
+    """The record of ``name`` made with ``key``; a clear error when a process did not write it."""
+    path = record_path(out, name)
+    record = load_record(path, key)
+    if record is None:
+        raise RuntimeError(f"{path}: missing or made with other settings after every process finished; "
+                           f"rerun to complete it")
+    return record
+
+
 def results_header(task: str, cfg: EvalConfig, encoder_info: dict, identity: dict,
                    per_video_timings: dict[str, dict], **extra) -> dict:
     """The part of ``results.json`` every task shares; ``"metrics"`` is filled in by the task."""
     return {"task": task, "metrics": None,
             "config": {"eval": dataclasses.asdict(cfg), "propagation": cfg.propagation().to_dict(), **extra},
+            "factors": implementation_factors(task, cfg),
             "checkpoint": encoder_info, "code_version": code_version(), "dataset": identity,
             "timings": _timing_summary(per_video_timings)}
+
+
+#: How each task moves labels onto the feature grid and predictions back to pixels
+#: (:mod:`propagate.labels`). Fixed, recorded with every result.
+LABEL_RESAMPLING: dict[str, dict[str, str]] = {
+    "davis": {"labels_to_grid": "one-hot masks, replicate-pad to the stride multiple, bilinear "
+                                "(align_corners=False)",
+              "outputs_to_pixels": "bilinear upsampling x stride (align_corners=False), crop, argmax"},
+    "vip": {"labels_to_grid": "one-hot parts at the input size, replicate-pad, bilinear (align_corners=False)",
+            "outputs_to_pixels": "bilinear upsampling x stride (align_corners=False), crop, argmax, nearest "
+                                 "resize to the annotation"},
+    "jhmdb": {"labels_to_grid": "Gaussian heatmap per joint on the grid",
+              "outputs_to_pixels": "top-k weighted mean of grid positions, no upsampling"},
+    "tapvid": {"labels_to_grid": "Gaussian heatmap per query on the grid",
+               "outputs_to_pixels": "windowed soft-argmax on the grid, no upsampling"},
+}
+
+
+def implementation_factors(task: str, cfg: EvalConfig) -> dict:
+    """The factors of the unified propagation formulation this run used, in one place."""
+    prop = cfg.propagation()
+    return {"feature_normalisation": "l2 per position" if prop.normalize_features else "none",
+            "label_normalisation": prop.label_norm, **LABEL_RESAMPLING[task],
+            "input_resolution": list(cfg.input_size) if cfg.input_size else f"native ({cfg.resolution})",
+            "frame_resize": "bilinear (cv2.INTER_LINEAR)", "context": prop.context, "topk": prop.topk,
+            "radius": prop.radius, "temperature": prop.temperature, "pad_with_first": prop.pad_with_first,
+            "feature_cache": ({"dtype": cfg.cache_dtype} if cfg.cache and cfg.tta_steps <= 0 else None),
+            "test_time_adaptation": cfg.tta_steps > 0}
 
 
 def _timing_summary(per_sequence: dict[str, dict]) -> dict:
@@ -431,7 +586,10 @@ def _timing_summary(per_sequence: dict[str, dict]) -> dict:
     features = sum(t["features"] for t in per_sequence.values())
     propagation = sum(t["propagation"] for t in per_sequence.values())
     adaptation = sum(t.get("adaptation", 0.0) for t in per_sequence.values())
-    return {"frames": frames, "features_s": features, "propagation_s": propagation,
+    reading = sum(t.get("frames", 0.0) for t in per_sequence.values())
+    hits = sum(t.get("cache") == "hit" for t in per_sequence.values())
+    return {"frames": frames, "frames_s": reading, "features_s": features, "propagation_s": propagation,
+            "cache_hits": hits,
             "adaptation_s": adaptation, "adaptation_s_per_video": adaptation / max(len(per_sequence), 1),
             "features_s_per_frame": features / max(frames, 1),
             "propagation_s_per_frame": propagation / max(frames - len(per_sequence), 1),
@@ -450,11 +608,122 @@ def print_davis_table(results: dict) -> None:
     print("  ".join(f"{k} {m[k]:.3f}" for k in DAVIS_SUMMARY_KEYS))
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run ``cfg.task`` (with its defaults filled in); returns the content of ``results.json``."""
+def evaluate(cfg: EvalConfig) -> Optional[dict]:
+    """Run ``cfg.task`` (with its defaults filled in), or every setting of ``cfg.sweep``.
+
+    Returns the content of ``results.json`` (of ``sweep/summary.json`` for a sweep); None on
+    ranks other than 0 of a multi-process run.
+    """
     cfg = cfg.with_task_defaults()
+    if cfg.sweep:
+        return evaluate_sweep(cfg)
     if cfg.task == "davis":
         return evaluate_davis(cfg)
     from . import tasks
 
     return {"jhmdb": tasks.evaluate_jhmdb, "vip": tasks.evaluate_vip, "tapvid": tasks.evaluate_tapvid}[cfg.task](cfg)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+#: What ``--sweep`` may vary: settings of propagation only, so every setting reuses the
+#: cached features (input size, encoder and checkpoint are one run each).
+SWEEP_FIELDS: dict[str, type] = {"preset": str, "context": int, "topk": int, "temperature": float,
+                                 "radius": float, "pad_with_first": bool, "normalize_features": bool,
+                                 "label_norm": str}
+#: The metrics a sweep's summary table shows per task.
+HEADLINE_METRICS: dict[str, list[str]] = {
+    "davis": ["J&F-Mean", "J-Mean", "F-Mean"], "jhmdb": ["PCK@0.1", "PCK@0.2"], "vip": ["mIoU"],
+    "tapvid": ["average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"]}
+
+
+def parse_sweep(text: str) -> list[dict]:
+    """``"topk=5,10 radius=12,24"`` -> the cartesian product as override dicts, in order
+    (the last name varies fastest): ``[{"topk": 5, "radius": 12.0}, {"topk": 5, "radius": 24.0}, ...]``.
+
+    Names are :data:`SWEEP_FIELDS` (``-`` or ``_``); ``radius=inf`` removes the locality limit.
+    """
+    axes: dict[str, list] = {}
+    for part in text.split():
+        name, sep, values = part.partition("=")
+        name = name.replace("-", "_")
+        if not sep or not values:
+            raise ValueError(f"--sweep: expected name=v1,v2,... separated by spaces, got {part!r}")
+        if name not in SWEEP_FIELDS:
+            raise ValueError(f"--sweep: {name!r} cannot be swept; choose from {', '.join(SWEEP_FIELDS)}")
+        if name in axes:
+            raise ValueError(f"--sweep: {name!r} given twice")
+        axes[name] = [_sweep_value(name, v) for v in values.split(",") if v]
+    if not axes:
+        raise ValueError("--sweep: no setting given")
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def _sweep_value(name: str, text: str):
+    kind = SWEEP_FIELDS[name]
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--sweep: {name} takes true/false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--sweep: {name} takes {kind.__name__} values, got {text!r}") from None
+
+
+def setting_name(overrides: dict) -> str:
+    """A folder name for one setting: ``topk-5_radius-12``."""
+    def text(value) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float):
+            return "inf" if math.isinf(value) else f"{value:g}"
+        return str(value)
+
+    return "_".join(f"{name}-{text(value)}" for name, value in overrides.items())
+
+
+def evaluate_sweep(cfg: EvalConfig) -> Optional[dict]:
+    """Evaluate every setting of ``cfg.sweep`` into ``<out>/sweep/<setting>/``, reusing features.
+
+    Features go to ``--cache`` or, without it, to ``<out>/feature-cache``. Writes
+    ``<out>/sweep/summary.json`` (one row per setting: overrides, propagation config,
+    implementation factors, headline metrics, results path) and prints it as a table.
+    """
+    cfg = cfg.with_task_defaults()
+    settings = parse_sweep(cfg.sweep)
+    out = Path(cfg.out)
+    cache = cfg.cache or str(out / "feature-cache")
+    rows = []
+    for overrides in settings:
+        name = setting_name(overrides)
+        run = dataclasses.replace(cfg, sweep=None, out=str(out / "sweep" / name), cache=cache, **overrides)
+        run.propagation()  # a bad combination fails before any work
+        results = evaluate(run)
+        if results is None:  # not rank 0
+            continue
+        metrics = results.get("metrics") or {}
+        rows.append({"name": name, "overrides": overrides, "propagation": results["config"]["propagation"],
+                     "factors": results["factors"],
+                     "metrics": {k: metrics.get(k) for k in HEADLINE_METRICS[cfg.task]},
+                     "timings": {k: results["timings"][k] for k in ("features_s", "propagation_s", "cache_hits")},
+                     "results": str(out / "sweep" / name / "results.json")})
+    if not init_ranks().is_main:
+        return None
+    summary = {"task": cfg.task, "sweep": cfg.sweep, "feature_cache": cache, "settings": rows}
+    atomic_write_json(out / "sweep" / "summary.json", summary)
+    print_sweep_table(summary)
+    print(f"sweep summary: {out / 'sweep' / 'summary.json'}")
+    return summary
+
+
+def print_sweep_table(summary: dict) -> None:
+    """One row per setting: its name and headline metrics (percent)."""
+    keys = HEADLINE_METRICS[summary["task"]]
+    width = max([24, *(len(row["name"]) + 2 for row in summary["settings"])])
+    print(f"\n{'setting':<{width}}" + "".join(f"{k[:12]:>14}" for k in keys))
+    for row in summary["settings"]:
+        cells = [row["metrics"][k] for k in keys]
+        print(f"{row['name']:<{width}}" + "".join(
+            f"{'n/a':>14}" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:>14.2f}"
+            for v in cells))

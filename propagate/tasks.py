@@ -5,6 +5,9 @@ dataset (or generate a synthetic stand-in), then per video read -> resize to the
 input size -> features -> propagate with the one :class:`~propagate.Propagator` -> decode ->
 save the predictions and a record ``<out>/sequences/<video>.json`` (a rerun with the same
 settings reuses it; ``--overwrite`` redoes it) -> score everything -> ``results.json``.
+Features come from ``--cache`` when it holds the video (:mod:`propagate.cache`); under
+``torchrun`` each rank evaluates its share of the videos and rank 0 merges the records
+(:mod:`propagate.distributed`); see :mod:`propagate.evaluate` for both.
 
 Outputs under ``--out`` (default ``results/<task>``), besides ``results.json`` and the records:
 
@@ -47,9 +50,11 @@ from datasets.tapvid import TapVidDataset, TapVidVideo
 from datasets.vip import VipDataset, VipVideo
 
 from .config import PropagationConfig
-from .evaluate import (TASK_DEFAULTS, EvalConfig, encoder_for_video, extract_video_features, load_encoder,
-                       load_record, propagate_frames, record_path, resize_frame, results_header, run_key,
-                       synthetic_banner, write_overlays)
+from .cache import CacheSlot
+from .distributed import init_ranks, rank_device
+from .evaluate import (TASK_DEFAULTS, EvalConfig, encoder_for_video, feature_cache, load_encoder, load_record,
+                       propagate_frames, record_path, require_record, resize_frame, results_header, run_key,
+                       synthetic_banner, video_features, write_overlays)
 from .labels import (KEYPOINT_SIGMA, KEYPOINT_TOPK, MIN_PEAK_RATIO, OCCLUSION_THRESHOLD, QUERY_SIGMA,
                      QUERY_WINDOW, heatmaps_to_keypoints, keypoints_to_heatmaps, labels_to_parts,
                      parts_to_labels, rescale_points, track_points)
@@ -107,7 +112,7 @@ def _jhmdb_file(out: Path, name: str) -> Path:
 @torch.inference_mode()
 def predict_jhmdb_video(video: JhmdbVideo, encoder: torch.nn.Module, prop_cfg: PropagationConfig,
                         device: torch.device, input_size: tuple[int, int], batch_size: int = 8,
-                        progress: bool = True) -> tuple[np.ndarray, dict]:
+                        progress: bool = True, cache: Optional[CacheSlot] = None) -> tuple[np.ndarray, dict]:
     """Propagate frame 0's joints -> (keypoints float64 [T, 15, 2] (x, y) original pixels, timings).
 
     Frames are resized (bilinear) to ``input_size``; frame 0's joints become Gaussian
@@ -127,7 +132,7 @@ def predict_jhmdb_video(video: JhmdbVideo, encoder: torch.nn.Module, prop_cfg: P
         lambda t: resize_frame(video.read_frame(t), input_size), video.num_frames, encoder, prop_cfg, device,
         first_label=lambda grid: keypoints_to_heatmaps(rescale_points(video.keypoints[0], size, input_size),
                                                        input_size, grid, stride, device=device),
-        decode=decode, batch_size=batch_size, desc=video.name, progress=progress)
+        decode=decode, batch_size=batch_size, desc=video.name, progress=progress, cache=cache)
     return preds, timings
 
 
@@ -144,7 +149,8 @@ def jhmdb_visualisation(out_dir: Path, video: JhmdbVideo, preds: np.ndarray) -> 
 def evaluate_jhmdb(cfg: EvalConfig) -> dict:
     """JHMDB keypoint propagation scored by PCK (PROTOCOLS.md section 6); returns results.json's content."""
     cfg = cfg.with_task_defaults()
-    device = resolve_device(cfg.device)
+    ranks = init_ranks()
+    device = rank_device(resolve_device(cfg.device), ranks)
     encoder, encoder_info = load_encoder(cfg, device)
     prop_cfg = cfg.propagation()
     dataset = open_jhmdb(cfg)
@@ -153,34 +159,44 @@ def evaluate_jhmdb(cfg: EvalConfig) -> dict:
     out = Path(cfg.out)
     decoding = {"input_size": list(cfg.input_size), "sigma": KEYPOINT_SIGMA, "topk": KEYPOINT_TOPK}
     key = run_key(cfg, encoder_info, identity, decoding)
-    print(f"JHMDB: {len(names)} videos from {identity['split_file']}; encoder {encoder_info['encoder']} "
-          f"({encoder_info['format']}); input {cfg.input_size[0]}x{cfg.input_size[1]}; propagation {prop_cfg}; "
-          f"device {device}")
+    if ranks.is_main:
+        print(f"JHMDB: {len(names)} videos from {identity['split_file']}; encoder {encoder_info['encoder']} "
+              f"({encoder_info['format']}); input {cfg.input_size[0]}x{cfg.input_size[1]}; propagation {prop_cfg}; "
+              f"device {device}"
+              + (f"; {ranks.world_size} processes" if ranks.distributed else ""))
+
+    for name in tqdm(ranks.shard(names), desc="videos", unit="video", disable=not ranks.is_main):
+        path, file = record_path(out, name), _jhmdb_file(out, name)
+        if not cfg.overwrite and load_record(path, key) is not None and file.is_file():
+            continue
+        video = dataset[name]
+        video_encoder, adapt_seconds = encoder_for_video(
+            encoder, lambda t: resize_frame(video.read_frame(t), cfg.input_size), video.num_frames, cfg, device)
+        pred, video_timings = predict_jhmdb_video(
+            video, video_encoder, prop_cfg, device, cfg.input_size, cfg.batch_size,
+            cache=feature_cache(cfg, encoder_info, identity, name))
+        video_timings["adaptation"] = adapt_seconds
+        atomic_write(file, lambda f: np.save(f, pred))
+        try:
+            single = jhmdb_pck([pred], [video.keypoints])
+        except ValueError:  # no joint predicted after frame 0: nothing to score in this video alone
+            single = {a: float("nan") for a in JHMDB_PCK_THRESHOLDS}
+        record = {"run_key": key, "sequence": name, "num_frames": video.num_frames, "rank": ranks.rank,
+                  "timings": video_timings,
+                  "predictions": str(file.relative_to(out)),
+                  "scores": {f"PCK@{a}": v for a, v in single.items()}}
+        if cfg.vis:
+            jhmdb_visualisation(out / "vis", video, pred)
+        atomic_write_json(path, record)
+    ranks.barrier()
+    if not ranks.is_main:
+        return None
 
     preds, gts, timings, per_video = [], [], {}, {}
-    for name in tqdm(names, desc="videos", unit="video"):
+    for name in names:  # the merge reads every record and prediction back, whoever wrote them
         video = dataset[name]
-        path, file = record_path(out, name), _jhmdb_file(out, name)
-        record = load_record(path, key) if not cfg.overwrite else None
-        if record is not None and file.is_file():
-            pred = np.load(file)
-        else:
-            video_encoder, adapt_seconds = encoder_for_video(
-                encoder, lambda t: resize_frame(video.read_frame(t), cfg.input_size), video.num_frames, cfg, device)
-            pred, video_timings = predict_jhmdb_video(video, video_encoder, prop_cfg, device, cfg.input_size,
-                                                      cfg.batch_size)
-            video_timings["adaptation"] = adapt_seconds
-            atomic_write(file, lambda f: np.save(f, pred))
-            try:
-                single = jhmdb_pck([pred], [video.keypoints])
-            except ValueError:  # no joint predicted after frame 0: nothing to score in this video alone
-                single = {a: float("nan") for a in JHMDB_PCK_THRESHOLDS}
-            record = {"run_key": key, "sequence": name, "num_frames": video.num_frames, "timings": video_timings,
-                      "predictions": str(file.relative_to(out)),
-                      "scores": {f"PCK@{a}": v for a, v in single.items()}}
-            if cfg.vis:
-                jhmdb_visualisation(out / "vis", video, pred)
-            atomic_write_json(path, record)
+        record, file = require_record(out, name, key), _jhmdb_file(out, name)
+        pred = np.load(file)
         if pred.shape != video.keypoints.shape:
             raise ValueError(f"{file}: predictions have shape {pred.shape}, expected {video.keypoints.shape}")
         preds.append(pred)
@@ -222,7 +238,8 @@ def open_vip(cfg: EvalConfig) -> VipDataset:
 @torch.inference_mode()
 def predict_vip_video(video: VipVideo, encoder: torch.nn.Module, prop_cfg: PropagationConfig,
                       device: torch.device, input_size: tuple[int, int], out: Path, batch_size: int = 8,
-                      keep_maps: bool = False, progress: bool = True) -> tuple[np.ndarray, dict, list]:
+                      keep_maps: bool = False, progress: bool = True, cache: Optional[CacheSlot] = None
+                      ) -> tuple[np.ndarray, dict, list]:
     """Propagate frame 0's part map; write each frame's PNG -> (confusion [20, 20], timings, maps).
 
     Frames are resized (bilinear) and annotation 0 (nearest) to ``input_size``; each later
@@ -252,14 +269,15 @@ def predict_vip_video(video: VipVideo, encoder: torch.nn.Module, prop_cfg: Propa
     timings = propagate_frames(
         lambda t: resize_frame(video.read_frame(t), input_size), video.num_frames, encoder, prop_cfg, device,
         first_label=lambda grid: parts_to_labels(resize_nearest(first, input_size), grid, stride, device=device),
-        decode=decode, batch_size=batch_size, desc=video.name, progress=progress)
+        decode=decode, batch_size=batch_size, desc=video.name, progress=progress, cache=cache)
     return confusion, timings, maps
 
 
 def evaluate_vip(cfg: EvalConfig) -> dict:
     """VIP part propagation scored by mIoU (PROTOCOLS.md section 7); returns results.json's content."""
     cfg = cfg.with_task_defaults()
-    device = resolve_device(cfg.device)
+    ranks = init_ranks()
+    device = rank_device(resolve_device(cfg.device), ranks)
     encoder, encoder_info = load_encoder(cfg, device)
     prop_cfg = cfg.propagation()
     dataset = open_vip(cfg)
@@ -268,31 +286,40 @@ def evaluate_vip(cfg: EvalConfig) -> dict:
     out = Path(cfg.out)
     decoding = {"input_size": list(cfg.input_size)}
     key = run_key(cfg, encoder_info, identity, decoding)
-    print(f"VIP: {len(names)} videos from {identity['root']} ({identity['split']}); encoder "
-          f"{encoder_info['encoder']} ({encoder_info['format']}); input {cfg.input_size[0]}x{cfg.input_size[1]}; "
-          f"propagation {prop_cfg}; device {device}")
+    if ranks.is_main:
+        print(f"VIP: {len(names)} videos from {identity['root']} ({identity['split']}); encoder "
+              f"{encoder_info['encoder']} ({encoder_info['format']}); input {cfg.input_size[0]}x{cfg.input_size[1]}; "
+              f"propagation {prop_cfg}; device {device}"
+              + (f"; {ranks.world_size} processes" if ranks.distributed else ""))
+
+    for name in tqdm(ranks.shard(names), desc="videos", unit="video", disable=not ranks.is_main):
+        path = record_path(out, name)
+        if not cfg.overwrite and load_record(path, key) is not None:
+            continue
+        video = dataset[name]
+        video_encoder, adapt_seconds = encoder_for_video(
+            encoder, lambda t: resize_frame(video.read_frame(t), cfg.input_size), video.num_frames, cfg, device)
+        video_confusion, video_timings, maps = predict_vip_video(
+            video, video_encoder, prop_cfg, device, cfg.input_size, out / "predictions", cfg.batch_size,
+            keep_maps=cfg.vis, cache=feature_cache(cfg, encoder_info, identity, name))
+        video_timings["adaptation"] = adapt_seconds
+        record = {"run_key": key, "sequence": name, "num_frames": video.num_frames, "rank": ranks.rank,
+                  "timings": video_timings,
+                  "scored_frames": len([t for t in video.annotated_frames if t > 0]),
+                  "confusion": video_confusion.tolist(),
+                  "scores": {"mIoU": vip_iou_from_confusion(video_confusion)["mIoU"]}}
+        if cfg.vis:
+            write_overlays(out / "vis", name, [overlay_parts(video.read_frame(t), maps[t])
+                                               for t in range(video.num_frames)])
+        atomic_write_json(path, record)
+    ranks.barrier()
+    if not ranks.is_main:
+        return None
 
     confusion = np.zeros((20, 20), np.int64)
     timings, per_video = {}, {}
-    for name in tqdm(names, desc="videos", unit="video"):
-        path = record_path(out, name)
-        record = load_record(path, key) if not cfg.overwrite else None
-        if record is None:
-            video = dataset[name]
-            video_encoder, adapt_seconds = encoder_for_video(
-                encoder, lambda t: resize_frame(video.read_frame(t), cfg.input_size), video.num_frames, cfg, device)
-            video_confusion, video_timings, maps = predict_vip_video(
-                video, video_encoder, prop_cfg, device, cfg.input_size, out / "predictions", cfg.batch_size,
-                keep_maps=cfg.vis)
-            video_timings["adaptation"] = adapt_seconds
-            record = {"run_key": key, "sequence": name, "num_frames": video.num_frames, "timings": video_timings,
-                      "scored_frames": len([t for t in video.annotated_frames if t > 0]),
-                      "confusion": video_confusion.tolist(),
-                      "scores": {"mIoU": vip_iou_from_confusion(video_confusion)["mIoU"]}}
-            if cfg.vis:
-                write_overlays(out / "vis", name, [overlay_parts(video.read_frame(t), maps[t])
-                                                   for t in range(video.num_frames)])
-            atomic_write_json(path, record)
+    for name in names:  # the merge reads every record back, whoever wrote it
+        record = require_record(out, name, key)
         confusion += np.asarray(record["confusion"], dtype=np.int64)
         timings[name] = {**record["timings"], "num_frames": record["num_frames"]}
         per_video[name] = record["scores"]
@@ -342,7 +369,8 @@ def _propagated_frames(query_frames: np.ndarray, num_frames: int, backward: bool
 def evaluate_tapvid(cfg: EvalConfig) -> dict:
     """TAP-Vid point tracking scored by AJ, <delta^x_avg> and OA (PROTOCOLS.md section 8)."""
     cfg = cfg.with_task_defaults()
-    device = resolve_device(cfg.device)
+    ranks = init_ranks()
+    device = rank_device(resolve_device(cfg.device), ranks)
     encoder, encoder_info = load_encoder(cfg, device)
     prop_cfg = cfg.propagation()
     dataset = open_tapvid(cfg)
@@ -352,34 +380,46 @@ def evaluate_tapvid(cfg: EvalConfig) -> dict:
     tracking = {**TRACK_SETTINGS, "backward": backward, "query_mode": cfg.query_mode,
                 "input_size": list(cfg.input_size), "category": dataset.category}
     key = run_key(cfg, encoder_info, identity, tracking)
-    print(f"TAP-Vid: {identity['name']} from {identity['path']} ({cfg.query_mode} queries, "
-          f"{dataset.category}); encoder {encoder_info['encoder']} ({encoder_info['format']}); "
-          f"propagation {prop_cfg}; device {device}")
+    if ranks.is_main:
+        print(f"TAP-Vid: {identity['name']} from {identity['path']} ({cfg.query_mode} queries, "
+              f"{dataset.category}); encoder {encoder_info['encoder']} ({encoder_info['format']}); "
+              f"propagation {prop_cfg}; device {device}"
+              + (f"; {ranks.world_size} processes" if ranks.distributed else ""))
 
     propagator = Propagator(prop_cfg)
-    scores, timings, per_video = [], {}, {}
-    # Videos are read one at a time (Kinetics shards hold many JPEG-encoded videos each).
+    # Videos are read one at a time (Kinetics shards hold many JPEG-encoded videos each); with
+    # several processes, the i-th selected video of the stream belongs to rank i % G.
     wanted = set(cfg.sequences or ())
     videos = dataset.videos() if dataset.kind == "kinetics" else list(dataset.videos())  # a pickle is in memory
     total = len(wanted) if wanted else (None if dataset.kind == "kinetics" else len(videos))
-    for video in tqdm(videos, desc="videos", unit="video", total=total):
+    names = []
+    for video in tqdm(videos, desc="videos", unit="video", total=total, disable=not ranks.is_main):
         name = video.name
         if wanted and name not in wanted:
             continue
+        names.append(name)
+        if not ranks.owns(len(names) - 1):
+            continue
         path = record_path(out, name)
-        record = load_record(path, key) if not cfg.overwrite else None
-        if record is None:
-            record = _track_video(video, dataset, encoder, propagator, device, cfg, out, key, backward)
-            atomic_write_json(path, record)
+        if cfg.overwrite or load_record(path, key) is None:
+            record = _track_video(video, dataset, encoder, propagator, device, cfg, out, key, backward,
+                                  feature_cache(cfg, encoder_info, identity, name))
+            atomic_write_json(path, {**record, "rank": ranks.rank})
+
+    missing = sorted(wanted - set(names))
+    if missing:
+        raise KeyError(f"--sequences names {missing} not in {dataset.path}")
+    if not names:
+        raise ValueError(f"{dataset.path}: no video to evaluate")
+    ranks.barrier()
+    if not ranks.is_main:
+        return None
+    scores, timings, per_video = [], {}, {}
+    for name in names:  # the merge reads every record back, whoever wrote it
+        record = require_record(out, name, key)
         scores.append({k: np.asarray(record["scores"][k], dtype=np.float64) for k in TAPVID_KEYS})
         timings[name] = {**record["timings"], "num_frames": record["num_frames"]}
         per_video[name] = record["scores"]
-
-    missing = sorted(wanted - set(per_video))
-    if missing:
-        raise KeyError(f"--sequences names {missing} not in {dataset.path}")
-    if not per_video:
-        raise ValueError(f"{dataset.path}: no video to evaluate")
     results = results_header("tapvid", cfg, encoder_info, identity, timings, tracking=tracking)
     results["category"] = dataset.category
     results["metrics"] = tapvid_summary(scores)
@@ -396,11 +436,15 @@ def evaluate_tapvid(cfg: EvalConfig) -> dict:
 
 
 def _track_video(video: TapVidVideo, dataset: TapVidDataset, encoder: torch.nn.Module, propagator: Propagator,
-                 device: torch.device, cfg: EvalConfig, out: Path, key: str, backward: bool) -> dict:
-    """Track one video's queries, write its .npz (and --vis), score it; returns its record."""
+                 device: torch.device, cfg: EvalConfig, out: Path, key: str, backward: bool,
+                 cache: Optional[CacheSlot] = None) -> dict:
+    """Track one video's queries, write its .npz (and --vis), score it; returns its record.
+
+    ``cache``: the video's feature-cache slot (features read from it when complete).
+    """
     sample = video.sample(dataset.query_mode, dataset.resolution)
     encoder, adapt_seconds = encoder_for_video(encoder, lambda t: sample.frames[t], video.num_frames, cfg, device)
-    feats, feature_seconds = extract_video_features(encoder, sample.frames, device, cfg.batch_size)
+    feats, feature_timings = video_features(encoder, sample.frames, device, cfg.batch_size, cache)
     query_frames = np.clip(np.round(sample.query_points[:, 0]).astype(np.int64), 0, video.num_frames - 1)
     bar = tqdm(total=_propagated_frames(query_frames, video.num_frames, backward, TRACK_SETTINGS["max_queries"]),
                desc=video.name, unit="frame", leave=False)
@@ -432,7 +476,7 @@ def _track_video(video: TapVidVideo, dataset: TapVidDataset, encoder: torch.nn.M
                                                  for t, frame in enumerate(sample.frames)])
     return {"run_key": key, "sequence": video.name, "num_frames": video.num_frames,
             "num_queries": int(len(sample.query_points)),
-            "timings": {"features": feature_seconds, "propagation": propagation_seconds, "adaptation": adapt_seconds},
+            "timings": {**feature_timings, "propagation": propagation_seconds, "adaptation": adapt_seconds},
             "scores": {k: float(v[0]) for k, v in metrics.items()}}
 
 

@@ -1,0 +1,214 @@
+"""On-disk cache of per-video encoder features (``evaluate.py --cache DIR``).
+
+Propagation settings (top-k, radius, temperature, context, ...) do not change the features,
+so a sweep over them needs the encoder only once per video. An entry holds the features
+``(T, C, h, w)`` of one video, the output of :func:`propagate.evaluate.extract_features`
+(encoder applied to ImageNet-normalised frames), and is found by a key: the SHA-256 of
+
+* the encoder's identity (:func:`encoder_identity`): name, constructor kwargs, and the
+  checkpoint's SHA-256 (or, for a random-init encoder, its seed and the torch version that
+  drew the weights);
+* the preprocessing: input size (``"native"`` or ``[H, W]``), the resize interpolation, the
+  normalisation mean and std, DAVIS's resolution folder;
+* the video's identity: the dataset's name and ``listing_sha256`` (a hash of its file
+  listing, see each reader's ``identity()``) and the video's name. The dataset's location
+  on disk is not part of the key: a moved dataset still hits.
+
+Layout: ``DIR/<key>-<dtype>/chunk-<first frame>.npy`` (C-contiguous ``(n, C, h, w)``, n =
+the batch size that wrote it) and ``DIR/<key>-<dtype>/meta.json`` (the key's material,
+shape, dtype, chunks, input frame size, device).
+Every file is written atomically (:mod:`corr.io`) and ``meta.json`` is written last, so an
+entry without it (a killed run) is incomplete and is recomputed. Writing is streamed chunk
+by chunk while propagation runs, so memory does not grow with the video's length.
+
+Storage dtype: ``float32`` (default) stores the features bit-exactly, so results with a
+warm cache equal those computed without a cache. ``float16`` halves the disk space; the
+features are then rounded to float16 on every run that uses the cache (cold or warm), so a
+cold and a warm run still agree with each other, but not with a run without the cache.
+The device that computed the features is recorded in ``meta.json`` but is not part of the
+key (CPU and CUDA features differ in the last bits).
+
+Not cached: features of an encoder adapted to the video (test-time adaptation,
+``--tta-steps``), which depend on the video itself; the evaluation then neither reads nor
+writes the cache. One process writes an entry at a time (the evaluation's sharding ensures
+it); a writer first removes an incomplete entry of the same key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from corr.io import atomic_write, atomic_write_json
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+CACHE_DTYPES = ("float32", "float16")
+#: Interpolation used to resize frames to the input size (:func:`propagate.evaluate.resize_frame`).
+RESIZE_INTERPOLATION = "cv2.INTER_LINEAR"
+
+
+def encoder_identity(encoder_info: dict) -> dict:
+    """What determines an encoder's weights: name, kwargs, checkpoint SHA-256 or random-init seed."""
+    identity = {"encoder": encoder_info["encoder"], "kwargs": encoder_info.get("kwargs", {}),
+                "format": encoder_info.get("format")}
+    if encoder_info.get("sha256"):
+        identity["sha256"] = encoder_info["sha256"]
+    else:
+        identity.update(seed=encoder_info.get("seed"), torch=torch.__version__.split("+")[0])
+    return identity
+
+
+def preprocessing_identity(input_size: Optional[tuple[int, int]], resolution: Optional[str] = None) -> dict:
+    """What turns a stored frame into the encoder's input."""
+    return {"input_size": list(input_size) if input_size is not None else "native",
+            "resize": RESIZE_INTERPOLATION, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "resolution": resolution}
+
+
+def video_identity(dataset_identity: dict, name: str) -> dict:
+    """A video: its dataset's name and file-listing hash, and its own name."""
+    return {"dataset": dataset_identity["name"], "listing_sha256": dataset_identity["listing_sha256"],
+            "video": name}
+
+
+def cache_key(encoder: dict, preprocessing: dict, video: dict) -> str:
+    """Hex SHA-256 of the three identities (sorted-key JSON)."""
+    material = {"encoder": encoder, "preprocessing": preprocessing, "video": video}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class FeatureCache:
+    """Per-video features on disk under ``root`` (see the module docstring).
+
+    ``dtype``: storage dtype, ``"float32"`` (exact) or ``"float16"``. Features are always
+    returned as float32 tensors.
+    """
+
+    def __init__(self, root: str | Path, dtype: str = "float32"):
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
+        self.root = Path(root)
+        self.dtype = dtype
+
+    def entry(self, key: str) -> Path:
+        """The folder of entry ``key`` in this storage dtype (dtypes never overwrite each other)."""
+        return self.root / f"{key}-{self.dtype}"
+
+    def lookup(self, key: str) -> Optional["CachedFeatures"]:
+        """The complete entry ``key``, or None (absent, incomplete, or stored with another dtype)."""
+        meta_path = self.entry(key) / "meta.json"
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if meta.get("dtype") != self.dtype:
+            return None
+        return CachedFeatures(self.entry(key), meta)
+
+    def writer(self, key: str, num_frames: int, material: dict) -> "FeatureWriter":
+        """A writer for entry ``key`` (an incomplete or stale entry is removed first)."""
+        entry = self.entry(key)
+        if entry.exists():
+            shutil.rmtree(entry)
+        return FeatureWriter(entry, num_frames, self.dtype, material)
+
+    def round_trip(self, feats: torch.Tensor) -> torch.Tensor:
+        """``feats`` as they read back from the cache: rounded through the storage dtype, float32."""
+        if self.dtype == "float32":
+            return feats.float()
+        return feats.to(torch.float16).float()
+
+
+@dataclass(frozen=True)
+class CacheSlot:
+    """One video's place in a cache: the entry ``key`` and the identities it was made from."""
+
+    cache: FeatureCache
+    key: str
+    material: dict
+
+    def lookup(self) -> Optional["CachedFeatures"]:
+        return self.cache.lookup(self.key)
+
+    def writer(self, num_frames: int) -> "FeatureWriter":
+        return self.cache.writer(self.key, num_frames, self.material)
+
+
+def cache_slot(cache: FeatureCache, encoder_info: dict, preprocessing: dict, dataset_identity: dict,
+               name: str) -> CacheSlot:
+    """The slot of video ``name`` of a dataset for an encoder and a preprocessing."""
+    material = {"encoder": encoder_identity(encoder_info), "preprocessing": preprocessing,
+                "video": video_identity(dataset_identity, name)}
+    return CacheSlot(cache, cache_key(**material), material)
+
+
+class FeatureWriter:
+    """Streams one video's features into a cache entry; :meth:`finish` completes it."""
+
+    def __init__(self, entry: Path, num_frames: int, dtype: str, material: dict):
+        self.entry, self.num_frames, self.dtype, self.material = entry, num_frames, dtype, material
+        self.chunks: list[list[int]] = []  # [first frame, number of frames]
+        self.shape: Optional[list[int]] = None
+        self.written = 0
+
+    def add(self, feats: torch.Tensor) -> None:
+        """Append features (B, C, h, w) of the next B frames."""
+        if feats.ndim != 4:
+            raise ValueError(f"features must be (B, C, h, w), got {tuple(feats.shape)}")
+        if self.shape is not None and list(feats.shape[1:]) != self.shape:
+            raise ValueError(f"{self.entry}: features {tuple(feats.shape[1:])} differ from earlier {self.shape}")
+        self.shape = list(feats.shape[1:])
+        array = np.ascontiguousarray(feats.detach().to("cpu", getattr(torch, self.dtype)).numpy())
+        atomic_write(self.entry / f"chunk-{self.written:06d}.npy", lambda f: np.save(f, array))
+        self.chunks.append([self.written, int(feats.shape[0])])
+        self.written += int(feats.shape[0])
+
+    def finish(self, **extra) -> None:
+        """Write ``meta.json`` (with ``extra`` fields), which marks the entry complete.
+
+        Every frame must have been added.
+        """
+        if self.written != self.num_frames:
+            raise RuntimeError(f"{self.entry}: {self.written} of {self.num_frames} frames written")
+        atomic_write_json(self.entry / "meta.json", {
+            **self.material, **extra, "num_frames": self.num_frames, "shape": self.shape, "dtype": self.dtype,
+            "chunks": self.chunks})
+
+
+class CachedFeatures:
+    """A complete cache entry; reads frames ``[start, stop)`` as float32 on a device."""
+
+    def __init__(self, entry: Path, meta: dict):
+        self.entry, self.meta = entry, meta
+        self.num_frames = int(meta["num_frames"])
+        self._chunk: tuple[int, Optional[np.ndarray]] = (-1, None)
+
+    def _load_chunk(self, first: int) -> np.ndarray:
+        if self._chunk[0] != first:
+            path = self.entry / f"chunk-{first:06d}.npy"
+            try:
+                array = np.load(path)
+            except (OSError, ValueError) as error:
+                raise RuntimeError(f"{path}: unreadable feature-cache chunk ({error}); delete {self.entry}") from error
+            self._chunk = (first, array)
+        return self._chunk[1]
+
+    def read(self, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Features (stop - start, C, h, w) float32 on ``device``."""
+        if not 0 <= start < stop <= self.num_frames:
+            raise IndexError(f"{self.entry}: frames [{start}, {stop}) outside [0, {self.num_frames})")
+        parts = []
+        for first, count in self.meta["chunks"]:
+            lo, hi = max(start, first), min(stop, first + count)
+            if lo < hi:
+                parts.append(self._load_chunk(first)[lo - first:hi - first])
+        array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=torch.float32)

@@ -1,0 +1,142 @@
+"""Feature cache (propagate.cache, evaluate.py --cache): keys, exactness, encoder skipped when warm."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.synthetic import generate_davis
+from datasets.synthetic_tasks import generate_tapvid
+from propagate import evaluate as runner
+from propagate.cache import (FeatureCache, cache_key, cache_slot, encoder_identity, preprocessing_identity,
+                             video_identity)
+from propagate.evaluate import EvalConfig, evaluate, feature_cache, run_key
+
+
+@pytest.fixture(scope="module")
+def davis_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache-davis") / "DAVIS"
+    return generate_davis(root, num_sequences=2, num_frames=7, size=(48, 64), seed=5)
+
+
+def davis_config(root, out, cache=None, **kw):
+    return EvalConfig(data_root=str(root), encoder="pixel", context=3, out=str(out),
+                      cache=str(cache) if cache else None, batch_size=3, **kw)
+
+
+@pytest.fixture
+def count_encoder(monkeypatch):
+    """Counts calls of the feature extractor every task goes through."""
+    calls = []
+    original = runner.extract_features
+    monkeypatch.setattr(runner, "extract_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_warm_cache_gives_identical_results_without_the_encoder(davis_root, tmp_path, count_encoder):
+    plain = evaluate(davis_config(davis_root, tmp_path / "plain"))
+    encoder_calls = len(count_encoder)
+    assert encoder_calls == 6  # 2 sequences x ceil(7 / 3) batches
+    cold = evaluate(davis_config(davis_root, tmp_path / "cold", tmp_path / "cache"))
+    assert len(count_encoder) == 2 * encoder_calls
+    assert cold["timings"]["cache_hits"] == 0
+    warm = evaluate(davis_config(davis_root, tmp_path / "warm", tmp_path / "cache"))
+    assert len(count_encoder) == 2 * encoder_calls  # no encoder call with a warm cache
+    assert warm["timings"]["cache_hits"] == 2
+    assert warm["metrics"] == cold["metrics"] == plain["metrics"]  # float32 storage is exact
+    assert warm["per_object"] == plain["per_object"]
+    assert warm["factors"]["feature_cache"] == {"dtype": "float32"}
+    entries = sorted(p for p in (tmp_path / "cache").iterdir())
+    assert len(entries) == 2
+    meta = json.loads((entries[0] / "meta.json").read_text())
+    assert meta["dtype"] == "float32" and meta["num_frames"] == 7 and meta["shape"][0] == 3
+    assert meta["encoder"]["encoder"] == "pixel" and meta["preprocessing"]["input_size"] == "native"
+    # An entry without meta.json (a killed run) is recomputed, the other one reused.
+    (entries[0] / "meta.json").unlink()
+    again = evaluate(davis_config(davis_root, tmp_path / "again", tmp_path / "cache"))
+    assert len(count_encoder) == 2 * encoder_calls + 3
+    assert again["metrics"] == plain["metrics"]
+    # With test-time adaptation the cache is bypassed (neither read nor written).
+    assert feature_cache(davis_config(davis_root, tmp_path, tmp_path / "cache", tta_steps=1), {}, {}, "x") is None
+
+
+def test_float16_storage_agrees_between_cold_and_warm(davis_root, tmp_path, count_encoder):
+    cfg = davis_config(davis_root, tmp_path / "cold", tmp_path / "cache16", cache_dtype="float16")
+    cold = evaluate(cfg)
+    calls = len(count_encoder)
+    warm = evaluate(davis_config(davis_root, tmp_path / "warm", tmp_path / "cache16", cache_dtype="float16"))
+    assert len(count_encoder) == calls and warm["metrics"] == cold["metrics"]
+    chunk = next((tmp_path / "cache16").glob("*/chunk-000000.npy"))
+    assert np.load(chunk).dtype == np.float16
+    # Rounded features may change results: float16 runs never reuse float32 records and vice versa.
+    info, identity = {"encoder": "pixel"}, {"name": "d", "listing_sha256": "0"}
+    assert run_key(cfg.with_task_defaults(), info, identity) != \
+        run_key(davis_config(davis_root, tmp_path, tmp_path / "cache16").with_task_defaults(), info, identity)
+    with pytest.raises(ValueError, match="cache-dtype"):
+        davis_config(davis_root, tmp_path, tmp_path, cache_dtype="bfloat16").with_task_defaults()
+
+
+def test_cache_key_follows_encoder_preprocessing_and_video():
+    video = video_identity({"name": "DAVIS-2017", "listing_sha256": "abc", "root": "/somewhere"}, "bear")
+    base = encoder_identity({"encoder": "resnet18-crw", "kwargs": {"out_layer": "layer3"}, "format": "corr",
+                             "sha256": "1" * 64, "path": "/a/ckpt.pt", "step": 10})
+    key = cache_key(base, preprocessing_identity((320, 320)), video)
+    other_checkpoint = encoder_identity({"encoder": "resnet18-crw", "kwargs": {"out_layer": "layer3"},
+                                         "format": "corr", "sha256": "2" * 64, "path": "/a/ckpt.pt"})
+    assert cache_key(other_checkpoint, preprocessing_identity((320, 320)), video) != key
+    # The checkpoint's path and step are not part of the identity: a copied file still hits.
+    moved = encoder_identity({"encoder": "resnet18-crw", "kwargs": {"out_layer": "layer3"}, "format": "corr",
+                              "sha256": "1" * 64, "path": "/b/copy.pt"})
+    assert cache_key(moved, preprocessing_identity((320, 320)), video) == key
+    other_layer = encoder_identity({"encoder": "resnet18-crw", "kwargs": {"out_layer": "layer4"}, "format": "corr",
+                                    "sha256": "1" * 64})
+    assert cache_key(other_layer, preprocessing_identity((320, 320)), video) != key
+    assert cache_key(base, preprocessing_identity((256, 256)), video) != key
+    assert cache_key(base, preprocessing_identity(None, "480p"), video) != \
+        cache_key(base, preprocessing_identity(None, "Full-Resolution"), video)
+    assert cache_key(base, preprocessing_identity((320, 320)), {**video, "video": "cows"}) != key
+    assert cache_key(base, preprocessing_identity((320, 320)), {**video, "listing_sha256": "abd"}) != key
+    seed0 = encoder_identity({"encoder": "resnet18-crw", "format": "random-init", "seed": 0})
+    seed1 = encoder_identity({"encoder": "resnet18-crw", "format": "random-init", "seed": 1})
+    assert cache_key(seed0, preprocessing_identity(None), video) != cache_key(seed1, preprocessing_identity(None), video)
+
+
+def test_config_input_size_selects_another_entry(tmp_path):
+    identity = {"name": "JHMDB", "listing_sha256": "x"}
+    info = {"encoder": "pixel", "format": "random-init", "seed": 0}
+    a = feature_cache(EvalConfig(task="jhmdb", cache=str(tmp_path)).with_task_defaults(), info, identity, "v")
+    b = feature_cache(EvalConfig(task="jhmdb", cache=str(tmp_path), input_size=(256, 256)).with_task_defaults(),
+                      info, identity, "v")
+    assert a.key != b.key and a.material["preprocessing"]["input_size"] == [320, 320]
+
+
+def test_writer_and_reader_round_trip_across_chunks(tmp_path):
+    slot = cache_slot(FeatureCache(tmp_path), {"encoder": "pixel"}, preprocessing_identity(None),
+                      {"name": "d", "listing_sha256": "0"}, "v")
+    feats = torch.randn(7, 4, 3, 5)
+    writer = slot.writer(7)
+    for i in range(0, 7, 3):
+        writer.add(feats[i:i + 3])
+    assert slot.lookup() is None  # incomplete until finish()
+    writer.finish(frame_size=[24, 40])
+    cached = slot.lookup()
+    assert torch.equal(cached.read(0, 7), feats)
+    assert torch.equal(cached.read(2, 5), feats[2:5])  # spans two chunks
+    assert FeatureCache(tmp_path, "float16").lookup(slot.key) is None  # another storage dtype misses
+    with pytest.raises(IndexError):
+        cached.read(5, 9)
+
+
+def test_tapvid_reads_features_from_the_cache(tmp_path, count_encoder):
+    root = generate_tapvid(tmp_path / "tapvid", num_videos=2, num_frames=6, size=(48, 64), num_points=8, seed=2)
+
+    def cfg(out):
+        return EvalConfig(task="tapvid", data_root=str(root), encoder="pixel", context=3, input_size=(64, 64),
+                          out=str(tmp_path / out), cache=str(tmp_path / "cache"))
+
+    cold = evaluate(cfg("cold"))
+    calls = len(count_encoder)
+    assert calls > 0
+    warm = evaluate(cfg("warm"))
+    assert len(count_encoder) == calls and warm["metrics"] == cold["metrics"]
+    assert warm["timings"]["cache_hits"] == 2
