@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from datasets.palette import ID_MODES, VOID_ID, read_indexed_png, write_indexed_png
 
-__all__ = ["DatasetError", "DavisDataset", "DavisSequence", "read_indexed_png",
+__all__ = ["DatasetError", "DavisDataset", "DavisSequence", "read_indexed_png", "read_rgb_frame",
            "write_indexed_png", "RESOLUTIONS"]
 
 RESOLUTIONS = ("480p", "Full-Resolution")
@@ -46,6 +46,22 @@ _NUMBERED = re.compile(r"^\d+$")
 
 class DatasetError(ValueError):
     """A dataset on disk is missing a file or holds a malformed one (message names it)."""
+
+
+def read_rgb_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The image at ``path`` as ``uint8 (H, W, 3)`` RGB; a missing or unreadable file, or one
+    whose size is not ``size = (H, W)`` (that of the video's other frames), is a DatasetError."""
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: frame file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DatasetError(f"{path}: cannot read frame ({error})") from error
+    if rgb.shape[:2] != tuple(size):
+        raise DatasetError(f"{path}: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH), the video's "
+                           f"frames are {size[1]}x{size[0]}")
+    return rgb
 
 
 @dataclass
@@ -86,18 +102,7 @@ class DavisSequence:
 
     def read_frame(self, i: int) -> np.ndarray:
         """Frame ``i`` as ``uint8 (H, W, 3)`` RGB."""
-        path = self.frame_paths[self._check_index(i, self.num_frames, "frame")]
-        try:
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: frame file not found") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DatasetError(f"{path}: cannot read frame ({error})") from error
-        if rgb.shape[:2] != self.size:
-            raise DatasetError(f"{path}: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH), the "
-                               f"sequence's frames are {self.size[1]}x{self.size[0]}")
-        return rgb
+        return read_rgb_frame(self.frame_paths[self._check_index(i, self.num_frames, "frame")], self.size)
 
     def read_frames(self) -> np.ndarray:
         """All frames as ``uint8 (T, H, W, 3)``."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from datasets.davis import DatasetError
+from datasets.davis import DatasetError, read_rgb_frame
 
 __all__ = ["JHMDB_JOINTS", "JHMDB_PARENTS", "NUM_JOINTS", "JhmdbVideo", "JhmdbDataset", "read_joint_positions"]
 
@@ -107,17 +107,7 @@ class JhmdbVideo:
         if not -self.num_frames <= i < self.num_frames:
             raise IndexError(f"video {self.name!r}: frame index {i} out of range (has {self.num_frames})")
         path = self.frame_paths[i]
-        try:
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: frame file not found") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DatasetError(f"{path}: cannot read frame ({error})") from error
-        if rgb.shape[:2] != self.size:
-            raise DatasetError(f"{path}: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH), the video's "
-                               f"frames are {self.size[1]}x{self.size[0]}")
-        return rgb
+        return read_rgb_frame(path, self.size)
 
     def read_frames(self) -> np.ndarray:
         """All frames as ``uint8 (T, H, W, 3)``."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from datasets.davis import DatasetError
+from datasets.davis import DatasetError, read_rgb_frame
 from datasets.palette import read_indexed_png
 
 __all__ = ["VIP_CLASSES", "NUM_CLASSES", "VipVideo", "VipDataset"]
@@ -83,17 +83,7 @@ class VipVideo:
     def read_frame(self, i: int) -> np.ndarray:
         """Frame ``i`` as ``uint8 (H, W, 3)`` RGB."""
         path = self.frame_paths[self._check_index(i)]
-        try:
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: frame file not found") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DatasetError(f"{path}: cannot read frame ({error})") from error
-        if rgb.shape[:2] != self.size:
-            raise DatasetError(f"{path}: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH), the video's "
-                               f"frames are {self.size[1]}x{self.size[0]}")
-        return rgb
+        return read_rgb_frame(path, self.size)
 
     def read_frames(self) -> np.ndarray:
         """All frames as ``uint8 (T, H, W, 3)``."""
