@@ -35,6 +35,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -43,7 +44,7 @@ from PIL import Image
 from datasets.palette import ids_to_image
 
 __all__ = ["SyntheticScene", "render_scene", "render_sequence", "object_layer", "object_sprite_map",
-           "sequence_rng", "generate_davis"]
+           "sequence_rng", "generate_davis", "write_generated_set"]
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 90
@@ -403,6 +404,48 @@ def _reusable(root: Path, parameters: dict) -> bool:
     return record.get("listing_sha256") == _listing_sha256(root)
 
 
+def write_generated_set(root: str | Path, generator: str, parameters: dict,
+                        write: Callable[[Path], dict]) -> Path:
+    """Build a generated data set at ``root`` atomically, or reuse an identical one.
+
+    ``write(staging)`` fills a temporary folder next to ``root`` and returns extra fields
+    for ``synthetic.json`` (which also records ``generator``, ``parameters`` and a hash of
+    the file listing); the folder is then moved into place. ``root`` is reused as is when
+    it holds a complete set made with the same parameters, and replaced only if it is
+    empty or was generated (has ``synthetic.json``), never otherwise.
+    """
+    root = Path(root)
+    if root.is_dir() and _reusable(root, parameters):
+        return root
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: exists and is not a folder")
+    if root.exists() and not (root / PARAMETERS_FILE).is_file() and any(root.iterdir()):
+        raise ValueError(f"{root}: folder is not empty and was not made by {generator}; "
+                         "refusing to overwrite it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        staging.mkdir()
+        extra = write(staging)
+        record = {"generator": generator, "parameters": parameters, **extra,
+                  "listing_sha256": _listing_sha256(staging)}
+        (staging / PARAMETERS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        try:
+            os.replace(staging, root)
+        except OSError:
+            if not _reusable(root, parameters):  # not a twin process finishing first
+                raise
+            shutil.rmtree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
+
+
 def _write_sequence(root: Path, name: str, frames: np.ndarray, masks: np.ndarray) -> None:
     frame_dir = root / "JPEGImages" / RESOLUTION / name
     annotation_dir = root / "Annotations" / RESOLUTION / name
@@ -451,8 +494,23 @@ def generate_davis(root: str | Path, num_sequences: int = 3, num_frames: int = 2
         "sizes": [[int(h), int(w)] for h, w in sizes],
         "jpeg_quality": JPEG_QUALITY,
     }
-    if root.is_dir() and _reusable(root, parameters):
-        return root
+    def write(staging: Path) -> dict:
+        names, sequences = [], []
+        for index in range(num_sequences):
+            rng = sequence_rng(seed, index)
+            num_objects = int(rng.integers(1, max_objects + 1))
+            frames, masks = render_sequence(rng, num_frames, sizes[index], num_objects)
+            name = f"synth-{index:03d}"
+            _write_sequence(staging, name, frames, masks)
+            names.append(name)
+            sequences.append({"name": name, "size": [int(s) for s in sizes[index]],
+                              "num_frames": int(num_frames), "num_objects": num_objects})
+        split_file = staging / "ImageSets" / "2017" / f"{split}.txt"
+        split_file.parent.mkdir(parents=True)
+        split_file.write_text("".join(f"{name}\n" for name in names))
+        return {"sequences": sequences}
+
+    return write_generated_set(root, "datasets.synthetic.generate_davis", parameters, write)
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root}: exists and is not a folder")
     if root.exists() and not (root / PARAMETERS_FILE).is_file() and any(root.iterdir()):

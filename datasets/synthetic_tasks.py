@@ -26,11 +26,8 @@ set made with the same parameters is reused; a folder not made here is never ove
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pickle
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -39,13 +36,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from datasets.synthetic import SyntheticScene, object_sprite_map, render_scene, sequence_rng
+from datasets.synthetic import (SyntheticScene, object_sprite_map, render_scene, sequence_rng,
+                                write_generated_set)
 
 __all__ = ["generate_jhmdb", "generate_vip", "generate_tapvid", "scene_keypoints", "scene_part_maps",
            "scene_point_tracks", "JHMDB_SPLIT", "VIP_SPLIT", "TAPVID_KINDS"]
 
 GENERATOR_VERSION = 1
-PARAMETERS_FILE = "synthetic.json"
 JPEG_QUALITY = 90
 PICKLE_PROTOCOL = 4
 JHMDB_SPLIT = Path("splits") / "test_split1.txt"  # relative to the generated root
@@ -178,52 +175,11 @@ def scene_point_tracks(scene: SyntheticScene, num_points: int, rng: np.random.Ge
 
 # ----------------------------------------------------------------------------- writing sets
 
-def _listing_sha256(root: Path) -> str:
-    lines = [f"{p.relative_to(root).as_posix()}\t{p.stat().st_size}\n"
-             for p in sorted(root.rglob("*")) if p.is_file() and p.name != PARAMETERS_FILE]
-    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
-
-
-def _reusable(root: Path, parameters: dict) -> bool:
-    try:
-        record = json.loads((root / PARAMETERS_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return record.get("parameters") == parameters and record.get("listing_sha256") == _listing_sha256(root)
-
-
 def _build(root: str | Path, generator: str, parameters: dict, write: Callable[[Path], list[dict]]) -> Path:
     """Write a set with ``write(staging) -> per-video records`` into ``root`` (reused if identical)."""
-    root = Path(root)
     parameters = {"generator_version": GENERATOR_VERSION, **parameters}
-    if root.is_dir() and _reusable(root, parameters):
-        return root
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: exists and is not a folder")
-    if root.exists() and not (root / PARAMETERS_FILE).is_file() and any(root.iterdir()):
-        raise ValueError(f"{root}: folder is not empty and was not made by {generator}; refusing to overwrite it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        staging.mkdir()
-        videos = write(staging)
-        record = {"generator": f"datasets.synthetic_tasks.{generator}", "parameters": parameters,
-                  "videos": videos, "listing_sha256": _listing_sha256(staging)}
-        (staging / PARAMETERS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        try:
-            os.replace(staging, root)
-        except OSError:
-            if not _reusable(root, parameters):
-                raise
-            shutil.rmtree(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+    return write_generated_set(root, f"datasets.synthetic_tasks.{generator}", parameters,
+                               lambda staging: {"videos": write(staging)})
 
 
 def _scene(seed: int, index: int, num_frames: int, size: tuple[int, int], max_objects: int
