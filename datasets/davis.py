@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from datasets.palette import ID_MODES, VOID_ID, read_indexed_png, write_indexed_png
 
-__all__ = ["DatasetError", "DavisDataset", "DavisSequence", "read_indexed_png", "read_rgb_frame",
+__all__ = ["DatasetError", "DavisDataset", "DavisSequence", "image_header", "read_indexed_png", "read_rgb_frame",
            "write_indexed_png", "RESOLUTIONS"]
 
 RESOLUTIONS = ("480p", "Full-Resolution")
@@ -91,7 +91,7 @@ class DavisSequence:
     def size(self) -> tuple[int, int]:
         """``(H, W)`` of every frame and annotation of the sequence."""
         if self._size is None:
-            width, height, _ = _image_header(self.frame_paths[0])
+            width, height, _ = image_header(self.frame_paths[0])
             self._size = (height, width)
         return self._size
 
@@ -291,7 +291,7 @@ def _list_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
                          annotation_paths=list(annotations.values()))
 
 
-def _image_header(path: Path) -> tuple[int, int, str]:
+def image_header(path: Path) -> tuple[int, int, str]:
     """``(width, height, mode)`` from an image file's header (pixels are not decoded)."""
     try:
         with Image.open(path) as image:
@@ -304,14 +304,14 @@ def _image_header(path: Path) -> tuple[int, int, str]:
 
 def _check_sequence_headers(sequence: DavisSequence) -> None:
     """All frames share one size; each annotation is an id map of its frame's size."""
-    width, height, _ = _image_header(sequence.frame_paths[0])
+    width, height, _ = image_header(sequence.frame_paths[0])
     for path in sequence.frame_paths[1:]:
-        w, h, _ = _image_header(path)
+        w, h, _ = image_header(path)
         if (w, h) != (width, height):
             raise DatasetError(f"{path}: frame is {w}x{h} (WxH) but {sequence.frame_paths[0].name} "
                                f"is {width}x{height}")
     for path in sequence.annotation_paths:
-        w, h, mode = _image_header(path)
+        w, h, mode = image_header(path)
         if mode not in ID_MODES:
             raise DatasetError(f"{path}: annotation has mode {mode!r}; expected an indexed "
                                "palette PNG (mode 'P') or grey ids (mode 'L')")

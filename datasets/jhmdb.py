@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from datasets.davis import DatasetError, read_rgb_frame
+from datasets.davis import DatasetError, image_header, read_rgb_frame
 
 __all__ = ["JHMDB_JOINTS", "JHMDB_PARENTS", "NUM_JOINTS", "JhmdbVideo", "JhmdbDataset", "read_joint_positions"]
 
@@ -92,14 +91,8 @@ class JhmdbVideo:
     def size(self) -> tuple[int, int]:
         """``(H, W)`` of the frames (read from the first frame's header)."""
         if self._size is None:
-            path = self.frame_paths[0]
-            try:
-                with Image.open(path) as image:
-                    self._size = (image.height, image.width)
-            except FileNotFoundError:
-                raise DatasetError(f"{path}: frame file not found") from None
-            except (UnidentifiedImageError, OSError, SyntaxError) as error:
-                raise DatasetError(f"{path}: cannot read frame ({error})") from error
+            width, height, _ = image_header(self.frame_paths[0])
+            self._size = (height, width)
         return self._size
 
     def read_frame(self, i: int) -> np.ndarray:

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from datasets.davis import DatasetError, read_rgb_frame
+from datasets.davis import DatasetError, image_header, read_rgb_frame
 from datasets.palette import read_indexed_png
 
 __all__ = ["VIP_CLASSES", "NUM_CLASSES", "VipVideo", "VipDataset"]
@@ -65,14 +64,8 @@ class VipVideo:
     def size(self) -> tuple[int, int]:
         """``(H, W)`` of the frames (from the first frame's header)."""
         if self._size is None:
-            path = self.frame_paths[0]
-            try:
-                with Image.open(path) as image:
-                    self._size = (image.height, image.width)
-            except FileNotFoundError:
-                raise DatasetError(f"{path}: frame file not found") from None
-            except (UnidentifiedImageError, OSError, SyntaxError) as error:
-                raise DatasetError(f"{path}: cannot read frame ({error})") from error
+            width, height, _ = image_header(self.frame_paths[0])
+            self._size = (height, width)
         return self._size
 
     def _check_index(self, i: int) -> int:
