@@ -13,6 +13,9 @@ Registry (``ENCODERS``):
   (no dilation), so layer3 (256-d, evaluation) and layer4 (512-d, training) are at stride 8.
 - ``resnet50``: the same stride-8 treatment of ResNet-50 (TimeCycle style; layer3 is
   1024-d).
+- ``resnet18-s4``: ``resnet18-crw`` with layer2 at stride 1 as well, so layer1..layer4 are
+  all at stride 4 (a high-resolution variant for pixel-level objectives, PROTOCOLS.md 3;
+  same weights and key names as ``resnet18-crw``).
 - ``pixel``: raw pixels averaged over s x s cells (3-d), a baseline without parameters.
 
 The ResNets always hold layer1..layer4, so one state dict (torchvision key names minus
@@ -140,6 +143,16 @@ def resnet50_stride8(out_layer: str = "layer3", padding_mode: str = "reflect") -
     return StrideEightResNet(depth=50, out_layer=out_layer, padding_mode=padding_mode)
 
 
+def resnet18_stride4(out_layer: str = "layer3", padding_mode: str = "reflect") -> StrideEightResNet:
+    """``resnet18-crw`` with layer2's strided 3x3 conv and downsample conv at stride 1: stride 4."""
+    encoder = StrideEightResNet(depth=18, out_layer=out_layer, padding_mode=padding_mode)
+    for conv in encoder.layer2.modules():
+        if isinstance(conv, nn.Conv2d):
+            conv.stride = (1, 1)
+    encoder.stride = 4
+    return encoder
+
+
 class PixelEncoder(nn.Module):
     """Raw-pixel baseline: the mean image value over each s x s cell (no parameters).
 
@@ -176,6 +189,7 @@ class PixelEncoder(nn.Module):
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18-crw": resnet18_crw,
     "resnet50": resnet50_stride8,
+    "resnet18-s4": resnet18_stride4,
     "pixel": PixelEncoder,
 }
 
@@ -184,6 +198,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 EVALUATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet18-crw": {"out_layer": "layer3"},
     "resnet50": {"out_layer": "layer3"},
+    "resnet18-s4": {"out_layer": "layer3"},
 }
 
 

@@ -89,7 +89,8 @@ class TrainConfig:
         "help": "nodes: grid (7x7 patches) or dense (feature cells) (none: grid; demo dense)"})
     crop_size: Optional[int] = field(default=None, metadata={
         "help": "per-frame RandomResizedCrop size (none: 256; demo 64)"})
-    loss: str = field(default="crw", metadata={"help": "loss name or name=weight,... (known: crw)"})
+    loss: str = field(default="crw", metadata={
+        "help": "loss name or name=weight,... over one encoder (known: crw, cycle, pixel)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
     temperature: float = field(default=0.05, metadata={"help": "walk temperature tau"})
     edge_dropout: float = field(default=0.1, metadata={"help": "edge dropout probability"})
@@ -126,6 +127,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     (25 epochs, known once the dataset is indexed).
     """
     defaults = TrainConfig()
+    if cfg.mode is None and FRAME_LOSSES & set(parse_loss_spec(cfg.loss)):
+        cfg = dataclasses.replace(cfg, mode="dense")       # frame losses read whole frames
     if cfg.data is None:
         values = {k: v for k, v in DEMO.items()
                   if getattr(cfg, k) is None or (k not in REFERENCE and getattr(cfg, k) == getattr(defaults, k))}
@@ -139,17 +142,42 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for name in ("batch_size", "clip_len", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    parse_loss_spec(cfg.loss)
+    frame_losses = sorted(FRAME_LOSSES & set(parse_loss_spec(cfg.loss)))
+    if frame_losses and cfg.mode != "dense":
+        raise ValueError(f"--loss {','.join(frame_losses)} needs whole frames: use --mode dense, not {cfg.mode!r}")
     return cfg
 
 
 # ------------------------------------------------------------------------------ losses
 
 # A loss builder takes the config and returns a module mapping nodes (B, T, N, C) to
-# (loss, diagnostics). New losses register here and mix in with --loss "crw=1,name=w".
+# (loss, diagnostics), or, for the names in FRAME_LOSSES (modules with ``needs_frames``),
+# the dense clip (B, T, 3, H, W) and the shared encoder to (loss, diagnostics).
+# New losses register here and mix in with --loss "crw=1,name=w".
+
+
+def build_cycle_loss(cfg: TrainConfig) -> nn.Module:
+    """TimeCycle (PROTOCOLS.md 2) on the encoder's layer3, sized for ``crop_size`` frames."""
+    from corr.losses.cycle import CycleConsistencyLoss
+
+    probe = build_encoder(cfg.encoder, **({"out_layer": "layer3"} if encoder_kwargs(cfg.encoder) else {}))
+    cells = math.ceil(cfg.crop_size / probe.stride)
+    return CycleConsistencyLoss(probe.out_channels, (cells, cells), layer="layer3" if encoder_kwargs(cfg.encoder) else None)
+
+
+def build_pixel_loss(cfg: TrainConfig) -> nn.Module:
+    """Fine-grained pixel loss (PROTOCOLS.md 3) on layer3; use a stride-4 encoder (resnet18-s4)."""
+    from corr.losses.pixel import FinePixelLoss
+
+    return FinePixelLoss(layer="layer3" if encoder_kwargs(cfg.encoder) else None)
+
+
 LOSSES: dict[str, Callable[[TrainConfig], nn.Module]] = {
     "crw": lambda cfg: ContrastiveRandomWalk(cfg.temperature, cfg.edge_dropout, cfg.include_one_step),
+    "cycle": build_cycle_loss,
+    "pixel": build_pixel_loss,
 }
+FRAME_LOSSES = {"cycle", "pixel"}
 
 
 def parse_loss_spec(spec: str) -> dict[str, float]:
@@ -180,10 +208,18 @@ class WeightedLosses(nn.Module):
         self.losses = nn.ModuleDict(losses)
         self.weights = dict(weights)
 
-    def forward(self, nodes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    @property
+    def needs_nodes(self) -> bool:
+        return any(not getattr(loss_fn, "needs_frames", False) for loss_fn in self.losses.values())
+
+    def forward(self, nodes: Optional[torch.Tensor], clip: Optional[torch.Tensor] = None,
+                encoder: Optional[nn.Module] = None) -> tuple[torch.Tensor, dict[str, float]]:
         total, diagnostics = 0.0, {}
         for name, loss_fn in self.losses.items():
-            value, diag = loss_fn(nodes)
+            if getattr(loss_fn, "needs_frames", False):
+                value, diag = loss_fn(clip, encoder)
+            else:
+                value, diag = loss_fn(nodes)
             total = total + self.weights[name] * value
             diagnostics[f"{name}/loss"] = float(value.detach())
             diagnostics.update({f"{name}/{key}": v for key, v in diag.items()})
@@ -377,13 +413,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def checkpoint_dict(cfg: TrainConfig, model: WalkModel, optimizer, scaler, scheduler, step: int) -> dict[str, Any]:
+def checkpoint_dict(cfg: TrainConfig, model: WalkModel, optimizer, scaler, scheduler, step: int,
+                    loss_fn: Optional[nn.Module] = None) -> dict[str, Any]:
     """The ``corr-checkpoint-v1`` layout that ``corr.encoders.load_checkpoint`` reads."""
     return {
         "format": CHECKPOINT_FORMAT,
         "encoder": {"name": cfg.encoder, "kwargs": encoder_kwargs(cfg.encoder),
                     "state_dict": model.encoder.state_dict()},
-        "heads": {"walk": model.head.state_dict()},
+        "heads": {"walk": model.head.state_dict(),
+                  **({"losses": loss_fn.state_dict()} if loss_fn is not None and loss_fn.state_dict() else {})},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -397,7 +435,8 @@ def checkpoint_dict(cfg: TrainConfig, model: WalkModel, optimizer, scaler, sched
 _RESUME_MUST_MATCH = ("encoder", "head_dim", "mode", "clip_len", "batch_size", "seed", "loss")
 
 
-def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimizer, scaler, scheduler) -> int:
+def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimizer, scaler, scheduler,
+                        loss_fn: Optional[nn.Module] = None) -> int:
     """Restore everything from ``path``; return the step it was saved at."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
@@ -410,6 +449,8 @@ def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimize
                          f"({'; '.join(changed)})")
     model.encoder.load_state_dict(state["encoder"]["state_dict"])
     model.head.load_state_dict(state["heads"]["walk"])
+    if loss_fn is not None and "losses" in state["heads"]:
+        loss_fn.load_state_dict(state["heads"]["losses"])       # heads that live in losses (cycle tracker, ...)
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     scheduler.load_state_dict(state["scheduler"])
@@ -554,14 +595,17 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(runtime.device)
     loss_fn = build_losses(cfg).to(runtime.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if runtime.distributed and FRAME_LOSSES & set(loss_fn.losses):
+        raise ValueError(f"--loss {cfg.loss!r}: the frame losses ({', '.join(sorted(FRAME_LOSSES))}) run the encoder "
+                         "outside the DDP wrapper; train them in one process")
+    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant, as the reference
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
 
     step = 0
     if cfg.resume:
         if checkpoint_path.is_file():
-            step = load_training_state(checkpoint_path, cfg, model, optimizer, scaler, scheduler)
+            step = load_training_state(checkpoint_path, cfg, model, optimizer, scaler, scheduler, loss_fn)
             if runtime.is_main:
                 logger.info("resumed from %s at step %d", checkpoint_path, step)
         elif runtime.is_main:
@@ -613,8 +657,8 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
             step += 1
             torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + runtime.rank)  # edge dropout of this step
             with torch.autocast(device_type=runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
-                nodes = train_model(clip)                                          # B, T, N, C
-            loss, diagnostics = loss_fn(nodes)
+                nodes = train_model(clip) if loss_fn.needs_nodes else None          # B, T, N, C
+                loss, diagnostics = loss_fn(nodes, clip, model.encoder)
             mean_loss = float(_all_reduce_mean(loss, runtime))
             if not math.isfinite(mean_loss):
                 where = (f"the last good checkpoint is {checkpoint_path} (step {last_saved})" if last_saved is not None
@@ -649,13 +693,14 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
                 writer.add_scalar("speed/data_wait_share", window["wait"] / max(window["time"], 1e-9), step)
                 writer.add_scalar("data/skipped_videos", len(skipped), step)
                 window = {"clips": 0, "wait": 0.0, "time": 0.0, "loss": 0.0, "diag": {}, "count": 0}
-            if writer is not None and cfg.image_every > 0 and (step % cfg.image_every == 0 or step == first_step + 1):
+            if writer is not None and nodes is not None and cfg.image_every > 0 and (step % cfg.image_every == 0 or step == first_step + 1):
                 stride = getattr(model.encoder, "stride", 8)
                 image = walk_image(clip[0], nodes[0], cfg.mode, stride)
                 writer.add_image(f"walk/frame0_to_frame{cfg.clip_len - 1}", image, step, dataformats="HWC")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if runtime.is_main:
-                    atomic_torch_save(checkpoint_dict(cfg, model, optimizer, scaler, scheduler, step), checkpoint_path)
+                    atomic_torch_save(checkpoint_dict(cfg, model, optimizer, scaler, scheduler, step, loss_fn),
+                                      checkpoint_path)
                 last_saved = step
     finally:
         if progress is not None:

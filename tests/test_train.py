@@ -198,8 +198,8 @@ def test_config_defaults_for_demo_and_reference():
     assert resolve_config(TrainConfig(batch_size=7)).batch_size == 7
     assert parse_loss_spec("crw") == {"crw": 1.0}
     assert parse_loss_spec("crw=0.5") == {"crw": 0.5}
-    with pytest.raises(ValueError, match="unknown loss 'cycle'"):
-        parse_loss_spec("crw,cycle=1")
+    with pytest.raises(ValueError, match="unknown loss 'flow'"):
+        parse_loss_spec("crw,flow=1")
     with pytest.raises(ValueError, match="--mode"):
         resolve_config(TrainConfig(mode="sparse"))
 

@@ -1,0 +1,237 @@
+"""Cycle-consistency of time, after Wang, Jabri, Efros, "Learning Correspondence from the
+Cycle-Consistency of Time" (TimeCycle, CVPR 2019; PROTOCOLS.md section 2).
+
+Input: a clip ``frames (B, T, 3, H, W)`` (normalised, T >= 2) and the encoder. Frames
+``0 .. T-2`` are the *base* frames, frame ``T-1`` the *target* frame (TimeCycle samples it
+some frames after the base frames; with ``datasets.video`` set the clip's frame skip).
+
+Features. ``x = normalize(relu(conv1x1(encoder_layer3(image))))``: 512 channels, stride 8
+(the encoder's ``layer3``, ResNet-50 in the paper; any ResNet of :mod:`corr.encoders`).
+A frame gives ``(B, 512, h, w)``; the patch, an ``H/3 x W/3`` crop of the target frame
+cut by the affine ``theta_0`` (translation only) and encoded on its own, gives
+``(B, 512, p, p)`` (80 px -> 10x10 for 240 px -> 30x30 frames in the paper).
+
+Tracker. For a patch query ``q (B, C, p, p)`` and a frame ``x (B, C, h, w)``:
+
+    A[b, (i, j), (u, v)] = softmax_{(i, j)} (<x[b, :, i, j], q[b, :, u, v]> / 512^-0.5)   (B, h w, p, p)
+    (tx, ty, angle) = linear(lrelu(conv(lrelu(conv(A)))))     convs: h w -> 128 -> 64, kernel 4
+    theta = [[s cos a, -s sin a, tx], [s sin a, s cos a, ty]],  s = p / h (fixed scale; 1/3)
+
+(the frame positions are the channels of the convolutions, the patch cells their spatial
+grid, as in the reference; with patches smaller than 7 cells the kernels are 1x1.)
+``theta`` maps the patch's normalised grid to the frame's (``affine_grid``,
+``align_corners=False``); the tracked patch is ``grid_sample(relu features, theta)``,
+bilinear, L2-normalised when it is used as the next query.
+
+Losses, with ``G(theta)`` the images of a fixed 20x20 grid of points of ``[-1, 1]^2``:
+
+    d(theta, theta') = mean_points |G(theta) - G(theta')|^2        (grid-point MSE)
+    long  = mean_{c=1..min(4, T-1)} d(theta_c, theta_0): track the patch backward through
+            the last c base frames, forward again to the newest base frame, then into the
+            target frame (theta_c);
+    skip  = mean_t d(theta_t^skip, theta_0): track the patch directly to base frame t and
+            directly back to the target frame;
+    sim   = mean over the patches tracked directly into each base frame of
+            1 - cos(x_patch(u, v), x_tracked(u, v)), averaged over cells (feature similarity)
+    loss  = 0.02 * long + 1.0 * sim + 0.1 * skip          (published weights)
+
+All three are 0 for a perfect tracker on a static clip and grow with tracking errors.
+Diagnostics: ``long``, ``skip``, ``sim`` and ``long/c=C`` per cycle length.
+
+Published optimiser (not set by this module): Adam, lr 2e-4, betas (0.5, 0.999),
+gradient-norm clipping at 10.
+
+Patch placement: uniformly at random, or (``motion_patch=True``, the default) among the
+quarter of candidate positions (steps of one feature cell) with the largest mean absolute
+difference between the target frame and the last base frame, as TimeCycle samples
+patches where things move.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from corr.losses.pixel import encoder_features
+
+WEIGHTS = {"long": 0.02, "sim": 1.0, "skip": 0.1}
+
+
+def grid_points(n: int = 20, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(n*n, 3)`` homogeneous points of a regular grid on ``[-1, 1]^2``."""
+    lin = torch.linspace(-1, 1, n, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
+    return torch.stack([gx.ravel(), gy.ravel(), torch.ones(n * n, device=device, dtype=dtype)], dim=-1)
+
+
+def grid_mse(theta: torch.Tensor, target: torch.Tensor, n: int = 20) -> torch.Tensor:
+    """``mean_{b, points} |theta G - target G|^2`` for ``theta, target (B, 2, 3)``."""
+    points = grid_points(n, theta.device, theta.dtype)                                   # P, 3
+    diff = torch.einsum("bij,pj->bpi", theta - target, points)                          # B, P, 2
+    return (diff ** 2).sum(-1).mean()
+
+
+def affine_from_params(params: torch.Tensor, scale: tuple[float, float]) -> torch.Tensor:
+    """``(B, 3)`` (tx, ty, angle) -> ``(B, 2, 3)`` with fixed scale ``(sx, sy)``."""
+    tx, ty, angle = params.unbind(-1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx, sy = scale
+    return torch.stack([torch.stack([sx * cos, -sx * sin, tx], -1),
+                        torch.stack([sy * sin, sy * cos, ty], -1)], dim=1)
+
+
+def crop(features: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear crop ``(B, C, h, w) -> (B, C, *size)`` of the region ``theta (B, 2, 3)``."""
+    grid = F.affine_grid(theta.to(features.dtype), [features.shape[0], features.shape[1], *size], align_corners=False)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def patch_affinity(query: torch.Tensor, frame: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax over frame positions of <frame(i, j), query(u, v)> / scale``.
+
+    ``query (B, C, p, q)``, ``frame (B, C, h, w)`` -> ``(B, h*w, p, q)`` (frame positions as channels).
+    """
+    logits = torch.einsum("bchw,bcuv->bhwuv", frame, query) / scale
+    return logits.flatten(1, 2).softmax(dim=1)
+
+
+class Tracker(nn.Module):
+    """Affinity ``(B, h*w, p, q)`` -> ``(B, 3)`` (tx, ty, angle): two convs + linear (TimeCycle)."""
+
+    def __init__(self, frame_cells: int, patch_size: tuple[int, int]):
+        super().__init__()
+        kernel = 4 if min(patch_size) >= 7 else 1
+        self.convs = nn.Sequential(
+            nn.Conv2d(frame_cells, 128, kernel, bias=False), nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(128, 64, kernel, bias=False), nn.LeakyReLU(0.1, inplace=True))
+        out = [s - 2 * (kernel - 1) for s in patch_size]
+        self.linear = nn.Linear(64 * out[0] * out[1], 3)
+        for conv in self.convs:
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.normal_(self.linear.weight, 0, 0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, affinity: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.convs(affinity).flatten(1))
+
+
+class CycleConsistencyLoss(nn.Module):
+    """``(frames (B, T, 3, H, W), encoder) -> (loss, diagnostics)`` (module docstring).
+
+    Args:
+        in_channels: channels of the encoder's ``layer`` features (1024 for ResNet-50).
+        frame_size: ``(h, w)`` feature cells of a frame (30x30 for 240 px at stride 8).
+        patch_fraction: patch side / frame side (1/3).
+        dim: projection channels (512); the affinity scale is ``dim ** -0.5``.
+        max_cycle: longest cycle (4).
+        layer: encoder stage used (``layer3``; None: the encoder's output).
+        motion_patch: place the patch among the highest-motion positions.
+    """
+
+    needs_frames = True  # the training loop passes the clip and the encoder, not walk nodes
+
+    def __init__(self, in_channels: int, frame_size: tuple[int, int], patch_fraction: float = 1 / 3,
+                 dim: int = 512, max_cycle: int = 4, layer: Optional[str] = "layer3", motion_patch: bool = True,
+                 weights: Optional[dict[str, float]] = None):
+        super().__init__()
+        h, w = frame_size
+        self.frame_size = (h, w)
+        self.patch_size = (max(1, round(h * patch_fraction)), max(1, round(w * patch_fraction)))
+        self.scale = (self.patch_size[1] / w, self.patch_size[0] / h)                # (sx, sy) in normalised units
+        self.temperature = dim ** -0.5
+        self.max_cycle, self.layer, self.motion_patch = max_cycle, layer, motion_patch
+        self.weights = dict(WEIGHTS if weights is None else weights)
+        self.project = nn.Conv2d(in_channels, dim, 1, bias=False)
+        nn.init.kaiming_normal_(self.project.weight, mode="fan_out", nonlinearity="relu")
+        self.tracker = Tracker(h * w, self.patch_size)
+
+    # ------------------------------------------------------------------ pieces
+
+    def embed(self, encoder: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 3, H, W)`` -> ``(relu features, their L2-normalised copy)``, each ``(N, dim, h', w')``."""
+        raw = F.relu(self.project(encoder_features(encoder, images, self.layer)))
+        return raw, F.normalize(raw, dim=1)
+
+    def track(self, query: torch.Tensor, frame_norm: torch.Tensor, frame_raw: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Locate ``query (B, C, p, q)`` in a frame: ``(theta (B, 2, 3), tracked raw patch (B, C, p, q))``."""
+        affinity = patch_affinity(query, frame_norm, self.temperature)
+        theta = affine_from_params(self.tracker(affinity), self.scale)
+        return theta, crop(frame_raw, theta, self.patch_size)
+
+    def patch_transform(self, frames: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``theta_0 (B, 2, 3)``: where the patch is cut from the target frame (translation only)."""
+        b, t, _, height, width = frames.shape
+        (h, w), (p, q) = self.frame_size, self.patch_size
+        rows, cols = h - p + 1, w - q + 1                                                # candidate top-left cells
+        if self.motion_patch and t >= 2:
+            motion = (frames[:, -1] - frames[:, -2]).abs().mean(1, keepdim=True)          # B, 1, H, W
+            cell_motion = F.adaptive_avg_pool2d(motion, (h, w))
+            score = F.avg_pool2d(cell_motion, (p, q), stride=1).flatten(1)               # B, rows*cols
+            top = max(1, score.shape[1] // 4)
+            best = score.topk(top, dim=1).indices                                         # B, top
+            pick = torch.randint(top, (b,), generator=generator).to(best.device)
+            index = best.gather(1, pick[:, None])[:, 0]
+        else:
+            index = torch.randint(rows * cols, (b,), generator=generator).to(frames.device)
+        top_row, left_col = (index // cols).float(), (index % cols).float()
+        tx = (2 * left_col + q) / w - 1                                                   # patch centre, normalised
+        ty = (2 * top_row + p) / h - 1
+        params = torch.stack([tx, ty, torch.zeros_like(tx)], dim=-1)
+        return affine_from_params(params.to(frames.device, frames.dtype), self.scale)
+
+    def cycle_terms(self, base_norm: torch.Tensor, base_raw: torch.Tensor, target_norm: torch.Tensor,
+                    target_raw: torch.Tensor, patch_norm: torch.Tensor, theta0: torch.Tensor
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The three terms from features: ``base_* (B, N, C, h, w)`` (N base frames, oldest
+        first), ``target_* (B, C, h, w)``, ``patch_norm (B, C, p, q)``, ``theta0 (B, 2, 3)``."""
+        n = base_norm.shape[1]
+        diagnostics: dict[str, float] = {}
+        # long cycles: back through the last c base frames, forward to the newest, into the target
+        long_terms = []
+        for c in range(1, min(self.max_cycle, n) + 1):
+            query = patch_norm
+            order = list(range(n - 1, n - 1 - c, -1)) + list(range(n - c + 1, n))
+            for t in order:
+                _, tracked = self.track(query, base_norm[:, t], base_raw[:, t])
+                query = F.normalize(tracked, dim=1)
+            theta_c, _ = self.track(query, target_norm, target_raw)
+            long_terms.append(grid_mse(theta_c, theta0))
+            diagnostics[f"long/c={c}"] = float(long_terms[-1].detach())
+        # skip cycles and similarity: target -> base frame t directly, and directly back
+        skip_terms, sim_terms = [], []
+        for t in range(n):
+            _, tracked = self.track(patch_norm, base_norm[:, t], base_raw[:, t])
+            tracked_norm = F.normalize(tracked, dim=1)
+            sim_terms.append(1 - (tracked_norm * patch_norm).sum(1).mean())
+            theta_back, _ = self.track(tracked_norm, target_norm, target_raw)
+            skip_terms.append(grid_mse(theta_back, theta0))
+        terms = {"long": torch.stack(long_terms).mean(), "skip": torch.stack(skip_terms).mean(),
+                 "sim": torch.stack(sim_terms).mean()}
+        diagnostics.update({k: float(v.detach()) for k, v in terms.items()})
+        return terms, diagnostics
+
+    def forward(self, frames: torch.Tensor, encoder: nn.Module,
+                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[1] < 2:
+            raise ValueError(f"frames must be (B, T >= 2, 3, H, W), got shape {tuple(frames.shape)}")
+        b, t, _, height, width = frames.shape
+        theta0 = self.patch_transform(frames, generator)                                   # B, 2, 3
+        p, q = self.patch_size
+        patch_px = (round(height * p / self.frame_size[0]), round(width * q / self.frame_size[1]))
+        patch_image = crop(frames[:, -1], theta0, patch_px)                                # B, 3, P, Q
+        raw, norm = self.embed(encoder, frames.flatten(0, 1))                              # BT, C, h, w
+        if tuple(raw.shape[-2:]) != self.frame_size:
+            raise ValueError(f"frames of {height}x{width} px give {tuple(raw.shape[-2:])} feature cells, but the "
+                             f"loss was built for {self.frame_size}; build it for this frame size")
+        _, patch_norm = self.embed(encoder, patch_image)
+        if tuple(patch_norm.shape[-2:]) != self.patch_size:
+            patch_norm = F.normalize(F.adaptive_avg_pool2d(patch_norm, self.patch_size), dim=1)
+        raw, norm = raw.unflatten(0, (b, t)), norm.unflatten(0, (b, t))                     # B, T, C, h, w
+        terms, diagnostics = self.cycle_terms(norm[:, :-1], raw[:, :-1], norm[:, -1], raw[:, -1], patch_norm, theta0)
+        loss = sum(self.weights[k] * v for k, v in terms.items())
+        return loss, diagnostics
