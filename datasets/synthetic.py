@@ -494,6 +494,7 @@ def generate_davis(root: str | Path, num_sequences: int = 3, num_frames: int = 2
         "sizes": [[int(h), int(w)] for h, w in sizes],
         "jpeg_quality": JPEG_QUALITY,
     }
+
     def write(staging: Path) -> dict:
         names, sequences = [], []
         for index in range(num_sequences):
@@ -511,42 +512,3 @@ def generate_davis(root: str | Path, num_sequences: int = 3, num_frames: int = 2
         return {"sequences": sequences}
 
     return write_generated_set(root, "datasets.synthetic.generate_davis", parameters, write)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: exists and is not a folder")
-    if root.exists() and not (root / PARAMETERS_FILE).is_file() and any(root.iterdir()):
-        raise ValueError(f"{root}: folder is not empty and was not made by generate_davis; "
-                         "refusing to overwrite it")
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        names, sequences = [], []
-        for index in range(num_sequences):
-            rng = sequence_rng(seed, index)
-            num_objects = int(rng.integers(1, max_objects + 1))
-            frames, masks = render_sequence(rng, num_frames, sizes[index], num_objects)
-            name = f"synth-{index:03d}"
-            _write_sequence(staging, name, frames, masks)
-            names.append(name)
-            sequences.append({"name": name, "size": [int(s) for s in sizes[index]],
-                              "num_frames": int(num_frames), "num_objects": num_objects})
-        split_file = staging / "ImageSets" / "2017" / f"{split}.txt"
-        split_file.parent.mkdir(parents=True)
-        split_file.write_text("".join(f"{name}\n" for name in names))
-        record = {"generator": "datasets.synthetic.generate_davis", "parameters": parameters,
-                  "sequences": sequences, "listing_sha256": _listing_sha256(staging)}
-        (staging / PARAMETERS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        try:
-            os.replace(staging, root)
-        except OSError:
-            if not _reusable(root, parameters):  # not a twin process finishing first
-                raise
-            shutil.rmtree(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
