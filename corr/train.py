@@ -172,12 +172,22 @@ def build_pixel_loss(cfg: TrainConfig) -> nn.Module:
     return FinePixelLoss(layer="layer3" if encoder_kwargs(cfg.encoder) else None)
 
 
+def build_global_walk_loss(cfg: TrainConfig) -> nn.Module:
+    """Two-frame global-matching walk with label warping (corr.losses.global_walk). The loss owns
+    its network (corr.global_match.GlobalMatchNet, saved under heads/losses); the encoder is unused."""
+    from corr.global_match import GlobalMatchConfig, GlobalMatchNet
+    from corr.losses.global_walk import GlobalWalkFrameLoss
+
+    return GlobalWalkFrameLoss(GlobalMatchNet(GlobalMatchConfig()))
+
+
 LOSSES: dict[str, Callable[[TrainConfig], nn.Module]] = {
     "crw": lambda cfg: ContrastiveRandomWalk(cfg.temperature, cfg.edge_dropout, cfg.include_one_step),
     "cycle": build_cycle_loss,
     "pixel": build_pixel_loss,
+    "global_walk": build_global_walk_loss,
 }
-FRAME_LOSSES = {"cycle", "pixel"}
+FRAME_LOSSES = {"cycle", "pixel", "global_walk"}
 
 
 def parse_loss_spec(spec: str) -> dict[str, float]:

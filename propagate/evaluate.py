@@ -134,6 +134,10 @@ class EvalConfig:
         default=None, metadata={"help": "H,W frames are resized to (default: jhmdb 320,320; vip 560,560; "
                                         "tapvid 256,256; davis native only)"})
     query_mode: str = dataclasses.field(default="strided", metadata={"help": "TAP-Vid queries: first|strided"})
+    tracker: str = dataclasses.field(
+        default="propagation", metadata={"help": "TAP-Vid tracker: propagation (label propagation of --encoder "
+                                                 "features) | walk (chained flows of a global-matching "
+                                                 "--checkpoint, corr.flow_track)"})
     sequences: Optional[tuple[str, ...]] = dataclasses.field(
         default=None, metadata={"help": "comma-separated subset of the split's sequences"})
     encoder: str = dataclasses.field(default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS)"})
@@ -194,6 +198,10 @@ class EvalConfig:
             raise ValueError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
         if self.query_mode not in ("first", "strided"):
             raise ValueError(f"--query-mode must be first or strided, got {self.query_mode!r}")
+        if self.tracker not in ("propagation", "walk"):
+            raise ValueError(f"--tracker must be propagation or walk, got {self.tracker!r}")
+        if self.tracker == "walk" and self.task != "tapvid":
+            raise ValueError("--tracker walk is for --task tapvid only")
         return dataclasses.replace(self, out=self.out or f"results/{self.task}",
                                    split=self.split if self.split is not None else defaults.split,
                                    input_size=size)

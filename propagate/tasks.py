@@ -369,6 +369,10 @@ def _propagated_frames(query_frames: np.ndarray, num_frames: int, backward: bool
 def evaluate_tapvid(cfg: EvalConfig) -> dict:
     """TAP-Vid point tracking scored by AJ, <delta^x_avg> and OA (PROTOCOLS.md section 8)."""
     cfg = cfg.with_task_defaults()
+    if cfg.tracker == "walk":                  # chained global-matching flows (corr.flow_track)
+        from corr.flow_track import evaluate_tapvid_walk
+
+        return evaluate_tapvid_walk(cfg)
     ranks = init_ranks()
     device = rank_device(resolve_device(cfg.device), ranks)
     encoder, encoder_info = load_encoder(cfg, device)

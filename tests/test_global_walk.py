@@ -1,0 +1,287 @@
+"""Global-matching walk: label warping, the walk loss, flow chaining and occlusion."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from corr.flow_track import FlowTrackConfig, chain_tracks, flow_from_logits, track_video
+from corr.global_match import (GlobalMatchConfig, GlobalMatchNet, PairCropTransform, crop_pair_affine,
+                               global_walk_step)
+from corr.losses.global_walk import GlobalWalkLoss, apply_affine, warp_targets
+
+TINY = GlobalMatchConfig(feature_dim=16, num_layers=2, num_heads=2, window=4)
+
+
+# ------------------------------------------------------------------------ label warping
+
+
+def test_label_warp_maps_crop_a_points_onto_crop_b_exactly():
+    rng = np.random.default_rng(0)
+    size = 96
+    for _ in range(20):
+        box_a = (*rng.integers(0, 100, 2), *rng.integers(40, 200, 2))          # top, left, h, w
+        box_b = (*rng.integers(0, 100, 2), *rng.integers(40, 200, 2))
+        source = rng.uniform(0, 300, size=(7, 2))                                # scene points (x, y)
+        (ta, la, ha, wa), (tb, lb, hb, wb) = box_a, box_b
+        in_a = (source - [la, ta]) * [size / wa, size / ha]
+        in_b = (source - [lb, tb]) * [size / wb, size / hb]
+        affine = torch.as_tensor(crop_pair_affine(box_a, box_b, size))[None]
+        mapped = apply_affine(affine, torch.as_tensor(in_a)[None])[0].numpy()
+        np.testing.assert_allclose(mapped, in_b, atol=1e-4)
+
+
+def test_pair_crops_show_the_same_scene_point_where_the_affine_says():
+    # colour encodes the source position: red = x / 2, green = y / 2 (a smooth ramp)
+    h, w = 200, 400
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    frame = np.stack([(xs + 0.5) / 2, (ys + 0.5) / 2, np.full_like(xs, 128.0)], axis=-1).round().astype(np.uint8)
+    frame = frame[None].repeat(2, axis=0)
+    transform = PairCropTransform(size=64, scale=(0.2, 0.5))
+    from datasets.transforms import denormalize_frames
+
+    for seed in range(3):
+        out = transform(frame, rng=np.random.default_rng(seed))
+        crops = denormalize_frames(out["frames"]).astype(np.float64)            # 3, 64, 64, 3
+        points_a = np.array([[20.5, 30.5], [40.5, 10.5], [32.0, 32.0]])
+        mapped = apply_affine(out["affine"][None].double(), torch.as_tensor(points_a)[None])[0].numpy()
+        for (xa, ya), (xb, yb) in zip(points_a, mapped):
+            if not (1 <= xb <= 62 and 1 <= yb <= 62):
+                continue
+            colour_a = crops[0, int(ya), int(xa), :2]
+            colour_b = crops[2, int(yb), int(xb), :2]
+            # one crop pixel spans < 400 / 64 source pixels = 3.1 colour levels here
+            assert np.all(np.abs(colour_a - colour_b) <= 4.0), (seed, colour_a, colour_b)
+
+
+def test_warp_targets_bilinear_weights_and_validity():
+    # crop b is crop a shifted left by half a cell and one cell up: targets between cells
+    affine = torch.tensor([[[1.0, 0.0, -2.0], [0.0, 1.0, -4.0]]])
+    index, weight, valid = warp_targets(affine, (4, 4), (4, 4), stride=4)
+    assert torch.allclose(weight.sum(-1), torch.ones(1, 16))
+    # cell (y=2, x=1): target (x, y) = (0.5, 1.0) in cells -> cells (1, 0) and (1, 1) half each
+    i = 2 * 4 + 1
+    got = {int(j): float(wt) for j, wt in zip(index[0, i], weight[0, i]) if wt > 0}
+    assert got == pytest.approx({4: 0.5, 5: 0.5})
+    assert not valid[0, 0] and valid[0, i]          # row 0 lands above crop b
+
+
+# --------------------------------------------------------------------------- walk loss
+
+
+def _logits(q: torch.Tensor, k: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
+    return (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).T / tau)[None]
+
+
+def test_walk_loss_is_minimal_at_the_true_correspondence():
+    torch.manual_seed(0)
+    h = w = 6
+    scene = torch.randn(h, w + 2, 32)                               # scene points seen by the crops
+    frame_a = scene[:, :w].reshape(h * w, 32)                       # crop a: scene columns 0..5
+    frame_b_true = scene[:, 1:w + 1].reshape(h * w, 32)             # crop b: scene columns 1..6
+    affine = torch.tensor([[[1.0, 0.0, -4.0], [0.0, 1.0, 0.0]]])  # a pixel x -> x - 4 (one cell left)
+    loss_fn = GlobalWalkLoss()
+    true, diag = loss_fn(_logits(frame_a, frame_a), _logits(frame_a, frame_b_true), affine, (h, w), stride=4)
+    # the shortcut: crop b's features equal crop a's position by position
+    shortcut, _ = loss_fn(_logits(frame_a, frame_a), _logits(frame_a, frame_a), affine, (h, w), stride=4)
+    random_b, _ = loss_fn(_logits(frame_a, frame_a), _logits(frame_a, torch.randn(h * w, 32)), affine, (h, w),
+                          stride=4)
+    assert float(true) < 0.05 and diag["acc"] == 1.0
+    assert float(true) < float(shortcut) - 1.0 and float(true) < float(random_b) - 1.0
+    assert diag["valid"] == pytest.approx(30 / 36)                  # column 0 leaves crop b
+
+
+def test_smoothness_term_ramps_and_penalises_rough_flow():
+    torch.manual_seed(0)
+    h = w = 5
+    feats = torch.randn(h * w, 16)
+    smooth_logits = _logits(feats, feats)                                            # zero flow
+    rough_logits = _logits(feats, feats[torch.randperm(h * w)])                      # scrambled flow
+    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    images = torch.zeros(1, 2, 3, 20, 20)
+    loss_fn = GlobalWalkLoss(smoothness_weight=1.0, smoothness_ramp_steps=10)
+    assert loss_fn.smoothness_at(0) == 0.0 and loss_fn.smoothness_at(5) == 0.5 and loss_fn.smoothness_at(50) == 1.0
+    _, smooth = loss_fn(smooth_logits, smooth_logits, identity, (h, w), images=images, step=10)
+    _, rough = loss_fn(rough_logits, rough_logits, identity, (h, w), images=images, step=10)
+    assert smooth["smooth"] < 1e-3 < rough["smooth"]
+
+
+def test_training_step_gives_finite_gradients_on_odd_sizes():
+    torch.manual_seed(0)
+    model = GlobalMatchNet(TINY)
+    frames = torch.randn(2, 3, 3, 36, 44)                                          # 9 x 11 cells
+    affine = torch.tensor([[[0.8, 0.0, 3.0], [0.0, 1.1, -2.0]]]).repeat(2, 1, 1)
+    loss, diag = global_walk_step(model, GlobalWalkLoss(0.1), frames, affine, step=1)
+    loss.backward()
+    assert torch.isfinite(loss) and 0 < diag["valid"] <= 1
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    f1, f2 = model(frames[:, 0], frames[:, 1])
+    assert f1.shape == f2.shape == (2, 16, 9, 11)
+
+
+# ---------------------------------------------------------------------------- tracking
+
+
+def _translating_video(velocity, num_frames=6, size=40, seed=0):
+    """A smooth random colour texture moving by ``velocity`` (x, y) pixels per frame: float (T, 3, size, size)."""
+    rng = np.random.default_rng(seed)
+    big = torch.as_tensor(rng.random((1, 3, 3 * size, 3 * size)), dtype=torch.float32)
+    big = F.avg_pool2d(big, 3, stride=1, padding=1)
+    frames = []
+    for t in range(num_frames):
+        dx, dy = velocity[0] * t, velocity[1] * t
+        # frame pixel (x, y) shows texture position (x - dx + size, y - dy + size)
+        ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+        gx = (xs - dx + size) / (3 * size) * 2 - 1
+        gy = (ys - dy + size) / (3 * size) * 2 - 1
+        grid = torch.stack([gx, gy], dim=-1)[None].float()
+        frames.append(F.grid_sample(big, grid, mode="bilinear", align_corners=False)[0])
+    return torch.stack(frames)
+
+
+def _descriptor_flows(video: torch.Tensor, tau: float = 0.01):
+    """Forward/backward flows from 7x7 colour patch descriptors at stride 1 (a stand-in feature)."""
+    t, _, h, w = video.shape
+    desc = F.unfold(video, 7, padding=3)                                            # T, 147, h w
+    desc = desc - desc.mean(dim=1, keepdim=True)
+    desc = F.normalize(desc, dim=1).transpose(1, 2)                                 # T, N, 147
+    logits = desc[:-1] @ desc[1:].transpose(1, 2) / tau                             # T-1, N, N
+    forward = flow_from_logits(logits, (h, w), (h, w), stride=1, local_radius=2)
+    backward = flow_from_logits(logits.transpose(1, 2), (h, w), (h, w), stride=1, local_radius=2)
+    return forward, backward
+
+
+@pytest.mark.parametrize("velocity", [(2.0, -1.0), (1.5, 0.5)])
+def test_chained_flows_recover_translation_within_a_pixel(velocity):
+    video = _translating_video(velocity)
+    forward, backward = _descriptor_flows(video)
+    queries = np.array([[0, 20.5, 14.5], [0, 14.0, 18.0], [3, 20.0, 20.0]])         # t, y, x
+    tracks, occluded = chain_tracks(forward, backward, queries, (40, 40), stride=1, occlusion_threshold=1.0)
+    times = np.arange(video.shape[0])
+    for q, (t0, y, x) in enumerate(queries):
+        expected = np.stack([x + velocity[0] * (times - t0), y + velocity[1] * (times - t0)], axis=1)
+        assert np.abs(tracks[q] - expected).max() < 1.0, (q, tracks[q], expected)
+        assert not occluded[q].any()
+
+
+def test_point_leaving_the_frame_is_occluded():
+    h = w = 10                                                                     # 40 x 40 pixels, stride 4
+    forward = torch.zeros(5, 2, h, w)
+    forward[:, 0] = 3.0                                                            # everything moves 3 px right
+    backward = -forward
+    queries = np.array([[0, 20.0, 30.0], [2, 20.0, 10.0]])                           # t, y, x
+    tracks, occluded = chain_tracks(forward, backward, queries, (40, 40), stride=4)
+    np.testing.assert_allclose(tracks[0, :, 0], 30 + 3 * np.arange(6))
+    assert occluded[0].tolist() == [False, False, False, False, True, True]       # x = 42, 45 > 40
+    np.testing.assert_allclose(tracks[1, :, 0], 10 + 3 * (np.arange(6) - 2))      # chained backward too
+    assert not occluded[1].any()
+    # forward-backward disagreement: frame 2 -> 3 flow is not undone by the backward flow
+    backward[2, 0] = 0.0
+    _, occluded = chain_tracks(forward, backward, queries, (40, 40), stride=4, occlusion_threshold=1.0)
+    assert occluded[1, 3] and not occluded[1, 2]
+
+
+def test_track_video_outputs_tapvid_shapes_with_the_query_frame_visible():
+    torch.manual_seed(0)
+    model = GlobalMatchNet(TINY)
+    frames = np.random.default_rng(0).integers(0, 255, (4, 32, 48, 3), dtype=np.uint8)
+    queries = np.array([[0, 10.0, 12.0], [2, 5.5, 40.0]])
+    tracks, occluded = track_video(model, frames, queries, FlowTrackConfig(occlusion_threshold=8.0))
+    assert tracks.shape == (2, 4, 2) and occluded.shape == (2, 4)
+    np.testing.assert_allclose(tracks[0, 0], [12.0, 10.0])
+    np.testing.assert_allclose(tracks[1, 2], [40.0, 5.5])
+    assert not occluded[0, 0] and not occluded[1, 2]
+
+
+def test_train_global_walk_runs_on_frame_folders_and_saves_a_loadable_checkpoint(tmp_path):
+    import cv2
+
+    from corr.global_match import load_global_match, train_global_walk
+
+    rng = np.random.default_rng(0)
+    for video in ("a", "b"):
+        (tmp_path / "frames" / video).mkdir(parents=True)
+        texture = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+        for t in range(4):
+            cv2.imwrite(str(tmp_path / "frames" / video / f"{t:05d}.jpg"), texture[:, 2 * t:2 * t + 64])
+    result = train_global_walk(tmp_path / "frames", steps=2, cfg=TINY, crop_size=32, batch_size=2, frame_skip=1,
+                               log_every=0, checkpoint=tmp_path / "gw.pt")
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    model = load_global_match(tmp_path / "gw.pt")
+    assert model.cfg == TINY
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, result.model.state_dict()[name].cpu()), name
+
+
+def test_frame_loss_crops_agree_with_their_affine_exactly():
+    from corr.losses.global_walk import boxes_affine, crop_resize, random_boxes
+
+    torch.manual_seed(0)
+    height, width, size = 50, 70, 32
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    ramp = torch.stack([xs, ys, torch.zeros_like(xs)])[None].repeat(3, 1, 1, 1).double()   # value = source (x, y)
+    box_a = random_boxes(3, height, width, (0.3, 0.9), (0.75, 1.33)).double()
+    box_b = random_boxes(3, height, width, (0.3, 0.9), (0.75, 1.33)).double()
+    crop_a, crop_b = crop_resize(ramp, box_a, size), crop_resize(ramp, box_b, size)
+    affine = boxes_affine(box_a, box_b, size)
+    centre = torch.tensor([[5.5, 7.5], [20.5, 11.5], [16.0, 16.0]], dtype=torch.float64)     # crop-a pixels (x, y)
+    source_a = torch.stack([crop_a[:, :2, 7, 5], crop_a[:, :2, 11, 20]], dim=1)            # at the first two centres
+    mapped = apply_affine(affine, centre[:2])                                                # crop-b pixels
+    # crop b shows source (left_b + x_b h_b / size, ...) at x_b: the same scene point
+    top_b, left_b, h_b, w_b = box_b.unbind(1)
+    source_b = torch.stack([left_b[:, None] + mapped[..., 0] * w_b[:, None] / size,
+                            top_b[:, None] + mapped[..., 1] * h_b[:, None] / size], dim=-1)
+    assert torch.allclose(source_a, source_b, atol=1e-4)
+    assert crop_b.shape == (3, 3, size, size)
+
+
+def test_frame_loss_trains_the_network_it_owns():
+    from corr.global_match import load_global_match
+    from corr.losses.global_walk import GlobalWalkFrameLoss
+
+    torch.manual_seed(0)
+    loss_fn = GlobalWalkFrameLoss(GlobalMatchNet(TINY), smoothness_weight=0.1, smoothness_ramp_steps=4)
+    loss, diag = loss_fn(torch.randn(2, 4, 3, 32, 32))
+    loss.backward()
+    assert torch.isfinite(loss) and int(loss_fn.steps_seen) == 1 and diag["smooth_weight"] == pytest.approx(0.025)
+    assert all(p.grad is not None for p in loss_fn.model.parameters())
+
+
+def test_walk_tracker_task_writes_tapvid_results(tmp_path):
+    import json
+
+    from corr.flow_track import evaluate_tapvid_walk
+    from datasets.synthetic_tasks import generate_tapvid
+    from propagate.evaluate import EvalConfig
+
+    path = generate_tapvid(tmp_path / "tapvid", num_videos=1, num_frames=4, size=(40, 48), num_points=6, seed=0)
+    cfg = EvalConfig(task="tapvid", data_root=str(path), out=str(tmp_path / "out"), input_size=(32, 32),
+                     query_mode="strided", device="cpu")
+    results = evaluate_tapvid_walk(cfg)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["tracker"] == "walk" and 0.0 <= saved["metrics"]["average_pts_within_thresh"] <= 1.0
+    assert set(results["per_sequence"]) == {"synth-000"}
+    prediction = np.load(tmp_path / "out" / "predictions" / "synth-000.npz")
+    assert prediction["tracks"].shape[1:] == (4, 2) and prediction["occluded"].shape[1] == 4
+
+
+def test_train_py_with_loss_global_walk_saves_a_network_the_tracker_loads(tmp_path):
+    import cv2
+
+    from corr.global_match import load_global_match
+    from corr.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "frames" / "a").mkdir(parents=True)
+    texture = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    for t in range(3):
+        cv2.imwrite(str(tmp_path / "frames" / "a" / f"{t:05d}.jpg"), texture[:, 2 * t:2 * t + 64])
+    cfg = TrainConfig(data=str(tmp_path / "frames"), out=str(tmp_path / "run"), loss="global_walk", steps=2,
+                      batch_size=2, clip_len=2, frame_skip=1, clips_per_video=2, crop_size=32, mode="dense",
+                      num_workers=0, progress=False, image_every=0, checkpoint_every=1, log_every=1, device="cpu")
+    result = train(cfg)
+    assert len(result.losses) == 2 and all(np.isfinite(list(result.losses.values())))
+    model = load_global_match(result.checkpoint)
+    state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    assert any(k.startswith("losses.global_walk.model.") for k in state["heads"]["losses"])
+    tracks, _ = track_video(model, texture[None, :, :64].repeat(2, axis=0), np.array([[0, 10.0, 10.0]]))
+    assert tracks.shape == (1, 2, 2)
