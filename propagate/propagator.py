@@ -43,10 +43,12 @@ class Propagator:
     Tensors live on the device of the features given to :meth:`start`.
     """
 
-    def __init__(self, cfg: PropagationConfig, block: int = 8, memory_budget: int = 256 << 20):
+    def __init__(self, cfg: PropagationConfig, block: int = 8, memory_budget: int = 256 << 20,
+                 down_strips: Optional[bool] = None):
         self.cfg = cfg
         self.block = block
         self.memory_budget = memory_budget
+        self.down_strips = down_strips  # None: True on CPU, False elsewhere (see _short_local)
         self._state: Optional[_State] = None
 
     # ------------------------------------------------------------------ public API
@@ -71,6 +73,7 @@ class Propagator:
         feat0 = self._normalize(feat0.float())
         label0 = label0.to(device=feat0.device, dtype=torch.float32)
         self._state = _State(cfg, self.block, C, K, h, w, feat0.device)
+        self._down_strips = self.down_strips if self.down_strips is not None else feat0.device.type == "cpu"
         self._state.set_long_memory(feat0, label0)
         if cfg.pad_with_first:
             for _ in range(cfg.context):
@@ -139,29 +142,48 @@ class Propagator:
     def _short_local(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
         """Top-k over the local windows of the short-memory frames for tiles t0..t1-1.
 
-        A tile's window in one frame is a contiguous block of that frame's column strips,
-        so one tile row against all frames is a single batched matmul over (frame, tile)
-        pairs on a view of the memory, with no copy of keys. The top-k of every frame is
-        taken, then the top-k of their union.
+        A tile's window in one frame is a contiguous block of one of that frame's column
+        strips, so batches of windows are views of the memory at a fixed stride, with no
+        copy of keys, and each batch is one matmul with the disk and border masks added as
+        a bias. Two batch orders give the same numbers:
+
+        * ``down_strips`` (the default on CPU): one call per (frame, strip), batched over
+          the tile rows down the strip; consecutive windows share most of their keys, which
+          stay in cache (about 2x faster than the other order on a CPU);
+        * otherwise (CUDA): one call per tile row, batched over every (frame, strip) pair:
+          few, large kernels.
+
+        The top-k of every frame is taken, then the top-k of their union.
         """
         L, Q, C = q.shape
         b, P, nbx, n = s.block, s.P, s.nbx, s.filled
+        r0, rows = t0 // nbx, L // nbx
         kk = min(self.cfg.topk, s.window_area)
-        values = torch.empty(n, L, Q, kk, device=s.device)
-        index = torch.empty(n, L, Q, kk, dtype=torch.long, device=s.device)
-        strips = s.short_strips[:n]  # (n, nbx, Hp, P, C)
-        st = strips.stride()
-        for r in range(t0 // nbx, t1 // nbx):
-            tiles = slice(r * nbx - t0, (r + 1) * nbx - t0)
-            # windows[f * nbx + j] = strip j of frame f, rows r*b .. r*b+P-1: (P*P, C) contiguous
-            windows = strips.as_strided((n * nbx, P * P, C), (st[1], C, 1),
-                                        strips.storage_offset() + r * b * st[2])
-            queries = q[tiles].expand(n, nbx, Q, C).reshape(n * nbx, Q, C)
-            aff = torch.bmm(queries, windows.transpose(1, 2)).view(n, nbx, Q, P * P)
-            aff.add_(s.window_bias[r * nbx:(r + 1) * nbx])  # -inf outside disk / grid
-            values[:, tiles], index[:, tiles] = aff.topk(kk, dim=-1)
-        values = rearrange(values, "n l q k -> l q (n k)")
-        index = rearrange(index, "n l q k -> l q (n k)")
+        queries = rearrange(q, "(r j) q c -> j r q c", j=nbx).contiguous()
+        values = torch.empty(n, nbx, rows, Q, kk, device=s.device)
+        index = torch.empty(n, nbx, rows, Q, kk, dtype=torch.long, device=s.device)
+        strips = s.short_strips  # (slots, nbx, Hp, P, C); slots 0..n-1 in use
+        frame_stride, strip_stride, row_stride = strips.stride()[:3]
+        base = strips.storage_offset()
+        if self._down_strips:
+            for f in range(n):
+                for j in range(nbx):
+                    # windows[r] = strip j of frame f, rows (r0 + r) * b .. + P - 1: (P*P, C)
+                    windows = strips.as_strided((rows, P * P, C), (b * row_stride, C, 1),
+                                                base + f * frame_stride + j * strip_stride + r0 * b * row_stride)
+                    aff = torch.baddbmm(s.window_bias[j, r0:r0 + rows], queries[j], windows.transpose(1, 2))
+                    torch.topk(aff, kk, dim=-1, out=(values[f, j], index[f, j]))
+        else:
+            for r in range(rows):
+                # windows[f * nbx + j] = strip j of frame f, rows (r0 + r) * b .. + P - 1
+                windows = strips.as_strided((n * nbx, P * P, C), (strip_stride, C, 1),
+                                            base + (r0 + r) * b * row_stride)
+                batch = queries[:, r].expand(n, nbx, Q, C).reshape(n * nbx, Q, C)
+                aff = torch.bmm(batch, windows.transpose(1, 2)).view(n, nbx, Q, P * P)
+                aff.add_(s.window_bias[:, r0 + r])
+                values[:, :, r], index[:, :, r] = aff.topk(kk, dim=-1)
+        values = rearrange(values, "n j r q k -> (r j) q (n k)")
+        index = rearrange(index, "n j r q k -> (r j) q (n k)")
         values, pick = values.topk(kk, dim=-1)  # (L, Q, kk) over every frame's top-k
         cell = index.gather(-1, pick)  # position inside the P x P window
         slot = pick // kk
@@ -209,8 +231,10 @@ class _State:
         self.filled = 0
         self.next_slot = 0
         if self.local:
-            allowed = self._allowed_masks(cfg.radius)  # (tiles, b*b, P*P)
-            self.window_bias = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
+            allowed = self._allowed_masks(cfg.radius)  # (tiles, b*b, P*P), tiles in row-major order
+            bias = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
+            # Ordered by strip, then tile row: (nbx, nby, b*b, P*P), as _short_local reads it.
+            self.window_bias = rearrange(bias, "(r j) q k -> j r q k", j=self.nbx).contiguous()
 
     def _allowed_masks(self, radius: float) -> torch.Tensor:
         """(tiles, b*b, P*P) bool: key cell of the tile's window inside the disk and on the grid."""
