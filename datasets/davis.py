@@ -24,18 +24,17 @@ Arrays: frames ``uint8 (H, W, 3)`` RGB; annotations ``uint8 (H, W)`` ids; ``size
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from datasets.frames import (DatasetError, FrameVideo, VideoSet, find_split_file, image_header, listing_sha256,
+                             read_name_list)
 from datasets.palette import ID_MODES, VOID_ID, read_indexed_png, write_indexed_png
 
-__all__ = ["DatasetError", "DavisDataset", "DavisSequence", "image_header", "read_indexed_png", "read_rgb_frame",
+__all__ = ["DatasetError", "DavisDataset", "DavisSequence", "read_indexed_png",
            "write_indexed_png", "RESOLUTIONS"]
 
 RESOLUTIONS = ("480p", "Full-Resolution")
@@ -44,73 +43,25 @@ ANNOTATION_SUFFIX = ".png"
 _NUMBERED = re.compile(r"^\d+$")
 
 
-class DatasetError(ValueError):
-    """A dataset on disk is missing a file or holds a malformed one (message names it)."""
-
-
-def read_rgb_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """The image at ``path`` as ``uint8 (H, W, 3)`` RGB; a missing or unreadable file, or one
-    whose size is not ``size = (H, W)`` (that of the video's other frames), is a DatasetError."""
-    try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: frame file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DatasetError(f"{path}: cannot read frame ({error})") from error
-    if rgb.shape[:2] != tuple(size):
-        raise DatasetError(f"{path}: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH), the video's "
-                           f"frames are {size[1]}x{size[0]}")
-    return rgb
-
-
 @dataclass
-class DavisSequence:
+class DavisSequence(FrameVideo):
     """One video: its frame files and annotation files (ordered by frame number).
 
     ``annotation_paths[i]`` annotates ``frame_paths[i]``; in the first-frame-only layout
     (DAVIS test-dev) ``annotation_paths`` holds frame 0's annotation alone.
     """
 
-    name: str
-    frame_paths: list[Path]
     annotation_paths: list[Path]
-    _size: tuple[int, int] | None = field(default=None, repr=False, compare=False)
     _object_ids: list[int] | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frame_paths)
 
     @property
     def fully_annotated(self) -> bool:
         """True when every frame has an annotation (train/val), False for first-frame-only."""
         return len(self.annotation_paths) == len(self.frame_paths)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of every frame and annotation of the sequence."""
-        if self._size is None:
-            width, height, _ = image_header(self.frame_paths[0])
-            self._size = (height, width)
-        return self._size
-
-    def _check_index(self, i: int, count: int, what: str) -> int:
-        if not -count <= i < count:
-            raise IndexError(f"sequence {self.name!r}: {what} index {i} out of range (has {count})")
-        return i % count
-
-    def read_frame(self, i: int) -> np.ndarray:
-        """Frame ``i`` as ``uint8 (H, W, 3)`` RGB."""
-        return read_rgb_frame(self.frame_paths[self._check_index(i, self.num_frames, "frame")], self.size)
-
-    def read_frames(self) -> np.ndarray:
-        """All frames as ``uint8 (T, H, W, 3)``."""
-        return np.stack([self.read_frame(i) for i in range(self.num_frames)])
-
     def read_annotation(self, i: int) -> np.ndarray:
         """Annotation of frame ``i`` as ``uint8 (H, W)`` ids (0 background, 255 void)."""
-        path = self.annotation_paths[self._check_index(i, len(self.annotation_paths), "annotation")]
+        path = self.annotation_paths[self.frame_index(i, len(self.annotation_paths), "annotation")]
         try:
             ids = read_indexed_png(path)
         except ValueError as error:
@@ -142,13 +93,14 @@ class DavisSequence:
         return list(self._object_ids)
 
 
-class DavisDataset:
+class DavisDataset(VideoSet[DavisSequence]):
     """The sequences of one DAVIS-2017 split, validated on opening, read lazily.
 
     ``split`` is a split name (``ImageSets/2017/<split>.txt`` under ``root``) or the path
     of a split file (any ``*.txt``; a relative path is tried from the working directory,
     then from ``root``). ``check_headers`` (default True) also opens each image's header
-    to check annotation modes and that every annotation has its frame's size.
+    to check annotation modes and that every annotation has its frame's size. ``names``
+    lists the sequences in split-file order.
     """
 
     def __init__(self, root: str | Path, split: str = "val", resolution: str = "480p",
@@ -158,57 +110,25 @@ class DavisDataset:
         self.split = str(split)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: DAVIS root folder not found")
-        self.split_file = self._find_split_file(self.split)
-        self.sequences: list[str] = _read_split_file(self.split_file)
-        self._by_name: dict[str, DavisSequence] = {}
-        for name in self.sequences:
-            sequence = _list_sequence(self.root, resolution, name)
-            if check_headers:
+        self.split_file = find_split_file(self.root, self.split, self.root / "ImageSets" / "2017" / f"{split}.txt")
+        sequences = [_list_sequence(self.root, resolution, name) for name in read_name_list(self.split_file)]
+        self._set_videos(sequences, self.split_file)
+        if check_headers:
+            for sequence in self:
                 _check_sequence_headers(sequence)
-            self._by_name[name] = sequence
 
-    def _find_split_file(self, split: str) -> Path:
-        if split.endswith(".txt"):
-            path = Path(split)
-            if not path.is_absolute() and not path.exists() and (self.root / path).exists():
-                path = self.root / path
-        else:
-            path = self.root / "ImageSets" / "2017" / f"{split}.txt"
-        if not path.is_file():
-            raise DatasetError(f"{path}: split file not found")
-        return path
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __iter__(self):
-        return (self._by_name[name] for name in self.sequences)
-
-    def __getitem__(self, key: int | str) -> DavisSequence:
-        if isinstance(key, str):
-            if key not in self._by_name:
-                raise KeyError(f"no sequence {key!r} in split {self.split!r} "
-                               f"({len(self.sequences)} sequences)")
-            return self._by_name[key]
-        index = int(key)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"sequence index {index} out of range ({len(self)} sequences)")
-        return self._by_name[self.sequences[index]]
+    @property
+    def sequences(self) -> list[str]:
+        """The sequence names, in split-file order (DAVIS's word for ``names``)."""
+        return self.names
 
     def identity(self) -> dict:
         """What was read, for result files: names, counts and a hash of the file listing.
 
-        ``listing_sha256`` is the SHA-256 of the lines ``"<relative path>\\t<size in
-        bytes>\\n"`` of every frame and annotation of the split, sorted by path (paths
-        relative to ``root``, with ``/``). It changes when a file is added, removed or
-        resized, without reading pixels.
+        ``listing_sha256`` (:func:`datasets.frames.listing_sha256`) covers every frame and
+        annotation of the split, with paths relative to ``root``.
         """
-        lines = []
-        for sequence in self:
-            for path in [*sequence.frame_paths, *sequence.annotation_paths]:
-                relative = path.relative_to(self.root).as_posix()
-                lines.append(f"{relative}\t{os.stat(path).st_size}\n")
-        digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+        paths = [path for sequence in self for path in [*sequence.frame_paths, *sequence.annotation_paths]]
         return {
             "name": "DAVIS-2017",
             "root": str(self.root.resolve()),
@@ -216,26 +136,12 @@ class DavisDataset:
             "resolution": self.resolution,
             "num_sequences": len(self),
             "num_frames": sum(sequence.num_frames for sequence in self),
-            "listing_sha256": digest,
+            "listing_sha256": listing_sha256(paths, self.root),
         }
 
     def __repr__(self) -> str:
         return (f"DavisDataset(root={str(self.root)!r}, split={self.split!r}, "
                 f"resolution={self.resolution!r}, sequences={len(self)})")
-
-
-def _read_split_file(path: Path) -> list[str]:
-    """Sequence names, one per line, in file order (blank lines and ``#`` comments skipped)."""
-    names = [line.strip() for line in path.read_text().splitlines()]
-    names = [name for name in names if name and not name.startswith("#")]
-    if not names:
-        raise DatasetError(f"{path}: split file lists no sequences")
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise DatasetError(f"{path}: sequence {name!r} is listed twice")
-        seen.add(name)
-    return names
 
 
 def _numbered_files(folder: Path, suffix: str, what: str) -> dict[int, Path]:
@@ -289,17 +195,6 @@ def _list_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
                                    "layout may annotate fewer frames)")
     return DavisSequence(name=name, frame_paths=list(frames.values()),
                          annotation_paths=list(annotations.values()))
-
-
-def image_header(path: Path) -> tuple[int, int, str]:
-    """``(width, height, mode)`` from an image file's header (pixels are not decoded)."""
-    try:
-        with Image.open(path) as image:
-            return image.width, image.height, image.mode
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DatasetError(f"{path}: cannot read image ({error})") from error
 
 
 def _check_sequence_headers(sequence: DavisSequence) -> None:

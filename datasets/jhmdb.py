@@ -21,15 +21,13 @@ Arrays: frames ``uint8 (H, W, 3)`` RGB; keypoints ``float64 (T, 15, 2)`` (x, y).
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from datasets.davis import DatasetError, image_header, read_rgb_frame
+from datasets.frames import DatasetError, FrameVideo, VideoSet, listing_sha256
 
 __all__ = ["JHMDB_JOINTS", "JHMDB_PARENTS", "NUM_JOINTS", "JhmdbVideo", "JhmdbDataset", "read_joint_positions"]
 
@@ -68,7 +66,7 @@ def read_joint_positions(path: str | Path) -> np.ndarray:
 
 
 @dataclass
-class JhmdbVideo:
+class JhmdbVideo(FrameVideo):
     """One JHMDB video: frame files (read lazily) and its 0-based keypoints.
 
     name:        ``<action>/<video>`` (the last two parts of the frames folder)
@@ -77,37 +75,11 @@ class JhmdbVideo:
     joints_file: the ``joint_positions.mat`` it came from
     """
 
-    name: str
-    frame_paths: list[Path]
     keypoints: np.ndarray
     joints_file: Path
-    _size: tuple[int, int] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frame_paths)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of the frames (read from the first frame's header)."""
-        if self._size is None:
-            width, height, _ = image_header(self.frame_paths[0])
-            self._size = (height, width)
-        return self._size
-
-    def read_frame(self, i: int) -> np.ndarray:
-        """Frame ``i`` as ``uint8 (H, W, 3)`` RGB."""
-        if not -self.num_frames <= i < self.num_frames:
-            raise IndexError(f"video {self.name!r}: frame index {i} out of range (has {self.num_frames})")
-        path = self.frame_paths[i]
-        return read_rgb_frame(path, self.size)
-
-    def read_frames(self) -> np.ndarray:
-        """All frames as ``uint8 (T, H, W, 3)``."""
-        return np.stack([self.read_frame(i) for i in range(self.num_frames)])
 
 
-class JhmdbDataset:
+class JhmdbDataset(VideoSet[JhmdbVideo]):
     """The videos listed by a JHMDB split file, validated on opening (listings and .mat files).
 
     ``root`` (optional) is the folder relative paths of the split file are taken from; by
@@ -119,15 +91,8 @@ class JhmdbDataset:
         if not self.split_file.is_file():
             raise DatasetError(f"{self.split_file}: split file not found")
         self.root = Path(root) if root is not None else self.split_file.parent
-        self.videos: list[JhmdbVideo] = [self._open(frames, joints, number)
-                                         for frames, joints, number in self._read_split()]
-        if not self.videos:
-            raise DatasetError(f"{self.split_file}: split file lists no videos")
-        self._by_name: dict[str, JhmdbVideo] = {}
-        for video in self.videos:
-            if video.name in self._by_name:
-                raise DatasetError(f"{self.split_file}: video {video.name!r} is listed twice")
-            self._by_name[video.name] = video
+        self._set_videos((self._open(frames, joints, number) for frames, joints, number in self._read_split()),
+                         self.split_file)
 
     def _read_split(self) -> list[tuple[Path, Path, int]]:
         entries = []
@@ -172,36 +137,19 @@ class JhmdbDataset:
         name = "/".join(frame_dir.resolve().parts[-2:])
         return JhmdbVideo(name=name, frame_paths=frames, keypoints=keypoints, joints_file=joints_file)
 
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __iter__(self):
-        return iter(self.videos)
-
-    def __getitem__(self, key: int | str) -> JhmdbVideo:
-        if isinstance(key, str):
-            if key not in self._by_name:
-                raise KeyError(f"no video {key!r} in {self.split_file} ({len(self)} videos)")
-            return self._by_name[key]
-        return self.videos[key]
-
     def identity(self) -> dict:
         """What was read, for result files: counts and a SHA-256 of the file listing.
 
         ``listing_sha256`` hashes the sorted lines ``"<path>\\t<size in bytes>\\n"`` of every
         frame and joints file (paths relative to ``root``, with ``/``).
         """
-        lines = []
-        for video in self:
-            for path in [*video.frame_paths, video.joints_file]:
-                relative = Path(os.path.relpath(path, self.root)).as_posix()
-                lines.append(f"{relative}\t{os.stat(path).st_size}\n")
+        paths = [path for video in self for path in [*video.frame_paths, video.joints_file]]
         return {
             "name": "JHMDB",
             "split_file": str(self.split_file.resolve()),
             "num_videos": len(self),
             "num_frames": sum(video.num_frames for video in self),
-            "listing_sha256": hashlib.sha256("".join(sorted(lines)).encode()).hexdigest(),
+            "listing_sha256": listing_sha256(paths, self.root),
         }
 
     def __repr__(self) -> str:

@@ -26,7 +26,6 @@ set made with the same parameters is reused; a folder not made here is never ove
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Callable

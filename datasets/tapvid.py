@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from datasets.davis import DatasetError
+from datasets.frames import DatasetError
 
 __all__ = ["QUERY_MODES", "STANDARD_RESOLUTION", "QUERY_STRIDE", "TapVidVideo", "TapVidSample",
            "TapVidDataset", "sample_queries_first", "sample_queries_strided", "resize_frames",

@@ -17,14 +17,12 @@ Arrays: frames ``uint8 (H, W, 3)`` RGB; part maps ``uint8 (H, W)`` class ids.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from datasets.davis import DatasetError, image_header, read_rgb_frame
+from datasets.frames import DatasetError, FrameVideo, VideoSet, find_split_file, listing_sha256, read_name_list
 from datasets.palette import read_indexed_png
 
 __all__ = ["VIP_CLASSES", "NUM_CLASSES", "VipVideo", "VipDataset"]
@@ -43,44 +41,15 @@ def _sort_key(path: Path):
 
 
 @dataclass
-class VipVideo:
+class VipVideo(FrameVideo):
     """One VIP video: frame files and, per frame, its annotation file or ``None``."""
 
-    name: str
-    frame_paths: list[Path]
     annotation_paths: list[Path | None]
-    _size: tuple[int, int] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frame_paths)
 
     @property
     def annotated_frames(self) -> list[int]:
         """Indices of the frames that have an annotation (the scored ones are those > 0)."""
         return [i for i, path in enumerate(self.annotation_paths) if path is not None]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of the frames (from the first frame's header)."""
-        if self._size is None:
-            width, height, _ = image_header(self.frame_paths[0])
-            self._size = (height, width)
-        return self._size
-
-    def _check_index(self, i: int) -> int:
-        if not -self.num_frames <= i < self.num_frames:
-            raise IndexError(f"video {self.name!r}: frame index {i} out of range (has {self.num_frames})")
-        return i % self.num_frames
-
-    def read_frame(self, i: int) -> np.ndarray:
-        """Frame ``i`` as ``uint8 (H, W, 3)`` RGB."""
-        path = self.frame_paths[self._check_index(i)]
-        return read_rgb_frame(path, self.size)
-
-    def read_frames(self) -> np.ndarray:
-        """All frames as ``uint8 (T, H, W, 3)``."""
-        return np.stack([self.read_frame(i) for i in range(self.num_frames)])
 
     def read_annotation(self, i: int) -> np.ndarray | None:
         """Part map of frame ``i`` as ``uint8 (H, W)`` class ids, or ``None`` if not annotated.
@@ -88,7 +57,7 @@ class VipVideo:
         VIP annotations may differ in size from their frames; they are returned as stored
         (the scorer resizes predictions to the annotation's size, nearest neighbour).
         """
-        path = self.annotation_paths[self._check_index(i)]
+        path = self.annotation_paths[self.frame_index(i)]
         if path is None:
             return None
         try:
@@ -98,7 +67,7 @@ class VipVideo:
         return ids
 
 
-class VipDataset:
+class VipDataset(VideoSet[VipVideo]):
     """The videos of one VIP split, listed and checked on opening, pixels read lazily.
 
     ``split`` is a split name (``lists/<split>_videos.txt`` under ``root``) or the path of a
@@ -110,24 +79,8 @@ class VipDataset:
         self.split = str(split)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: VIP root folder not found")
-        if self.split.endswith(".txt"):
-            path = Path(self.split)
-            if not path.is_absolute() and not path.exists() and (self.root / path).exists():
-                path = self.root / path
-        else:
-            path = self.root / "lists" / f"{self.split}_videos.txt"
-        if not path.is_file():
-            raise DatasetError(f"{path}: split file not found")
-        self.split_file = path
-        names = [line.strip() for line in path.read_text().splitlines()]
-        names = [name for name in names if name and not name.startswith("#")]
-        if not names:
-            raise DatasetError(f"{path}: split file lists no videos")
-        if len(set(names)) != len(names):
-            twice = next(name for name in names if names.count(name) > 1)
-            raise DatasetError(f"{path}: video {twice!r} is listed twice")
-        self.names = names
-        self._by_name = {name: self._list_video(name) for name in names}
+        self.split_file = find_split_file(self.root, self.split, self.root / "lists" / f"{self.split}_videos.txt")
+        self._set_videos((self._list_video(name) for name in read_name_list(self.split_file)), self.split_file)
 
     def _list_video(self, name: str) -> VipVideo:
         frame_dir = self.root / "Images" / name
@@ -154,25 +107,9 @@ class VipDataset:
         return VipVideo(name=name, frame_paths=frames,
                         annotation_paths=[annotations.get(stem) for stem in stems])
 
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __iter__(self):
-        return (self._by_name[name] for name in self.names)
-
-    def __getitem__(self, key: int | str) -> VipVideo:
-        if isinstance(key, str):
-            if key not in self._by_name:
-                raise KeyError(f"no video {key!r} in split {self.split!r} ({len(self)} videos)")
-            return self._by_name[key]
-        return self._by_name[self.names[key]]
-
     def identity(self) -> dict:
         """Counts and ``listing_sha256`` (sorted ``"<path rel. to root>\\t<bytes>\\n"`` lines)."""
-        lines = []
-        for video in self:
-            for path in [*video.frame_paths, *(p for p in video.annotation_paths if p is not None)]:
-                lines.append(f"{path.relative_to(self.root).as_posix()}\t{os.stat(path).st_size}\n")
+        paths = [path for video in self for path in [*video.frame_paths, *video.annotation_paths] if path is not None]
         return {
             "name": "VIP",
             "root": str(self.root.resolve()),
@@ -180,7 +117,7 @@ class VipDataset:
             "num_videos": len(self),
             "num_frames": sum(video.num_frames for video in self),
             "num_annotated_frames": sum(len(video.annotated_frames) for video in self),
-            "listing_sha256": hashlib.sha256("".join(sorted(lines)).encode()).hexdigest(),
+            "listing_sha256": listing_sha256(paths, self.root),
         }
 
     def __repr__(self) -> str:
