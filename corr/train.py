@@ -1,4 +1,5 @@
-"""Contrastive random walk training: config -> seed -> data -> model -> loss -> step.
+"""Training by the contrastive random walk and the other objectives (``--loss``):
+config -> seed -> data -> model -> loss -> step.
 
     python train.py --data /data/kinetics400/train --out runs/crw          # one GPU or the CPU
     torchrun --nproc_per_node=4 train.py --data /data/kinetics400/train    # DDP, one GPU each
@@ -14,6 +15,26 @@ Defaults follow the reference README (PROTOCOLS.md section 1): Adam, lr 1e-4 (co
 clip length 4 sampled at 8 fps, up to 5 clips per video per epoch, tau 0.05, edge dropout
 0.1, 7x7 grid of 64x64 patches from 256x256 crops, batch 20, 25 epochs. ``batch_size`` is
 per process (``torchrun`` with G processes trains with G x batch_size clips per step).
+
+Objectives. ``--loss`` names one loss or a weighted mix over one encoder (``crw=1,cycle=0.5``).
+A single objective takes its published setup for every option left unset
+(``OBJECTIVE_DEFAULTS``): ``--loss cycle`` TimeCycle's (PROTOCOLS.md 2: Adam lr 2e-4, betas
+(0.5, 0.999), gradient norm clipped at 10, clips of 12 fps frames at offsets 0, 2, 4, 6
+(base), 15 (target), 17 (motion reference), one crop and flip per clip, 240 px frames with
+``--data``) and ``--loss pixel`` a stride-4 encoder (PROTOCOLS.md 3). A mix keeps the walk's
+setup (so adding a term to a walk run changes only the loss); give the options to change it.
+The resolved values are written to ``OUT/config.json``.
+
+Several processes. Under ``torchrun`` one ``DistributedDataParallel`` wraps
+:class:`TrainModule`, the walk model and the losses together, so every loss runs the encoder
+inside the wrapper and the gradients of every parameter (the encoder, the walk head and the
+heads the losses own, such as the TimeCycle tracker) are averaged over the processes
+(``find_unused_parameters`` when a frame loss leaves some of them out of the graph).
+
+Images (every ``--image-every`` steps, of the batch's first clip): ``walk/...`` where the
+walk sends frame 0's nodes, ``cycle/tracked_patch`` the TimeCycle patch and where it was
+tracked, ``pixel/warped_pair`` the pixel loss's warped pair with correspondences and the
+out-of-view region. The losses return the data for them; only this loop draws.
 
 The demo. Without ``--data`` the run trains on generated synthetic clips: a DAVIS-format
 set of 8 procedural sequences (``datasets.synthetic.generate_davis``, seed 1000, so it
@@ -72,18 +93,27 @@ def encoder_kwargs(name: str) -> dict[str, Any]:
 
 @dataclass
 class TrainConfig:
-    """Contrastive random walk training (Jabri et al. 2020). Options left at ``None`` get
-    the reference value with ``--data`` and the demo value without it."""
+    """Contrastive random walk training (Jabri et al. 2020) and the other objectives. Options
+    left at ``None`` get the objective's value (``OBJECTIVE_DEFAULTS``), then the reference
+    value with ``--data`` and the demo value without it."""
 
     data: Optional[str] = field(default=None, metadata={
         "help": "folder of videos, list file or frame folders; none: demo on synthetic clips"})
     out: str = field(default="runs/crw", metadata={"help": "run folder (checkpoint.pt, TensorBoard logs)"})
     steps: Optional[int] = field(default=None, metadata={"help": "optimisation steps (none: 25 epochs; demo 150)"})
     batch_size: Optional[int] = field(default=None, metadata={"help": "clips per step per process (none: 20; demo 2)"})
-    clip_len: int = field(default=4, metadata={"help": "frames per clip"})
-    fps: float = field(default=8.0, metadata={"help": "clip frame rate (sets the frame skip)"})
+    clip_len: Optional[int] = field(default=None, metadata={
+        "help": "frames per clip (none: 4, or the number of --clip-offsets)"})
+    fps: Optional[float] = field(default=None, metadata={
+        "help": "clip frame rate, sets the frame skip (none: 8; cycle 12)"})
     frame_skip: Optional[int] = field(default=None, metadata={
         "help": "source frames between clip frames (overrides fps)"})
+    clip_offsets: Optional[tuple[int, ...]] = field(default=None, metadata={
+        "help": "clip frames as offsets in frame skips, e.g. 0,2,4,6,15,17 (none: evenly spaced; cycle: that one)"})
+    same_crop: Optional[bool] = field(default=None, metadata={
+        "help": "one random crop for the whole clip (none: off, each frame its own; cycle: on)"})
+    flip: Optional[bool] = field(default=None, metadata={
+        "help": "mirror the whole clip with probability 1/2 (none: off; cycle: on)"})
     clips_per_video: int = field(default=5, metadata={"help": "clips per video per epoch"})
     mode: Optional[str] = field(default=None, metadata={
         "help": "nodes: grid (7x7 patches) or dense (feature cells) (none: grid; demo dense)"})
@@ -91,11 +121,16 @@ class TrainConfig:
         "help": "per-frame RandomResizedCrop size (none: 256; demo 64)"})
     loss: str = field(default="crw", metadata={
         "help": "loss name or name=weight,... over one encoder (known: crw, cycle, pixel)"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    lr: Optional[float] = field(default=None, metadata={"help": "Adam learning rate (none: 1e-4; cycle 2e-4)"})
+    betas: Optional[tuple[float, ...]] = field(default=None, metadata={
+        "help": "Adam betas (none: 0.9,0.999; cycle 0.5,0.999)"})
+    grad_clip: Optional[float] = field(default=None, metadata={
+        "help": "clip the gradient norm to this (0: off; none: off; cycle 10)"})
     temperature: float = field(default=0.05, metadata={"help": "walk temperature tau"})
     edge_dropout: float = field(default=0.1, metadata={"help": "edge dropout probability"})
     include_one_step: bool = field(default=False, metadata={"help": "also train the one-step cycle k=1"})
-    encoder: str = field(default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS)"})
+    encoder: Optional[str] = field(default=None, metadata={
+        "help": "encoder name, corr.encoders.ENCODERS (none: resnet18-crw; pixel resnet18-s4)"})
     head_dim: int = field(default=128, metadata={"help": "node embedding size"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     amp: Optional[bool] = field(default=None, metadata={"help": "mixed precision (none: on with CUDA; CUDA only)"})
@@ -104,7 +139,7 @@ class TrainConfig:
     num_workers: int = field(default=4, metadata={"help": "DataLoader worker processes per process"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     log_every: int = field(default=20, metadata={"help": "steps between TensorBoard scalars"})
-    image_every: int = field(default=500, metadata={"help": "steps between walk images (0: never)"})
+    image_every: int = field(default=500, metadata={"help": "steps between loss images (0: never)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint.pt"})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "folder for the video index cache"})
     backend: str = field(default="auto", metadata={"help": "video decoder: auto, decord or opencv"})
@@ -118,16 +153,55 @@ DEMO = {"steps": 150, "batch_size": 2, "mode": "dense", "crop_size": 64, "checkp
         "log_every": 10, "image_every": 50, "num_workers": 1}
 DEMO_DATA = {"num_sequences": 8, "num_frames": 24, "size": (240, 320), "seed": 1000, "split": "train"}
 
+# Per-objective values of the None options. A run with a single loss named here takes its
+# published setup; every other run (the walk, and every mix) takes WALK_DEFAULTS, the CRW
+# reference (PROTOCOLS.md 1). Options given on the command line always win.
+WALK_DEFAULTS = {"encoder": "resnet18-crw", "lr": 1e-4, "betas": (0.9, 0.999), "grad_clip": 0.0, "fps": 8.0,
+                 "clip_offsets": None, "same_crop": False, "flip": False}
+OBJECTIVE_DEFAULTS = {
+    # TimeCycle (PROTOCOLS.md 2; the authors' training script and VLOG loader): Adam lr 2e-4,
+    # betas (0.5, 0.999), gradient norm clipped at 10; frames of a 12 fps source, base frames
+    # s, s+2, s+4, s+6, the target s+15 and s+17 for the motion that places the patch; one
+    # crop and one horizontal flip for the whole clip.
+    "cycle": {"lr": 2e-4, "betas": (0.5, 0.999), "grad_clip": 10.0, "fps": 12.0,
+              "clip_offsets": (0, 2, 4, 6, 15, 17), "same_crop": True, "flip": True},
+    # Li et al. 2023 (PROTOCOLS.md 3): features at stride 4.
+    "pixel": {"encoder": "resnet18-s4"},
+}
+# The demo's generated sequences (24 frames) are too short for 12 fps steps of a 24 fps
+# frame folder (35 frames); there each generated frame is one step. 240 px frames as published.
+DEMO_OBJECTIVE = {"cycle": {"frame_skip": 1}}
+REFERENCE_OBJECTIVE = {"cycle": {"crop_size": 240}}
+
+
+def single_objective(spec: str) -> Optional[str]:
+    """The loss whose published setup a run takes: the only loss of ``spec`` when it has one."""
+    names = list(parse_loss_spec(spec))
+    return names[0] if len(names) == 1 and names[0] in OBJECTIVE_DEFAULTS else None
+
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Fill the ``None`` options: reference values with ``--data``, demo values without.
+    """Fill the ``None`` options: per-objective values, then reference values with ``--data``
+    and demo values without.
 
-    The demo also shortens ``checkpoint_every``, ``log_every``, ``image_every`` and
-    ``num_workers`` when they are at their defaults. ``steps`` stays ``None`` with data
-    (25 epochs, known once the dataset is indexed).
+    ``--loss cycle`` alone takes TimeCycle's setup and ``--loss pixel`` alone a stride-4
+    encoder (``OBJECTIVE_DEFAULTS``); the walk and every mix of losses keep the walk's
+    setup (``WALK_DEFAULTS``), so adding a loss to a walk run changes nothing else. The demo
+    also shortens ``checkpoint_every``, ``log_every``, ``image_every`` and ``num_workers``
+    when they are at their defaults. ``steps`` stays ``None`` with data (25 epochs, known
+    once the dataset is indexed). ``clip_len`` is the number of ``clip_offsets`` when
+    those are set.
     """
     defaults = TrainConfig()
-    if cfg.mode is None and FRAME_LOSSES & set(parse_loss_spec(cfg.loss)):
+    losses = parse_loss_spec(cfg.loss)
+    objective = single_objective(cfg.loss)
+    setup = {**WALK_DEFAULTS, **OBJECTIVE_DEFAULTS.get(objective, {})}
+    given_offsets = cfg.clip_offsets is not None
+    extra = (DEMO_OBJECTIVE if cfg.data is None else REFERENCE_OBJECTIVE).get(objective, {})
+    if cfg.fps is not None:
+        extra = {k: v for k, v in extra.items() if k != "frame_skip"}          # an explicit rate wins
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in {**setup, **extra}.items() if getattr(cfg, k) is None})
+    if cfg.mode is None and FRAME_LOSSES & set(losses):
         cfg = dataclasses.replace(cfg, mode="dense")       # frame losses read whole frames
     if cfg.data is None:
         values = {k: v for k, v in DEMO.items()
@@ -135,6 +209,17 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     else:
         values = {k: v for k, v in REFERENCE.items() if getattr(cfg, k) is None}
     cfg = dataclasses.replace(cfg, **values)
+    if cfg.clip_offsets is not None:
+        offsets = tuple(int(o) for o in cfg.clip_offsets)
+        if cfg.clip_len is not None and cfg.clip_len != len(offsets):
+            hint = "" if given_offsets else (f" (--loss {objective} samples the frames {','.join(map(str, offsets))}; "
+                                             "give --clip-offsets instead, e.g. 0,1,2 for evenly spaced frames)")
+            raise ValueError(f"--clip-len {cfg.clip_len} does not match --clip-offsets {offsets}{hint}")
+        if not offsets or offsets[0] < 0 or any(b <= a for a, b in zip(offsets, offsets[1:])):
+            raise ValueError(f"--clip-offsets must be >= 0 and strictly increasing, got {offsets}")
+        cfg = dataclasses.replace(cfg, clip_offsets=offsets, clip_len=len(offsets))
+    elif cfg.clip_len is None:
+        cfg = dataclasses.replace(cfg, clip_len=4)
     if cfg.mode not in GRAPH_MODES:
         raise ValueError(f"--mode must be one of {GRAPH_MODES}, got {cfg.mode!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -142,7 +227,15 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for name in ("batch_size", "clip_len", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    frame_losses = sorted(FRAME_LOSSES & set(parse_loss_spec(cfg.loss)))
+    if not cfg.lr > 0 or cfg.grad_clip < 0:
+        raise ValueError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        raise ValueError(f"--betas must be two numbers in [0, 1), got {cfg.betas}")
+    cfg = dataclasses.replace(cfg, betas=tuple(float(b) for b in cfg.betas))
+    if "cycle" in losses and cfg.clip_len < (3 if cfg.clip_offsets is not None else 2):
+        raise ValueError(f"--loss cycle needs base frames and a target: at least "
+                         f"{3 if cfg.clip_offsets is not None else 2} frames, got {cfg.clip_len}")
+    frame_losses = sorted(FRAME_LOSSES & set(losses))
     if frame_losses and cfg.mode != "dense":
         raise ValueError(f"--loss {','.join(frame_losses)} needs whole frames: use --mode dense, not {cfg.mode!r}")
     return cfg
@@ -157,12 +250,14 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def build_cycle_loss(cfg: TrainConfig) -> nn.Module:
-    """TimeCycle (PROTOCOLS.md 2) on the encoder's layer3, sized for ``crop_size`` frames."""
+    """TimeCycle (PROTOCOLS.md 2) on the encoder's layer3, sized for ``crop_size`` frames. With
+    ``clip_offsets`` (the published layout) the clip's last frame only places the patch."""
     from corr.losses.cycle import CycleConsistencyLoss
 
     probe = build_encoder(cfg.encoder, **({"out_layer": "layer3"} if encoder_kwargs(cfg.encoder) else {}))
     cells = math.ceil(cfg.crop_size / probe.stride)
-    return CycleConsistencyLoss(probe.out_channels, (cells, cells), layer="layer3" if encoder_kwargs(cfg.encoder) else None)
+    layer = "layer3" if encoder_kwargs(cfg.encoder) else None
+    return CycleConsistencyLoss(probe.out_channels, (cells, cells), layer=layer, motion_frame=cfg.clip_offsets is not None)
 
 
 def build_pixel_loss(cfg: TrainConfig) -> nn.Module:
@@ -211,7 +306,12 @@ def parse_loss_spec(spec: str) -> dict[str, float]:
 
 
 class WeightedLosses(nn.Module):
-    """Weighted sum of named losses; diagnostics prefixed ``name/`` plus ``name/loss``."""
+    """Weighted sum of named losses; diagnostics prefixed ``name/`` plus ``name/loss``.
+
+    ``forward(nodes, clip, encoder) -> (loss, diagnostics)``; with ``visuals=True`` also a
+    third item ``{name: visuals}``: the walk's detached ``{"nodes": (B, T, N, C)}`` and what
+    each frame loss returns for figures (those whose forward takes ``visuals``).
+    """
 
     def __init__(self, losses: dict[str, nn.Module], weights: dict[str, float]):
         super().__init__()
@@ -223,22 +323,53 @@ class WeightedLosses(nn.Module):
         return any(not getattr(loss_fn, "needs_frames", False) for loss_fn in self.losses.values())
 
     def forward(self, nodes: Optional[torch.Tensor], clip: Optional[torch.Tensor] = None,
-                encoder: Optional[nn.Module] = None) -> tuple[torch.Tensor, dict[str, float]]:
-        total, diagnostics = 0.0, {}
+                encoder: Optional[nn.Module] = None, visuals: bool = False):
+        total, diagnostics, figures = 0.0, {}, {}
         for name, loss_fn in self.losses.items():
             if getattr(loss_fn, "needs_frames", False):
-                value, diag = loss_fn(clip, encoder)
+                if visuals and "visuals" in inspect.signature(loss_fn.forward).parameters:
+                    value, diag, figures[name] = loss_fn(clip, encoder, visuals=True)
+                else:
+                    value, diag = loss_fn(clip, encoder)
             else:
                 value, diag = loss_fn(nodes)
+                if visuals:
+                    figures[name] = {"nodes": nodes.detach()}
             total = total + self.weights[name] * value
             diagnostics[f"{name}/loss"] = float(value.detach())
             diagnostics.update({f"{name}/{key}": v for key, v in diag.items()})
-        return total, diagnostics
+        return (total, diagnostics, figures) if visuals else (total, diagnostics)
 
 
 def build_losses(cfg: TrainConfig) -> WeightedLosses:
     weights = parse_loss_spec(cfg.loss)
     return WeightedLosses({name: LOSSES[name](cfg) for name in weights}, weights)
+
+
+class TrainModule(nn.Module):
+    """Everything trained, as one module: the walk model (encoder + head) and the losses
+    (with the heads and networks they own, e.g. the TimeCycle tracker).
+
+    ``forward(clip) -> (loss, diagnostics)`` (``visuals=True``: plus the losses' figure
+    data, :class:`WeightedLosses`). Under DDP this module is what is wrapped, so the encoder
+    runs inside the wrapper for every loss and the gradients of all parameters, the
+    loss-owned ones included, are averaged over the processes. ``clip`` is ``(B, T, N, 3,
+    h, w)`` patches in grid mode and ``(B, T, 3, H, W)`` frames in dense mode.
+    """
+
+    def __init__(self, model: WalkModel, losses: WeightedLosses):
+        super().__init__()
+        self.model = model
+        self.losses = losses
+
+    def forward(self, clip: torch.Tensor, visuals: bool = False):
+        nodes = self.model(clip) if self.losses.needs_nodes else None          # B, T, N, C
+        return self.losses(nodes, clip, self.model.encoder, visuals=visuals)
+
+    def unused_parameters_possible(self) -> bool:
+        """Whether some parameters can miss the graph: the frame losses use parts of the
+        encoder (layer3) and not the walk head, or their own networks only."""
+        return bool(FRAME_LOSSES & set(self.losses.losses))
 
 
 # ------------------------------------------------------------------------ distribution
@@ -320,17 +451,18 @@ def build_dataset(cfg: TrainConfig, source: str | Path) -> Dataset:
 
     return VideoClipDataset(source, clip_len=cfg.clip_len, fps=cfg.fps, frame_skip=cfg.frame_skip,
                             clips_per_video=cfg.clips_per_video, transform=make_transform(ClipTransform, cfg),
-                            cache_dir=cfg.cache_dir, backend=cfg.backend, seed=cfg.seed)
+                            cache_dir=cfg.cache_dir, backend=cfg.backend, seed=cfg.seed,
+                            frame_offsets=cfg.clip_offsets)
 
 
 def make_transform(transform_cls: type, cfg: TrainConfig) -> Callable:
-    """``ClipTransform`` for the configured node mode and crop size.
+    """``ClipTransform`` for the configured node mode, crop size, shared crop and flip.
 
     Grid patches keep the reference proportions: side ``crop/4`` at stride ``crop/8``
     (256 -> 7x7 windows of 64x64 at stride 32).
     """
     return transform_cls(mode=cfg.mode, size=cfg.crop_size, patch_size=cfg.crop_size // 4,
-                         patch_stride=cfg.crop_size // 8)
+                         patch_stride=cfg.crop_size // 8, same_crop=bool(cfg.same_crop), flip=bool(cfg.flip))
 
 
 def batches_per_epoch(dataset_len: int, batch_size: int, world_size: int) -> int:
@@ -442,7 +574,7 @@ def checkpoint_dict(cfg: TrainConfig, model: WalkModel, optimizer, scaler, sched
     }
 
 
-_RESUME_MUST_MATCH = ("encoder", "head_dim", "mode", "clip_len", "batch_size", "seed", "loss")
+_RESUME_MUST_MATCH = ("encoder", "head_dim", "mode", "clip_len", "clip_offsets", "batch_size", "seed", "loss")
 
 
 def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimizer, scaler, scheduler,
@@ -540,6 +672,119 @@ def walk_image(clip: torch.Tensor, nodes: torch.Tensor, mode: str, stride: int) 
     return walk_figure(frames[0], frames[-1], centres, walk.argmax(dim=-1).numpy())
 
 
+def _enlarge(frames: list[np.ndarray], min_height: int) -> tuple[list[np.ndarray], int]:
+    """Frames lower than ``min_height`` enlarged by an integer factor ``s`` (nearest); ``(frames, s)``."""
+    import cv2
+
+    scale = max(1, min_height // frames[0].shape[0])
+    if scale > 1:
+        frames = [cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for f in frames]
+    return [np.ascontiguousarray(f) for f in frames], scale
+
+
+def _theta_quad(theta: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixel corners ``(4, 2)`` (x, y) of the region that ``theta (2, 3)`` crops (``affine_grid``
+    convention, ``align_corners=False``): patch corners ``(+-1, +-1)`` mapped to the frame's
+    normalised coordinates, then ``x = (u + 1) W / 2 - 1/2``."""
+    corners = np.array([[-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], dtype=np.float64)
+    uv = corners @ np.asarray(theta, dtype=np.float64).T                                 # 4, 2
+    return np.stack([(uv[:, 0] + 1) * width / 2 - 0.5, (uv[:, 1] + 1) * height / 2 - 0.5], axis=1)
+
+
+def _draw_quad(image: np.ndarray, quad: np.ndarray, colour: tuple[int, int, int], scale: int) -> None:
+    """Outline ``quad (4, 2)`` (unscaled pixels) and a tick from its centre to its top edge (its angle)."""
+    import cv2
+
+    points = ((quad + 0.5) * scale - 0.5).round().astype(np.int32)
+    cv2.polylines(image, [points], isClosed=True, color=colour, thickness=2)
+    centre, top = points.mean(0), (points[0] + points[1]) / 2
+    cv2.line(image, tuple(int(v) for v in centre), tuple(int(v) for v in top), colour, 1)
+
+
+def cycle_image(clip: torch.Tensor, visuals: dict[str, torch.Tensor], min_height: int = 256) -> np.ndarray:
+    """The tracked TimeCycle patch of one clip: base frames 0 .. N-1 | target frame.
+
+    ``clip (T, 3, H, W)`` normalised (``T = N + 1``, or ``N + 2`` when the last frame is the
+    motion reference); ``visuals`` as :class:`corr.losses.cycle.CycleConsistencyLoss` returns
+    them for this clip (``theta0 (2, 3)``, ``skip (N, 2, 3)``, ``long (C, 2, 3)``). Base frame t
+    shows (yellow) where the patch was tracked directly; the target shows the cut patch
+    (green) and where the longest cycle returned it (red). A tick marks each box's top edge.
+    Returns ``uint8 (s H, (N + 1) s W, 3)``.
+    """
+    from datasets.transforms import denormalize_frames
+
+    skip = visuals["skip"].float().cpu().numpy()
+    n = len(skip)
+    frames = list(denormalize_frames(clip[:n + 1].detach().float().cpu()))
+    height, width = frames[0].shape[:2]
+    frames, scale = _enlarge(frames, min_height)
+    for t in range(n):
+        _draw_quad(frames[t], _theta_quad(skip[t], height, width), (255, 220, 0), scale)
+    _draw_quad(frames[n], _theta_quad(visuals["theta0"].float().cpu().numpy(), height, width), (0, 220, 0), scale)
+    _draw_quad(frames[n], _theta_quad(visuals["long"][-1].float().cpu().numpy(), height, width), (255, 0, 0), scale)
+    return np.concatenate(frames, axis=1)
+
+
+def pixel_image(clip: torch.Tensor, visuals: dict[str, torch.Tensor], max_lines: int = 12,
+                min_height: int = 256) -> np.ndarray:
+    """The warped pair of the pixel loss for one clip: frame 0 | its warp.
+
+    ``clip (T, 3, H, W)`` normalised; ``visuals`` as :class:`corr.losses.pixel.FinePixelLoss`
+    returns them for this clip (``warped (3, H, W)``, ``in_view (H, W)``, ``matches`` and
+    ``predicted (h, w, 2)`` in cells, ``used (h, w)``). Out-of-view pixels of the warp are
+    darkened and tinted red. For up to ``max_lines`` used cells, a line joins the cell centre
+    to its true match (dot) and a cross marks the features' most likely match. Cell ``(i, j)``
+    has the pixel centre ``(s j + (s-1)/2, s i + (s-1)/2)``, ``s = H / h``.
+    Returns ``uint8 (k H, 2 k W, 3)``.
+    """
+    import cv2
+    from datasets.transforms import denormalize_frames
+
+    source, warped = denormalize_frames(torch.stack([clip[0], visuals["warped"]]).detach().float().cpu())
+    out_view = ~visuals["in_view"].cpu().numpy()
+    warped = warped.copy()
+    warped[out_view] = (0.35 * warped[out_view] + np.array([90, 0, 0])).astype(np.uint8)
+    height, width = source.shape[:2]
+    used = visuals["used"].cpu().numpy()
+    stride = height / used.shape[0]
+    (source, warped), scale = _enlarge([source, warped], min_height)
+    canvas = np.ascontiguousarray(np.concatenate([source, warped], axis=1))
+
+    def pixel(cell_xy: np.ndarray, offset: int = 0) -> tuple[int, int]:
+        xy = (cell_xy * stride + (stride - 1) / 2 + 0.5) * scale - 0.5
+        return int(round(xy[0])) + offset, int(round(xy[1]))
+
+    cells = np.argwhere(used)                                                            # (i, j) rows
+    chosen = cells[np.linspace(0, len(cells) - 1, min(max_lines, len(cells))).round().astype(int)] if len(cells) else []
+    matches, predicted = visuals["matches"].float().cpu().numpy(), visuals["predicted"].float().cpu().numpy()
+    for rank, (i, j) in enumerate(chosen):
+        hue = int(180 * rank / max(1, len(chosen)))
+        colour = cv2.cvtColor(np.uint8([[[hue, 255, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
+        start, end = pixel(np.array([j, i], dtype=np.float64)), pixel(matches[i, j], width * scale)
+        cv2.circle(canvas, start, 3, colour, -1)
+        cv2.line(canvas, start, end, colour, 1)
+        cv2.circle(canvas, end, 3, colour, -1)
+        cv2.drawMarker(canvas, pixel(predicted[i, j], width * scale), colour, cv2.MARKER_CROSS, 9, 2)
+    return canvas
+
+
+def loss_images(clip: torch.Tensor, visuals: dict[str, dict], cfg: TrainConfig, stride: int
+                ) -> list[tuple[str, np.ndarray]]:
+    """``(TensorBoard tag, uint8 HWC image)`` per loss that returned figure data for clip 0 of
+    the batch (``clip`` is that clip; ``visuals`` holds the batch's data, :class:`WeightedLosses`)."""
+    images = []
+    for name, data in visuals.items():
+        first = {k: v[0] for k, v in data.items()}
+        if name == "crw":
+            image = walk_image(clip, first["nodes"], cfg.mode, stride)
+            images.append((f"walk/frame0_to_frame{cfg.clip_len - 1}", image))
+        elif name == "cycle":
+            images.append(("cycle/tracked_patch", cycle_image(clip, first)))
+        elif name == "pixel":
+            images.append(("pixel/warped_pair", pixel_image(clip, first)))
+    return images
+
+
 # ------------------------------------------------------------------------------- loop
 
 
@@ -566,6 +811,7 @@ class TrainResult:
     losses: dict[int, float]       # step -> loss (averaged over processes)
     checkpoint: Optional[Path]
     skipped_videos: dict[str, str]  # path -> reason, as seen by this process
+    loss_fn: Optional[WeightedLosses] = None  # the losses with the heads they own (no DDP)
 
 
 def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
@@ -600,15 +846,13 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
         cfg = dataclasses.replace(cfg, steps=max(1, REFERENCE_EPOCHS * per_epoch))
 
     encoder = build_encoder(cfg.encoder, **encoder_kwargs(cfg.encoder))
-    model = WalkModel(encoder, head_dim=cfg.head_dim, mode=cfg.mode)
+    module = TrainModule(WalkModel(encoder, head_dim=cfg.head_dim, mode=cfg.mode), build_losses(cfg))
     if runtime.distributed and cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(runtime.device)
-    loss_fn = build_losses(cfg).to(runtime.device)
-    if runtime.distributed and FRAME_LOSSES & set(loss_fn.losses):
-        raise ValueError(f"--loss {cfg.loss!r}: the frame losses ({', '.join(sorted(FRAME_LOSSES))}) run the encoder "
-                         "outside the DDP wrapper; train them in one process")
-    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=cfg.lr)
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    module.to(runtime.device)
+    model, loss_fn = module.model, module.losses
+    parameters = list(module.parameters())          # the walk model's, then the losses' (checkpoint order)
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant, as the reference
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
 
@@ -627,12 +871,12 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
                     "%d clips per epoch (%d steps)", cfg.encoder, cfg.mode, cfg.clip_len, cfg.steps, cfg.batch_size,
                     runtime.world_size, runtime.device, " with AMP" if runtime.amp else "", len(dataset), per_epoch)
 
-    train_model = model
-    if runtime.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    train_model.train()
-    loss_fn.train()
+    train_module = module
+    if runtime.distributed:   # one wrapper around everything trained: all gradients are all-reduced
+        train_module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=module.unused_parameters_possible())
+    train_module.train()
 
     writer = None
     if runtime.is_main:
@@ -666,9 +910,10 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
 
             step += 1
             torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + runtime.rank)  # edge dropout of this step
+            images_now = (writer is not None and cfg.image_every > 0
+                          and (step % cfg.image_every == 0 or step == first_step + 1))
             with torch.autocast(device_type=runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
-                nodes = train_model(clip) if loss_fn.needs_nodes else None          # B, T, N, C
-                loss, diagnostics = loss_fn(nodes, clip, model.encoder)
+                loss, diagnostics, *visuals = train_module(clip, visuals=images_now)
             mean_loss = float(_all_reduce_mean(loss, runtime))
             if not math.isfinite(mean_loss):
                 where = (f"the last good checkpoint is {checkpoint_path} (step {last_saved})" if last_saved is not None
@@ -677,6 +922,10 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
                                          "Try a lower --lr, a higher --temperature, or --no-amp.")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)    # norm before clipping
+                diagnostics = {**diagnostics, "train/grad_norm": float(norm)}
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -703,10 +952,9 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
                 writer.add_scalar("speed/data_wait_share", window["wait"] / max(window["time"], 1e-9), step)
                 writer.add_scalar("data/skipped_videos", len(skipped), step)
                 window = {"clips": 0, "wait": 0.0, "time": 0.0, "loss": 0.0, "diag": {}, "count": 0}
-            if writer is not None and nodes is not None and cfg.image_every > 0 and (step % cfg.image_every == 0 or step == first_step + 1):
-                stride = getattr(model.encoder, "stride", 8)
-                image = walk_image(clip[0], nodes[0], cfg.mode, stride)
-                writer.add_image(f"walk/frame0_to_frame{cfg.clip_len - 1}", image, step, dataformats="HWC")
+            if images_now:
+                for tag, image in loss_images(clip[0], visuals[0], cfg, getattr(model.encoder, "stride", 8)):
+                    writer.add_image(tag, image, step, dataformats="HWC")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if runtime.is_main:
                     atomic_torch_save(checkpoint_dict(cfg, model, optimizer, scaler, scheduler, step, loss_fn),
@@ -725,7 +973,7 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
                     "--checkpoint %s)", step, first, losses[max(losses)] if losses else float("nan"),
                     checkpoint_path.resolve(), checkpoint_path)
     return TrainResult(cfg, model, first_step, step, losses, checkpoint_path if last_saved is not None else None,
-                       skipped)
+                       skipped, loss_fn)
 
 
 def main(argv: Optional[list[str]] = None) -> TrainResult:

@@ -20,6 +20,11 @@ aspect <= 1.3 exists only when the frame's width / height <= 1.3 / 0.8 = 1.625. 
 (every 16:9 video) always get the same fallback centre crop (aspect 1.3), so their frames
 differ only through the patch jitter; Kinetics prepared at 340x256 (aspect 1.33) is fine.
 
+TimeCycle (Wang et al. 2019; PROTOCOLS.md section 2) augments a clip as a whole instead:
+one crop for all frames and a horizontal flip of the whole clip with probability 1/2
+(``same_crop=True, flip=True`` here; the reference resizes the short side to 256 and cuts
+one 240x240 box, which the shared RandomResizedCrop stands in for).
+
 Crop boxes follow ``torchvision.transforms.RandomResizedCrop.get_params`` (10 tries of a
 random area fraction and log-uniform aspect ratio with integer sides, else a centre crop
 clamped to the ratio range), drawn from a ``numpy.random.Generator``. Resizing is OpenCV on
@@ -101,6 +106,8 @@ class ClipTransform:
     ``train=True``: each frame gets its own random resized crop (``crop_scale``,
     ``crop_ratio``) to ``size x size``; in grid mode each window its own random resized crop
     (``patch_scale``, ratio 3/4..4/3) resized back to ``patch_size``.
+    ``same_crop=True``: one crop box (same distribution) for all frames of the clip.
+    ``flip=True``: the whole clip is mirrored left-right with probability 1/2 (after the crop).
     ``train=False``: no randomness: the whole frame resized to ``size x size``, windows taken
     as they are.
 
@@ -120,6 +127,8 @@ class ClipTransform:
         crop_ratio=(0.7, 1.3),
         patch_scale=(0.7, 0.9),
         train: bool = True,
+        same_crop: bool = False,
+        flip: bool = False,
     ):
         if mode not in ("grid", "dense"):
             raise ValueError(f"mode must be 'grid' or 'dense', got {mode!r}")
@@ -135,6 +144,8 @@ class ClipTransform:
         self.crop_ratio = tuple(crop_ratio)
         self.patch_scale = tuple(patch_scale)
         self.train = bool(train)
+        self.same_crop = bool(same_crop)
+        self.flip = bool(flip)
         n = (self.size - self.patch_size) // self.patch_stride + 1
         self.grid_side = n
         offsets = np.arange(n) * self.patch_stride
@@ -148,7 +159,7 @@ class ClipTransform:
     def __repr__(self) -> str:
         return (f"ClipTransform(mode={self.mode!r}, size={self.size}, patch_size={self.patch_size}, "
                 f"patch_stride={self.patch_stride}, crop_scale={self.crop_scale}, crop_ratio={self.crop_ratio}, "
-                f"patch_scale={self.patch_scale}, train={self.train})")
+                f"patch_scale={self.patch_scale}, train={self.train}, same_crop={self.same_crop}, flip={self.flip})")
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         frames = np.asarray(frames)
@@ -156,7 +167,14 @@ class ClipTransform:
             raise ValueError(f"expected uint8 RGB frames shaped (T, H, W, 3), got {frames.dtype} {frames.shape}")
         if rng is None:
             rng = np.random.default_rng()
-        resized = np.stack([self._frame(frame, rng) for frame in frames])  # T, S, S, 3 uint8
+        if self.train and self.same_crop:
+            top, left, h, w = random_resized_crop_boxes(rng, frames.shape[1], frames.shape[2], 1,
+                                                        self.crop_scale, self.crop_ratio)[0]
+            resized = np.stack([_resize(frame[top:top + h, left:left + w], self.size) for frame in frames])
+        else:
+            resized = np.stack([self._frame(frame, rng) for frame in frames])  # T, S, S, 3 uint8
+        if self.train and self.flip and rng.random() < 0.5:
+            resized = np.ascontiguousarray(resized[:, :, ::-1])
         if self.mode == "dense":
             return normalize_frames(resized)  # T, 3, S, S
         patches = self._patches(resized, rng)  # T * N, P, P, 3 uint8

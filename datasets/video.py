@@ -25,9 +25,12 @@ total image bytes, newest mtime, image count) and the metadata per probing backe
 next start only new or changed entries are probed again. Unreadable videos are cached as
 bad too.
 
-Clip sampling: a clip is ``clip_len`` frames ``start + k * skip`` (``k = 0 .. clip_len-1``),
-``skip = frame_skip`` when given, else ``max(1, round(video_fps / fps))`` (reference CRW:
-8 fps). A video needs ``(clip_len - 1) * skip + 1`` frames; shorter ones are skipped and
+Clip sampling: a clip is ``clip_len`` frames ``start + o_k * skip`` with frame offsets
+``o_k = k`` (``k = 0 .. clip_len-1``; evenly spaced frames) or the given ``frame_offsets``
+(e.g. TimeCycle's ``0, 2, 4, 6, 15, 17``: four frames two steps apart, then two frames
+well after them), ``skip = frame_skip`` when given, else ``max(1, round(video_fps / fps))``
+(reference CRW: 8 fps). A video needs ``o_max * skip + 1`` frames (``o_max`` the largest
+offset, ``clip_len - 1`` for evenly spaced frames); shorter ones are skipped and
 counted in ``bad_videos``. Item ``i`` is clip ``c = i % clips_per_video`` of video
 ``i // clips_per_video``; its start is drawn uniformly from the ``c``-th of
 ``clips_per_video`` equal parts of the valid start range (stratified, so the clips of one
@@ -489,15 +492,23 @@ class VideoClipDataset(torch.utils.data.Dataset):
         seed: int = 0,
         num_index_workers: int = 8,
         frame_folder_fps: float = 24.0,
+        frame_offsets: Sequence[int] | None = None,
     ):
         if clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+        if frame_offsets is not None:
+            frame_offsets = tuple(int(o) for o in frame_offsets)
+            if len(frame_offsets) != clip_len:
+                raise ValueError(f"frame_offsets {frame_offsets} must have clip_len = {clip_len} entries")
+            if frame_offsets[0] < 0 or any(b <= a for a, b in zip(frame_offsets, frame_offsets[1:])):
+                raise ValueError(f"frame_offsets must be >= 0 and strictly increasing, got {frame_offsets}")
         if clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
         if frame_skip is not None and frame_skip < 1:
             raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
         self.source = Path(source).expanduser().resolve()
         self.clip_len = int(clip_len)
+        self.frame_offsets = frame_offsets if frame_offsets is not None else tuple(range(self.clip_len))
         self.fps = fps
         self.frame_skip = frame_skip
         self.clips_per_video = int(clips_per_video)
@@ -517,7 +528,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 self.bad_videos.append((path, record["error"]))
                 continue
             video_fps = record["fps"] if record["fps"] > 0 else (frame_folder_fps if os.path.isdir(path) else 0.0)
-            need = (self.clip_len - 1) * frame_step(video_fps, fps, frame_skip) + 1
+            need = self.frame_offsets[-1] * frame_step(video_fps, fps, frame_skip) + 1
             if record["num_frames"] < need:
                 self.bad_videos.append((path, f"too short: {record['num_frames']} frames, a clip needs {need}"))
                 continue
@@ -543,17 +554,17 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, self.epoch, int(i)])
 
     def clip_indices(self, video: VideoInfo, slot: int, rng: np.random.Generator) -> list[int]:
-        """Frame indices ``start + k * skip`` of clip ``slot`` (0 .. clips_per_video-1).
+        """Frame indices ``start + o_k * skip`` of clip ``slot`` (0 .. clips_per_video-1).
 
         ``start`` is uniform over part ``slot`` of ``clips_per_video`` equal parts of
-        ``[0, num_frames - (clip_len - 1) * skip - 1]``.
+        ``[0, num_frames - o_max * skip - 1]`` (``o_k`` the frame offsets, module docstring).
         """
         skip = frame_step(video.fps, self.fps, self.frame_skip)
-        num_starts = video.num_frames - (self.clip_len - 1) * skip
+        num_starts = video.num_frames - self.frame_offsets[-1] * skip
         lo = (slot * num_starts) // self.clips_per_video
         hi = max(lo + 1, ((slot + 1) * num_starts) // self.clips_per_video)
         start = int(rng.integers(lo, hi))
-        return [start + k * skip for k in range(self.clip_len)]
+        return [start + o * skip for o in self.frame_offsets]
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):

@@ -1,4 +1,7 @@
-"""TimeCycle loss: zero for a perfect tracker, larger for a wrong one; gradients; shapes."""
+"""TimeCycle loss: zero for a perfect tracker, larger for a wrong one; gradients; shapes;
+patch placement; the published clip layout."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -36,11 +39,57 @@ def static_clip_terms(bias: float):
 
 
 def test_perfect_tracker_gives_zero_and_a_wrong_one_more():
-    perfect, diag = static_clip_terms(0.0)
-    wrong, _ = static_clip_terms(0.3)
+    perfect, diag, transforms = static_clip_terms(0.0)
+    wrong, _, wrong_transforms = static_clip_terms(0.3)
     assert all(float(v) < 1e-5 for v in perfect.values())
     assert all(float(wrong[k]) > 0.01 for k in ("long", "skip", "sim"))
     assert set(diag) >= {"long", "skip", "sim", "long/c=1", "long/c=4"}
+    theta0 = affine_from_params(torch.tensor([[-1 / 3, 1 / 6, 0.0]]), (1 / 3, 1 / 3))
+    assert transforms["skip"].shape == (1, 4, 2, 3) and transforms["long"].shape == (1, 4, 2, 3)
+    assert torch.allclose(transforms["skip"], theta0[:, None].expand(1, 4, 2, 3), atol=1e-5)   # static clip
+    assert torch.allclose(transforms["long"][:, -1], theta0, atol=1e-5)
+    assert not torch.allclose(wrong_transforms["long"][:, -1], theta0, atol=0.1)
+
+
+def test_patch_is_placed_among_the_moving_positions_with_jitter_and_rotation():
+    loss_fn = CycleConsistencyLoss(in_channels=8, frame_size=(12, 12), top_k=1, max_rotation=0.0)
+    target = torch.zeros(6, 3, 96, 96)
+    reference = target.clone()
+    # lattice position (row 5, col 1) of 7x7: centre (-4/9, 4/9) normalised, window x 11..43, y 53..85 px
+    target[:, :, 53:85, 11:43] = 1.0
+    theta = loss_fn.patch_transform(target, reference, torch.Generator().manual_seed(0))
+    half_step = (1 / 6) / 2 * 2 * (1 - 1 / 3)                                  # jitter bound, normalised units
+    assert torch.all((theta[:, 0, 2] + 4 / 9).abs() <= half_step + 1e-6)
+    assert torch.all((theta[:, 1, 2] - 4 / 9).abs() <= half_step + 1e-6)
+    assert theta[:, 0, 2].unique().numel() > 1                                  # jittered
+    assert torch.allclose(theta[:, 0, 1], torch.zeros(6)) and torch.allclose(theta[:, 0, 0], torch.full((6,), 1 / 3))
+
+    rotating = CycleConsistencyLoss(in_channels=8, frame_size=(12, 12), motion_patch=False)
+    theta = rotating.patch_transform(target, reference, torch.Generator().manual_seed(0))
+    angle = torch.atan2(theta[:, 1, 0], theta[:, 0, 0])
+    assert torch.all(angle.abs() <= math.pi / 4 + 1e-6) and angle.abs().max() > 0.05
+    assert torch.allclose(theta[:, 0, 0] ** 2 + theta[:, 1, 0] ** 2, torch.full((6,), 1 / 9))   # fixed scale
+    assert theta[:, :, 2].unique(dim=0).shape[0] > 2                             # spread over the frame
+
+
+def test_published_layout_encodes_base_and_target_and_uses_the_last_frame_for_motion():
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18-crw", out_layer="layer4")
+    loss_fn = CycleConsistencyLoss(in_channels=256, frame_size=(6, 6), motion_frame=True)
+    frames = torch.randn(2, 4, 3, 48, 48)                     # base 0, 1; target 2; motion reference 3
+    batches, references = [], []
+    encoder.conv1.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    original = loss_fn.patch_transform
+    loss_fn.patch_transform = lambda target, reference, gen: references.append((target, reference)) or original(
+        target, reference, gen)
+    loss, diagnostics, visuals = loss_fn(frames, encoder, generator=torch.Generator().manual_seed(0), visuals=True)
+    assert batches == [2 * 3, 2]                               # base + target frames, then the patches
+    assert torch.equal(references[0][0], frames[:, 2]) and torch.equal(references[0][1], frames[:, 3])
+    assert {"long/c=1", "long/c=2"} <= set(diagnostics) and "long/c=3" not in diagnostics
+    assert visuals["theta0"].shape == (2, 2, 3) and visuals["skip"].shape == (2, 2, 2, 3)
+    assert visuals["long"].shape == (2, 2, 2, 3) and not visuals["skip"].requires_grad
+    with pytest.raises(ValueError, match="T >= 3"):
+        loss_fn(frames[:, :2], encoder)
 
 
 def test_helpers_shapes_and_values():

@@ -112,3 +112,27 @@ def test_stride4_encoder_round_trips_through_load_checkpoint(tmp_path):
     with torch.no_grad():
         assert torch.allclose(encoder(images), encoder_features(trained.eval(), images, "layer3"), atol=1e-5)
     assert encoder(images).shape == (1, 256, 6, 8)
+
+
+def test_visuals_hold_the_pair_matches_and_predictions():
+    loss_fn = FinePixelLoss(radius=3)
+    logits = torch.full((1, 49, h, w), -5.0)
+    disp = window_displacements(3).tolist()
+    logits[:, disp.index([2, -1])] = 5.0                                  # every cell prefers (dx, dy) = (2, -1)
+    predicted = loss_fn.predicted_matches(logits)
+    assert predicted.shape == (1, h, w, 2)
+    assert predicted[0, 4, 5].tolist() == [7.0, 3.0]
+    assert predicted[0, 0, 0].tolist() != [2.0, -1.0]                    # leaving the map is excluded
+
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18-s4", out_layer="layer4")
+    frames = torch.randn(2, 2, 3, 32, 40)
+    loss, diagnostics, visuals = loss_fn(frames, encoder, generator=torch.Generator().manual_seed(1), visuals=True)
+    assert visuals["warped"].shape == (2, 3, 32, 40) and visuals["in_view"].shape == (2, 32, 40)
+    assert visuals["in_view"].dtype == torch.bool and visuals["in_view"].any()
+    assert visuals["matches"].shape == visuals["predicted"].shape == (2, 8, 10, 2)
+    assert abs(float(visuals["used"].float().mean()) - diagnostics["warp_used"]) < 1e-6
+    assert not visuals["warped"].requires_grad and loss.requires_grad
+    # the pair is the warp of frame 0 (same warp with the same generator)
+    warped, _, in_view = loss_fn.make_pairs(frames[:, 0], torch.Generator().manual_seed(1))
+    assert torch.allclose(warped, visuals["warped"]) and torch.equal(in_view, visuals["in_view"])

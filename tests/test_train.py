@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 
 from corr.encoders import ENCODERS
 from corr.graph import WalkModel
-from corr.train import (NonFiniteLossError, TrainConfig, parse_loss_spec, resolve_config, train, walk_figure,
-                        walk_image)
+from corr.train import (NonFiniteLossError, TrainConfig, TrainModule, build_losses, cycle_image, parse_loss_spec,
+                        pixel_image, resolve_config, train, walk_figure, walk_image)
 
 
 class _TinyEncoder(torch.nn.Module):
@@ -189,6 +189,48 @@ def test_two_ddp_processes_keep_identical_weights(videos, tmp_path):
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
+def _ddp_module_worker(rank: int, world_size: int, port: int, cfgs: list[TrainConfig], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ENCODERS["tiny"] = _TinyEncoder
+    import torch.distributed as dist
+
+    try:
+        for k, cfg in enumerate(cfgs):                       # one process group for all runs (spawning is slow)
+            result = train(cfg)
+            module = TrainModule(result.model, result.loss_fn)
+            params = {n: v.detach().clone() for n, v in module.named_parameters()}
+            torch.save(params, Path(out) / f"run{k}-rank{rank}.pt")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_ddp_averages_the_gradients_of_the_encoder_and_of_loss_owned_heads(videos, tmp_path):
+    # batch 1 per process: the two processes train on different clips (different gradients)
+    runs = {"cycle": (dict(clip_len=None, clip_offsets=(0, 1, 2, 3)), ["cycle.tracker", "cycle.project"]),
+            "cycle=1,global_walk=1": (dict(clip_len=3), ["cycle.tracker", "global_walk.model"])}
+    cfgs = [_config(videos, tmp_path / f"run{k}", loss=loss, steps=2, batch_size=1, checkpoint_every=100,
+                    image_every=0, crop_size=48, **options) for k, (loss, (options, _)) in enumerate(runs.items())]
+    mp.spawn(_ddp_module_worker, args=(2, _free_port(), cfgs, str(tmp_path)), nprocs=2, join=True)
+    for k, (cfg, (_, owned)) in enumerate(zip(cfgs, runs.values())):
+        ranks = [torch.load(tmp_path / f"run{k}-rank{r}.pt", weights_only=True) for r in range(2)]
+        torch.manual_seed(cfg.seed)  # the initialisation train() starts from
+        initial = dict(TrainModule(WalkModel(_TinyEncoder(), head_dim=cfg.head_dim, mode="dense"),
+                                   build_losses(resolve_config(cfg))).named_parameters())
+        assert set(ranks[0]) == set(initial), cfg.loss
+        for name, value in ranks[0].items():
+            assert torch.equal(value, ranks[1][name]), (cfg.loss, name)
+
+        def moved(prefix):
+            return [n for n, v in ranks[0].items() if n.startswith(prefix) and not torch.equal(v, initial[n].detach())]
+        assert moved("model.encoder."), cfg.loss
+        for part in owned:
+            assert moved(f"losses.losses.{part}."), (cfg.loss, part)
+        assert not moved("model.head."), cfg.loss     # not in these losses' graph: unused under DDP
+
+
 def test_config_defaults_for_demo_and_reference():
     demo = resolve_config(TrainConfig())
     assert (demo.mode, demo.crop_size, demo.batch_size) == ("dense", 64, 2) and demo.steps <= 300
@@ -202,6 +244,103 @@ def test_config_defaults_for_demo_and_reference():
         parse_loss_spec("crw,flow=1")
     with pytest.raises(ValueError, match="--mode"):
         resolve_config(TrainConfig(mode="sparse"))
+
+
+def test_objective_defaults_resolve_as_published_and_mixes_keep_the_walks():
+    cycle = resolve_config(TrainConfig(loss="cycle"))
+    assert (cycle.lr, cycle.betas, cycle.grad_clip) == (2e-4, (0.5, 0.999), 10.0)          # PROTOCOLS.md 2
+    assert (cycle.clip_offsets, cycle.clip_len, cycle.fps) == ((0, 2, 4, 6, 15, 17), 6, 12.0)
+    assert (cycle.same_crop, cycle.flip, cycle.mode, cycle.encoder) == (True, True, "dense", "resnet18-crw")
+    assert cycle.frame_skip == 1                           # the demo's short generated sequences
+    with_data = resolve_config(TrainConfig(loss="cycle", data="/videos"))
+    assert (with_data.frame_skip, with_data.crop_size, with_data.fps) == (None, 240, 12.0)
+    assert resolve_config(TrainConfig(loss="cycle", fps=6.0)).frame_skip is None         # an explicit rate wins
+    mine = resolve_config(TrainConfig(loss="cycle", lr=1e-3, betas=(0.9, 0.99), grad_clip=0.0, clip_offsets=(0, 1, 2)))
+    assert (mine.lr, mine.betas, mine.grad_clip, mine.clip_offsets, mine.clip_len) == (1e-3, (0.9, 0.99), 0.0,
+                                                                                         (0, 1, 2), 3)
+    for spec in ("crw", "crw=1,cycle=0.5,pixel=1", "cycle=1,pixel=1"):
+        mix = resolve_config(TrainConfig(loss=spec))
+        assert (mix.lr, mix.betas, mix.grad_clip, mix.fps, mix.clip_offsets, mix.clip_len) == (
+            1e-4, (0.9, 0.999), 0.0, 8.0, None, 4), spec
+        assert (mix.same_crop, mix.flip, mix.encoder, mix.frame_skip) == (False, False, "resnet18-crw", None), spec
+    assert resolve_config(TrainConfig(loss="pixel")).encoder == "resnet18-s4"
+    assert resolve_config(TrainConfig(loss="pixel", encoder="resnet18-crw")).encoder == "resnet18-crw"
+    with pytest.raises(ValueError, match="give --clip-offsets instead"):
+        resolve_config(TrainConfig(loss="cycle", clip_len=3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        resolve_config(TrainConfig(clip_offsets=(0, 3, 1)))
+    with pytest.raises(ValueError, match="--betas"):
+        resolve_config(TrainConfig(betas=(0.9,)))
+
+
+def test_gradient_clipping_is_applied_and_the_resolved_config_recorded(videos, tmp_path, monkeypatch):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    seen = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    limit = 1e-3
+    out = tmp_path / "run"
+    result = train(_config(videos, out, loss="cycle", clip_len=None, clip_offsets=(0, 1, 2, 3), crop_size=48,
+                           steps=2, grad_clip=limit, image_every=0))
+    assert len(seen) == 2 and all(norm <= limit * (1 + 1e-4) for norm in seen)
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    events.Reload()
+    before = [e.value for e in events.Scalars("train/grad_norm")]
+    assert len(before) == 2 and min(before) > 10 * limit                  # the norm before clipping was larger
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lr"], config["betas"], config["grad_clip"]) == (2e-4, [0.5, 0.999], limit)
+    assert config["clip_offsets"] == [0, 1, 2, 3] and config["clip_len"] == 4
+    assert result.loss_fn.losses["cycle"].motion_frame                  # the last frame places the patch
+
+    seen.clear()
+    train(_config(videos, tmp_path / "free", loss="cycle", clip_len=None, clip_offsets=(0, 1, 2, 3), crop_size=48,
+                  steps=1, grad_clip=0.0, image_every=0))
+    assert seen and seen[0] > 10 * limit                                 # without clipping
+
+
+def test_loss_images_are_written_for_every_objective(videos, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(_config(videos, out, loss="crw=1,cycle=1,pixel=1", steps=1, crop_size=32, image_every=1))
+    events = EventAccumulator(str(out), size_guidance={"images": 0})
+    events.Reload()
+    shapes = {tag: (events.Images(tag)[0].height, events.Images(tag)[0].width) for tag in events.Tags()["images"]}
+    # 32 px crops enlarged 8x; clips of 3 frames: 2 base frames + target for the cycle
+    assert shapes == {"walk/frame0_to_frame2": (256, 512), "cycle/tracked_patch": (256, 768),
+                      "pixel/warped_pair": (256, 512)}
+
+
+def test_cycle_and_pixel_figures_draw_on_their_frames():
+    from corr.losses.cycle import affine_from_params
+    from corr.losses.pixel import FinePixelLoss
+
+    clip = torch.zeros(4, 3, 48, 64)                        # 3 base frames + target; mean grey once denormalised
+    theta = affine_from_params(torch.tensor([[0.2, -0.1, 0.3]]), (1 / 3, 1 / 3))[0]
+    visuals = {"theta0": theta, "skip": theta.expand(3, 2, 3), "long": theta.expand(2, 2, 3)}
+    image = cycle_image(clip, visuals)
+    assert image.shape == (240, 4 * 320, 3) and image.dtype == np.uint8   # enlarged 5x
+    grey = image[0, 0].copy()
+    drawn = (image != grey).any(-1)
+    assert drawn[:, :320].any() and drawn[:, 3 * 320:].any()
+    assert not drawn[:5].any() and not drawn[:, :40].any()           # boxes around the centre, not the edge
+
+    torch.manual_seed(0)
+    encoder = ENCODERS["resnet18-s4"](out_layer="layer4")
+    frames = torch.randn(1, 2, 3, 32, 40)
+    _, _, pixel_visuals = FinePixelLoss(radius=3)(frames, encoder, generator=torch.Generator().manual_seed(0),
+                                                  visuals=True)
+    figure = pixel_image(frames[0], {k: v[0] for k, v in pixel_visuals.items()}, min_height=64)
+    assert figure.shape == (64, 160, 3) and figure.dtype == np.uint8
 
 
 def test_walk_images_have_both_frames():

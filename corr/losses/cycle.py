@@ -1,14 +1,21 @@
 """Cycle-consistency of time, after Wang, Jabri, Efros, "Learning Correspondence from the
 Cycle-Consistency of Time" (TimeCycle, CVPR 2019; PROTOCOLS.md section 2).
 
-Input: a clip ``frames (B, T, 3, H, W)`` (normalised, T >= 2) and the encoder. Frames
-``0 .. T-2`` are the *base* frames, frame ``T-1`` the *target* frame (TimeCycle samples it
-some frames after the base frames; with ``datasets.video`` set the clip's frame skip).
+Input: a clip ``frames (B, T, 3, H, W)`` (normalised) and the encoder. Frames ``0 .. N-1``
+are the *base* frames (oldest first), frame ``N`` the *target* frame. Two layouts:
+
+- ``motion_frame=False``: ``T = N + 1`` (T >= 2); patch placement compares the target with
+  the last base frame.
+- ``motion_frame=True`` (the published layout): ``T = N + 2`` (T >= 3); the last frame only
+  serves patch placement and is not encoded. TimeCycle's clip (authors' code, VLOG frames
+  at 12 fps, ``videoLen 4, frame_gap 2, predDistance 4``) is source frames
+  ``s + (0, 2, 4, 6)`` as base frames, ``s + 15`` as the target and ``s + 17`` for motion
+  (``datasets.video`` with ``frame_offsets=(0, 2, 4, 6, 15, 17)``).
 
 Features. ``x = normalize(relu(conv1x1(encoder_layer3(image))))``: 512 channels, stride 8
 (the encoder's ``layer3``, ResNet-50 in the paper; any ResNet of :mod:`corr.encoders`).
 A frame gives ``(B, 512, h, w)``; the patch, an ``H/3 x W/3`` crop of the target frame
-cut by the affine ``theta_0`` (translation only) and encoded on its own, gives
+cut by the affine ``theta_0`` (position and angle, below) and encoded on its own, gives
 ``(B, 512, p, p)`` (80 px -> 10x10 for 240 px -> 30x30 frames in the paper).
 
 Tracker. For a patch query ``q (B, C, p, p)`` and a frame ``x (B, C, h, w)``:
@@ -26,7 +33,7 @@ bilinear, L2-normalised when it is used as the next query.
 Losses, with ``G(theta)`` the images of a fixed 20x20 grid of points of ``[-1, 1]^2``:
 
     d(theta, theta') = mean_points |G(theta) - G(theta')|^2        (grid-point MSE)
-    long  = mean_{c=1..min(4, T-1)} d(theta_c, theta_0): track the patch backward through
+    long  = mean_{c=1..min(4, N)} d(theta_c, theta_0): track the patch backward through
             the last c base frames, forward again to the newest base frame, then into the
             target frame (theta_c);
     skip  = mean_t d(theta_t^skip, theta_0): track the patch directly to base frame t and
@@ -38,13 +45,21 @@ Losses, with ``G(theta)`` the images of a fixed 20x20 grid of points of ``[-1, 1
 All three are 0 for a perfect tracker on a static clip and grow with tracking errors.
 Diagnostics: ``long``, ``skip``, ``sim`` and ``long/c=C`` per cycle length.
 
-Published optimiser (not set by this module): Adam, lr 2e-4, betas (0.5, 0.999),
-gradient-norm clipping at 10.
+Patch placement (``theta_0``, as TimeCycle samples it): the patch centre lies on an
+``n x n`` lattice (``n = 7``) of positions ``c = (2 l - 1)(1 - s)``, ``l = 0, 1/(n-1), .., 1``
+(patches touching the frame border at the ends); the motion score of a position is the mean
+``|target - motion reference|`` (mean over colour channels) inside its patch window; one of
+the ``top_k = 10`` highest-scoring positions is drawn uniformly (``motion_patch=False``: one
+of all ``n^2``). Then ``l`` is jittered by ``U(-1/2, 1/2) / (n - 1)`` per axis (clamped to
+``[0, 1]``) and the patch is rotated by ``U(-max_rotation, max_rotation)``, ``max_rotation
+= pi/4``: ``theta_0 = [[s cos a, -s sin a, cx], [s sin a, s cos a, cy]]``.
 
-Patch placement: uniformly at random, or (``motion_patch=True``, the default) among the
-quarter of candidate positions (steps of one feature cell) with the largest mean absolute
-difference between the target frame and the last base frame, as TimeCycle samples
-patches where things move.
+Published optimiser (set by ``corr.train`` for ``--loss cycle``, not by this module): Adam,
+lr 2e-4, betas (0.5, 0.999), gradient-norm clipping at 10.
+
+``forward(..., visuals=True)`` also returns the detached transforms of the batch, for
+figures (``theta0 (B, 2, 3)``, ``skip (B, N, 2, 3)`` the patch tracked directly into each
+base frame, ``skip_back (B, N, 2, 3)`` and ``long (B, C, 2, 3)`` the returns into the target).
 """
 from __future__ import annotations
 
@@ -130,20 +145,27 @@ class CycleConsistencyLoss(nn.Module):
         max_cycle: longest cycle (4).
         layer: encoder stage used (``layer3``; None: the encoder's output).
         motion_patch: place the patch among the highest-motion positions.
+        motion_frame: the clip's last frame is only the motion reference (published layout).
+        positions, top_k, max_rotation: patch placement (module docstring; 7, 10, pi/4).
     """
 
     needs_frames = True  # the training loop passes the clip and the encoder, not walk nodes
 
     def __init__(self, in_channels: int, frame_size: tuple[int, int], patch_fraction: float = 1 / 3,
                  dim: int = 512, max_cycle: int = 4, layer: Optional[str] = "layer3", motion_patch: bool = True,
-                 weights: Optional[dict[str, float]] = None):
+                 weights: Optional[dict[str, float]] = None, motion_frame: bool = False, positions: int = 7,
+                 top_k: int = 10, max_rotation: float = math.pi / 4):
         super().__init__()
+        if positions < 1 or top_k < 1 or max_rotation < 0:
+            raise ValueError(f"need positions >= 1, top_k >= 1, max_rotation >= 0; got {positions}, {top_k}, "
+                             f"{max_rotation}")
         h, w = frame_size
         self.frame_size = (h, w)
         self.patch_size = (max(1, round(h * patch_fraction)), max(1, round(w * patch_fraction)))
         self.scale = (self.patch_size[1] / w, self.patch_size[0] / h)                # (sx, sy) in normalised units
         self.temperature = dim ** -0.5
         self.max_cycle, self.layer, self.motion_patch = max_cycle, layer, motion_patch
+        self.motion_frame, self.positions, self.top_k, self.max_rotation = motion_frame, positions, top_k, max_rotation
         self.weights = dict(WEIGHTS if weights is None else weights)
         self.project = nn.Conv2d(in_channels, dim, 1, bias=False)
         nn.init.kaiming_normal_(self.project.weight, mode="fan_out", nonlinearity="relu")
@@ -163,36 +185,61 @@ class CycleConsistencyLoss(nn.Module):
         theta = affine_from_params(self.tracker(affinity), self.scale)
         return theta, crop(frame_raw, theta, self.patch_size)
 
-    def patch_transform(self, frames: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``theta_0 (B, 2, 3)``: where the patch is cut from the target frame (translation only)."""
-        b, t, _, height, width = frames.shape
-        (h, w), (p, q) = self.frame_size, self.patch_size
-        rows, cols = h - p + 1, w - q + 1                                                # candidate top-left cells
-        if self.motion_patch and t >= 2:
-            motion = (frames[:, -1] - frames[:, -2]).abs().mean(1, keepdim=True)          # B, 1, H, W
-            cell_motion = F.adaptive_avg_pool2d(motion, (h, w))
-            score = F.avg_pool2d(cell_motion, (p, q), stride=1).flatten(1)               # B, rows*cols
-            top = max(1, score.shape[1] // 4)
-            best = score.topk(top, dim=1).indices                                         # B, top
-            pick = torch.randint(top, (b,), generator=generator).to(best.device)
+    def candidate_centres(self, device=None) -> torch.Tensor:
+        """``(n*n, 2)`` normalised patch centres ``(cx, cy)`` of the placement lattice, row-major (y, x)."""
+        n, (sx, sy) = self.positions, self.scale
+        loc = torch.linspace(0, 1, n, device=device) if n > 1 else torch.full((1,), 0.5, device=device)
+        ly, lx = torch.meshgrid(loc, loc, indexing="ij")
+        return torch.stack([(2 * lx.ravel() - 1) * (1 - sx), (2 * ly.ravel() - 1) * (1 - sy)], dim=-1)
+
+    def motion_scores(self, target: torch.Tensor, reference: torch.Tensor, samples: int = 8) -> torch.Tensor:
+        """``(B, n*n)`` mean ``|target - reference|`` inside each candidate window (images ``(B, 3, H, W)``),
+        averaged over ``samples x samples`` bilinear samples of the (unrotated) window."""
+        b = target.shape[0]
+        motion = (target.float() - reference.float()).abs().mean(1, keepdim=True)          # B, 1, H, W
+        centres = self.candidate_centres(target.device)                                    # P, 2
+        params = torch.cat([centres, torch.zeros_like(centres[:, :1])], dim=-1)             # P, 3
+        grid = F.affine_grid(affine_from_params(params, self.scale), [len(centres), 1, samples, samples],
+                             align_corners=False)                                           # P, s, s, 2
+        grid = grid.reshape(1, -1, samples, 2).expand(b, -1, -1, -1)                       # B, P*s, s, 2
+        values = F.grid_sample(motion, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return values.reshape(b, len(centres), samples * samples).mean(-1)                 # B, P
+
+    def patch_transform(self, target: torch.Tensor, reference: Optional[torch.Tensor],
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``theta_0 (B, 2, 3)``: where (and at which angle) the patch is cut from ``target (B, 3, H, W)``;
+        ``reference (B, 3, H, W)`` is the frame whose difference to the target is the motion."""
+        b, n = target.shape[0], self.positions
+        if self.motion_patch and reference is not None:
+            scores = self.motion_scores(target, reference)                                 # B, n*n
+            top = min(self.top_k, n * n)
+            best = scores.topk(top, dim=1).indices.cpu()                                   # B, top
+            pick = torch.randint(top, (b,), generator=generator)
             index = best.gather(1, pick[:, None])[:, 0]
         else:
-            index = torch.randint(rows * cols, (b,), generator=generator).to(frames.device)
-        top_row, left_col = (index // cols).float(), (index % cols).float()
-        tx = (2 * left_col + q) / w - 1                                                   # patch centre, normalised
-        ty = (2 * top_row + p) / h - 1
-        params = torch.stack([tx, ty, torch.zeros_like(tx)], dim=-1)
-        return affine_from_params(params.to(frames.device, frames.dtype), self.scale)
+            index = torch.randint(n * n, (b,), generator=generator)
+        row, col = (index // n).double(), (index % n).double()
+        step = 1.0 / (n - 1) if n > 1 else 0.0
+        jitter = (torch.rand(b, 2, generator=generator, dtype=torch.float64) - 0.5) * step
+        lx = (col * step + jitter[:, 0]).clamp(0, 1) if n > 1 else torch.full((b,), 0.5, dtype=torch.float64)
+        ly = (row * step + jitter[:, 1]).clamp(0, 1) if n > 1 else torch.full((b,), 0.5, dtype=torch.float64)
+        angle = (torch.rand(b, generator=generator, dtype=torch.float64) * 2 - 1) * self.max_rotation
+        sx, sy = self.scale
+        params = torch.stack([(2 * lx - 1) * (1 - sx), (2 * ly - 1) * (1 - sy), angle], dim=-1)
+        return affine_from_params(params.to(target.device, torch.float32), self.scale)
 
     def cycle_terms(self, base_norm: torch.Tensor, base_raw: torch.Tensor, target_norm: torch.Tensor,
                     target_raw: torch.Tensor, patch_norm: torch.Tensor, theta0: torch.Tensor
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, torch.Tensor]]:
         """The three terms from features: ``base_* (B, N, C, h, w)`` (N base frames, oldest
-        first), ``target_* (B, C, h, w)``, ``patch_norm (B, C, p, q)``, ``theta0 (B, 2, 3)``."""
+        first), ``target_* (B, C, h, w)``, ``patch_norm (B, C, p, q)``, ``theta0 (B, 2, 3)``.
+
+        Returns ``(terms, diagnostics, transforms)``; ``transforms`` holds the detached
+        ``skip``, ``skip_back`` ``(B, N, 2, 3)`` and ``long`` ``(B, C, 2, 3)`` (module docstring)."""
         n = base_norm.shape[1]
         diagnostics: dict[str, float] = {}
         # long cycles: back through the last c base frames, forward to the newest, into the target
-        long_terms = []
+        long_terms, long_thetas = [], []
         for c in range(1, min(self.max_cycle, n) + 1):
             query = patch_norm
             order = list(range(n - 1, n - 1 - c, -1)) + list(range(n - c + 1, n))
@@ -201,26 +248,37 @@ class CycleConsistencyLoss(nn.Module):
                 query = F.normalize(tracked, dim=1)
             theta_c, _ = self.track(query, target_norm, target_raw)
             long_terms.append(grid_mse(theta_c, theta0))
+            long_thetas.append(theta_c.detach())
             diagnostics[f"long/c={c}"] = float(long_terms[-1].detach())
         # skip cycles and similarity: target -> base frame t directly, and directly back
-        skip_terms, sim_terms = [], []
+        skip_terms, sim_terms, skip_thetas, back_thetas = [], [], [], []
         for t in range(n):
-            _, tracked = self.track(patch_norm, base_norm[:, t], base_raw[:, t])
+            theta_t, tracked = self.track(patch_norm, base_norm[:, t], base_raw[:, t])
             tracked_norm = F.normalize(tracked, dim=1)
             sim_terms.append(1 - (tracked_norm * patch_norm).sum(1).mean())
             theta_back, _ = self.track(tracked_norm, target_norm, target_raw)
             skip_terms.append(grid_mse(theta_back, theta0))
+            skip_thetas.append(theta_t.detach())
+            back_thetas.append(theta_back.detach())
         terms = {"long": torch.stack(long_terms).mean(), "skip": torch.stack(skip_terms).mean(),
                  "sim": torch.stack(sim_terms).mean()}
         diagnostics.update({k: float(v.detach()) for k, v in terms.items()})
-        return terms, diagnostics
+        transforms = {"skip": torch.stack(skip_thetas, 1), "skip_back": torch.stack(back_thetas, 1),
+                      "long": torch.stack(long_thetas, 1)}
+        return terms, diagnostics, transforms
 
-    def forward(self, frames: torch.Tensor, encoder: nn.Module,
-                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict[str, float]]:
-        if frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[1] < 2:
-            raise ValueError(f"frames must be (B, T >= 2, 3, H, W), got shape {tuple(frames.shape)}")
+    def forward(self, frames: torch.Tensor, encoder: nn.Module, generator: Optional[torch.Generator] = None,
+                visuals: bool = False):
+        """``(loss, diagnostics)``, or ``(loss, diagnostics, transforms)`` with ``visuals=True``."""
+        least = 3 if self.motion_frame else 2
+        if frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[1] < least:
+            raise ValueError(f"frames must be (B, T >= {least}, 3, H, W), got shape {tuple(frames.shape)}")
+        if self.motion_frame:
+            reference, frames = frames[:, -1], frames[:, :-1]                            # motion reference only
+        else:
+            reference = frames[:, -2]
         b, t, _, height, width = frames.shape
-        theta0 = self.patch_transform(frames, generator)                                   # B, 2, 3
+        theta0 = self.patch_transform(frames[:, -1], reference, generator)                 # B, 2, 3
         p, q = self.patch_size
         patch_px = (round(height * p / self.frame_size[0]), round(width * q / self.frame_size[1]))
         patch_image = crop(frames[:, -1], theta0, patch_px)                                # B, 3, P, Q
@@ -232,6 +290,9 @@ class CycleConsistencyLoss(nn.Module):
         if tuple(patch_norm.shape[-2:]) != self.patch_size:
             patch_norm = F.normalize(F.adaptive_avg_pool2d(patch_norm, self.patch_size), dim=1)
         raw, norm = raw.unflatten(0, (b, t)), norm.unflatten(0, (b, t))                     # B, T, C, h, w
-        terms, diagnostics = self.cycle_terms(norm[:, :-1], raw[:, :-1], norm[:, -1], raw[:, -1], patch_norm, theta0)
+        terms, diagnostics, transforms = self.cycle_terms(norm[:, :-1], raw[:, :-1], norm[:, -1], raw[:, -1],
+                                                          patch_norm, theta0)
         loss = sum(self.weights[k] * v for k, v in terms.items())
+        if visuals:
+            return loss, diagnostics, {"theta0": theta0.detach(), **transforms}
         return loss, diagnostics

@@ -35,6 +35,12 @@ features ``f (B, C, h, w)`` (L2-normalised along C here) should be high-resoluti
 
    loss = L_warp + rec_weight * L_rec + domain_weight * L_dom
 
+``forward(..., visuals=True)`` also returns, detached, for figures: ``warped (B, 3, H, W)``
+(frame 0 after its warp), ``in_view bool (B, H, W)`` (warped pixels whose source lies in the
+frame), ``matches (B, h, w, 2)`` (true matches of the source cells, cell units of the warped
+map), ``predicted (B, h, w, 2)`` (the most likely displacement added to each cell) and
+``used bool (B, h, w)`` (the cells the warp term counts).
+
 Diagnostics: ``warp_ce``, ``warp_kl`` (L_warp minus the target entropy, 0 at the optimum),
 ``warp_acc`` (fraction of used cells whose most likely displacement is the one nearest the
 true match), ``warp_used`` (fraction of cells used), ``rec``, and ``domain`` / ``domain_acc``
@@ -181,15 +187,18 @@ class FinePixelLoss(nn.Module):
                                   if domain_weight > 0 else None)
 
     def make_pairs(self, images: torch.Tensor, generator: Optional[torch.Generator] = None
-                   ) -> tuple[torch.Tensor, list[Warp]]:
-        """Warp each of ``images (B, 3, H, W)`` by a random warp: ``(warped (B, 3, H, W), warps)``."""
+                   ) -> tuple[torch.Tensor, list[Warp], torch.Tensor]:
+        """Warp each of ``images (B, 3, H, W)`` by a random warp:
+        ``(warped (B, 3, H, W), warps, in_view bool (B, H, W))``."""
         height, width = images.shape[-2:]
-        warped, warps = [], []
+        warped, warps, in_view = [], [], []
         for image in images:
             kind = self.warp_kinds[int(torch.randint(len(self.warp_kinds), (1,), generator=generator))]
             warps.append(random_warp(height, width, kind, generator=generator))
-            warped.append(warp_image(image, warps[-1])[0])
-        return torch.stack(warped), warps
+            image_warped, view = warp_image(image, warps[-1])
+            warped.append(image_warped)
+            in_view.append(view)
+        return torch.stack(warped), warps, torch.stack(in_view)
 
     @staticmethod
     def cell_matches(warps: Sequence[Warp], height: int, width: int, stride: int, device=None
@@ -201,6 +210,24 @@ class FinePixelLoss(nn.Module):
         visible = torch.stack([v for _, v in found])
         return matches.to(device, torch.float32), visible.to(device)
 
+    def used_cells(self, matches: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """``bool (B, h, w)``: cells whose match ``matches (B, h, w, 2)`` is visible and inside the window."""
+        ys, xs = torch.meshgrid(torch.arange(matches.shape[1], device=matches.device),
+                                torch.arange(matches.shape[2], device=matches.device), indexing="ij")
+        offset = matches - torch.stack([xs, ys], dim=-1)
+        return visible & (offset.abs().amax(-1) <= self.radius - 1)
+
+    def predicted_matches(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w, 2)`` cell ``(x, y)`` of the most likely displacement of ``logits (B, K, h, w)``
+        (displacements leaving the map excluded)."""
+        b, _, h, w = logits.shape
+        _, valid = local_correlation(logits[:, :1], logits[:, :1], self.radius)
+        best = logits.masked_fill(~valid, float("-inf")).argmax(1)                            # B, h, w
+        disp = window_displacements(self.radius, logits.device)[best]                         # B, h, w, 2
+        ys, xs = torch.meshgrid(torch.arange(h, device=logits.device), torch.arange(w, device=logits.device),
+                                indexing="ij")
+        return (disp + torch.stack([xs, ys], dim=-1)).float()
+
     def warp_term(self, source: torch.Tensor, warped: torch.Tensor, matches: torch.Tensor, visible: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """Soft cross-entropy of source features ``(B, C, h, w)`` against the warped ones.
@@ -208,10 +235,7 @@ class FinePixelLoss(nn.Module):
         corr, valid = local_correlation(source, warped, self.radius)
         logits = corr / self.temperature
         target, nearest = soft_targets(matches, self.radius, self.sigma)
-        ys, xs = torch.meshgrid(torch.arange(matches.shape[1], device=matches.device),
-                                torch.arange(matches.shape[2], device=matches.device), indexing="ij")
-        offset = matches - torch.stack([xs, ys], dim=-1)
-        used = visible & (offset.abs().amax(-1) <= self.radius - 1)
+        used = self.used_cells(matches, visible)
         loss, diagnostics = soft_cross_entropy(logits, target, valid, used)
         hits = (logits.masked_fill(~valid, float("-inf")).argmax(1) == nearest) & used
         diagnostics.update(warp_ce=float(loss.detach()), warp_acc=float(hits.sum() / used.sum().clamp_min(1)),
@@ -238,13 +262,14 @@ class FinePixelLoss(nn.Module):
         loss = F.binary_cross_entropy_with_logits(scores, labels)
         return loss, float(((scores > 0).float() == labels).float().mean())
 
-    def forward(self, frames: torch.Tensor, encoder: nn.Module,
-                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, frames: torch.Tensor, encoder: nn.Module, generator: Optional[torch.Generator] = None,
+                visuals: bool = False):
+        """``(loss, diagnostics)``, or ``(loss, diagnostics, visuals)`` with ``visuals=True``."""
         if frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[1] < 2:
             raise ValueError(f"frames must be (B, T >= 2, 3, H, W), got shape {tuple(frames.shape)}")
         b, _, _, height, width = frames.shape
         first, second = frames[:, 0], frames[:, 1]                                           # B, 3, H, W
-        warped, warps = self.make_pairs(first, generator)
+        warped, warps, in_view = self.make_pairs(first, generator)
         feats = F.normalize(encoder_features(encoder, torch.cat([first, warped, second]), self.layer), dim=1)
         f_first, f_warped, f_second = feats.float().split(b)                                  # B, C, h, w each
         h, w = f_first.shape[-2:]
@@ -259,4 +284,8 @@ class FinePixelLoss(nn.Module):
             domain_loss, domain_acc = self.domain_term(warp_logits, real_logits)
             diagnostics.update(domain=float(domain_loss.detach()), domain_acc=domain_acc)
             loss = loss + self.domain_weight * domain_loss
+        if visuals:
+            return loss, diagnostics, {
+                "warped": warped.detach(), "in_view": in_view, "matches": matches,
+                "used": self.used_cells(matches, visible), "predicted": self.predicted_matches(warp_logits.detach())}
         return loss, diagnostics
