@@ -142,3 +142,34 @@ def test_training_config_mixes_the_losses_over_one_encoder():
     assert resolve_config(TrainConfig(data="/videos", loss="cycle")).mode == "dense"
     with pytest.raises(ValueError, match="--mode dense"):
         resolve_config(TrainConfig(data="/videos", loss="crw=1,pixel=1", mode="grid"))
+
+
+def test_inlier_mask_is_the_warped_dilated_identity_and_scores_peaked_affinities():
+    loss_fn = CycleConsistencyLoss(in_channels=8, frame_size=(9, 12), top_k=1)
+    (h, w), (p, q) = loss_fn.frame_size, loss_fn.patch_size
+    # reference construction: channel k holds the 3x3-dilated one-hot map of frame cell k, sampled bilinearly
+    # (zeros outside) where theta sends each patch cell
+    identity = torch.eye(h * w).reshape(h * w, 1, h, w)
+    dilated = (F.max_pool2d(identity, 3, stride=1, padding=1)).reshape(1, h * w, h, w)
+    theta = affine_from_params(torch.tensor([[0.1, -0.2, 0.3], [-0.55, 0.4, -0.7], [0.9, 0.9, 0.0]]), loss_fn.scale)
+    grid = F.affine_grid(theta, [3, h * w, p, q], align_corners=False)
+    expected = F.grid_sample(dilated.expand(3, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=False)
+    assert torch.allclose(loss_fn.inlier_mask(theta), expected, atol=1e-5)
+
+    # cell-aligned patch: every patch cell lands on a frame cell centre
+    aligned = affine_from_params(torch.tensor([[-1 / 3, 0.0, 0.0]]), loss_fn.scale)   # cell (u, v) -> (3 + u, 2 + v)
+    mask = loss_fn.inlier_mask(aligned)
+    assert torch.allclose(mask.sum(1), torch.full((1, p, q), 9.0))
+    peaked = torch.zeros(1, h * w, p, q)
+    for u in range(p):
+        for v in range(q):
+            peaked[0, (3 + u) * w + 2 + v, u, v] = 1.0
+            assert mask[0, (3 + u) * w + 2 + v, u, v] == 1 and mask[0, (5 + u) * w + 2 + v, u, v] == 0
+    assert torch.allclose(loss_fn.inlier(peaked, aligned), torch.ones(1))
+    shifted = torch.roll(peaked.reshape(1, h, w, p, q), 2, dims=2).reshape(1, h * w, p, q)   # 2 cells off: outside
+    assert torch.allclose(loss_fn.inlier(shifted, aligned), torch.zeros(1))
+    uniform = torch.full((1, h * w, p, q), 1 / (h * w))
+    assert torch.allclose(loss_fn.inlier(uniform, aligned), torch.tensor([9 / (h * w)]))
+    with pytest.raises(ValueError, match="similarity"):
+        CycleConsistencyLoss(in_channels=8, frame_size=(9, 12), similarity="dot")

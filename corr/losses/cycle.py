@@ -38,12 +38,30 @@ Losses, with ``G(theta)`` the images of a fixed 20x20 grid of points of ``[-1, 1
             target frame (theta_c);
     skip  = mean_t d(theta_t^skip, theta_0): track the patch directly to base frame t and
             directly back to the target frame;
-    sim   = mean over the patches tracked directly into each base frame of
-            1 - cos(x_patch(u, v), x_tracked(u, v)), averaged over cells (feature similarity)
+    sim   = mean over base frames t of (1 - inlier_t) / 9        (similarity, below)
     loss  = 0.02 * long + 1.0 * sim + 0.1 * skip          (published weights)
 
+Similarity (``similarity="inlier"``, the authors' code: a weak inlier count). For the
+patch tracked directly into base frame t, with affinity ``A_t (B, h w, p, q)`` and
+transform ``theta_t``, patch cell ``(u, v)`` (normalised centre ``g = ((2v+1)/q - 1,
+(2u+1)/p - 1)``) is predicted at frame cell ``m = ((X + 1) w / 2 - 1/2, (Y + 1) h / 2 - 1/2)``,
+``(X, Y) = theta_t [g; 1]``. The inlier mask ``M[(i, j), u, v] = sum_c beta_c [|c - (j, i)|_inf
+<= 1]`` sums the bilinear weights ``beta_c`` of the (in-frame) cells ``c`` around ``m`` that lie
+in the 3x3 neighbourhood of frame cell ``(i, j)``, and
+
+    inlier_t = 9 sum_{k, u, v} M A_t / sum_{k, u, v} M       (per clip; 1: all affinity mass of
+                                                             every cell within 3x3 cells of m)
+
+The reference minimises ``-inlier_t / 9``; ``(1 - inlier_t) / 9`` has the same gradient
+and is 0 at the optimum. It rewards affinities that are peaked where the tracker puts the
+patch, which collapsed (constant) features cannot satisfy. ``similarity="cosine"``:
+``sim = mean_t 1 - cos(x_patch(u, v), x_tracked(u, v))`` averaged over cells, the feature
+consistency of the tracked patch; constant features minimise it, so with it the features
+collapse and the tracker terms stop falling (seen on the demo data).
+
 All three are 0 for a perfect tracker on a static clip and grow with tracking errors.
-Diagnostics: ``long``, ``skip``, ``sim`` and ``long/c=C`` per cycle length.
+Diagnostics: ``long``, ``skip``, ``sim``, ``inlier`` (mean ``inlier_t``) and ``long/c=C``
+per cycle length.
 
 Patch placement (``theta_0``, as TimeCycle samples it): the patch centre lies on an
 ``n x n`` lattice (``n = 7``) of positions ``c = (2 l - 1)(1 - s)``, ``l = 0, 1/(n-1), .., 1``
@@ -73,6 +91,8 @@ import torch.nn.functional as F
 from corr.losses.pixel import encoder_features
 
 WEIGHTS = {"long": 0.02, "sim": 1.0, "skip": 0.1}
+SIMILARITIES = ("inlier", "cosine")
+NEIGHBOURHOOD = 3  # side of the inlier neighbourhood, in frame cells
 
 
 def grid_points(n: int = 20, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -147,6 +167,7 @@ class CycleConsistencyLoss(nn.Module):
         motion_patch: place the patch among the highest-motion positions.
         motion_frame: the clip's last frame is only the motion reference (published layout).
         positions, top_k, max_rotation: patch placement (module docstring; 7, 10, pi/4).
+        similarity: ``"inlier"`` (the authors' code) or ``"cosine"`` (module docstring).
     """
 
     needs_frames = True  # the training loop passes the clip and the encoder, not walk nodes
@@ -154,8 +175,11 @@ class CycleConsistencyLoss(nn.Module):
     def __init__(self, in_channels: int, frame_size: tuple[int, int], patch_fraction: float = 1 / 3,
                  dim: int = 512, max_cycle: int = 4, layer: Optional[str] = "layer3", motion_patch: bool = True,
                  weights: Optional[dict[str, float]] = None, motion_frame: bool = False, positions: int = 7,
-                 top_k: int = 10, max_rotation: float = math.pi / 4):
+                 top_k: int = 10, max_rotation: float = math.pi / 4, similarity: str = "inlier"):
         super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        self.similarity = similarity
         if positions < 1 or top_k < 1 or max_rotation < 0:
             raise ValueError(f"need positions >= 1, top_k >= 1, max_rotation >= 0; got {positions}, {top_k}, "
                              f"{max_rotation}")
@@ -178,12 +202,46 @@ class CycleConsistencyLoss(nn.Module):
         raw = F.relu(self.project(encoder_features(encoder, images, self.layer)))
         return raw, F.normalize(raw, dim=1)
 
-    def track(self, query: torch.Tensor, frame_norm: torch.Tensor, frame_raw: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Locate ``query (B, C, p, q)`` in a frame: ``(theta (B, 2, 3), tracked raw patch (B, C, p, q))``."""
+    def track(self, query: torch.Tensor, frame_norm: torch.Tensor, frame_raw: torch.Tensor, with_affinity: bool = False):
+        """Locate ``query (B, C, p, q)`` in a frame: ``(theta (B, 2, 3), tracked raw patch (B, C, p, q))``,
+        plus the affinity ``(B, h*w, p, q)`` with ``with_affinity=True``."""
         affinity = patch_affinity(query, frame_norm, self.temperature)
         theta = affine_from_params(self.tracker(affinity), self.scale)
-        return theta, crop(frame_raw, theta, self.patch_size)
+        tracked = crop(frame_raw, theta, self.patch_size)
+        return (theta, tracked, affinity) if with_affinity else (theta, tracked)
+
+    def inlier_mask(self, theta: torch.Tensor) -> torch.Tensor:
+        """``M (B, h*w, p, q)`` of the module docstring for ``theta (B, 2, 3)``: separable, ``M = m_y[i] m_x[j]``
+        with ``m_x[j] = sum_{c in {x0, x0+1}, 0 <= c < w} beta_c [|c - j| <= 1]`` (``x0 = floor(m_x)``)."""
+        (h, w), (p, q) = self.frame_size, self.patch_size
+        gy = (2 * torch.arange(p, device=theta.device, dtype=theta.dtype) + 1) / p - 1
+        gx = (2 * torch.arange(q, device=theta.device, dtype=theta.dtype) + 1) / q - 1
+        grid = torch.stack([*torch.meshgrid(gx, gy, indexing="xy"), torch.ones(p, q, device=theta.device,
+                                                                                 dtype=theta.dtype)], dim=-1)
+        mapped = torch.einsum("bij,uvj->buvi", theta, grid)                                # B, p, q, 2 (X, Y)
+        radius = NEIGHBOURHOOD // 2
+
+        def axis_weights(coord: torch.Tensor, size: int) -> torch.Tensor:                  # B, p, q -> B, p, q, size
+            cell = (coord + 1) * size / 2 - 0.5
+            low = cell.floor()
+            frac = cell - low
+            cells = torch.arange(size, device=coord.device, dtype=coord.dtype)
+            out = 0
+            for corner, weight in ((low, 1 - frac), (low + 1, frac)):
+                inside = ((corner >= 0) & (corner <= size - 1)).to(coord.dtype)
+                near = ((corner[..., None] - cells).abs() <= radius).to(coord.dtype)
+                out = out + (weight * inside)[..., None] * near
+            return out
+
+        mx, my = axis_weights(mapped[..., 0], w), axis_weights(mapped[..., 1], h)
+        mask = torch.einsum("buvi,buvj->bijuv", my, mx)                                   # B, h, w, p, q
+        return mask.flatten(1, 2)
+
+    def inlier(self, affinity: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """``inlier_t (B,)`` of the module docstring from ``affinity (B, h*w, p, q)`` and ``theta (B, 2, 3)``."""
+        mask = self.inlier_mask(theta.float())
+        total = mask.flatten(1).sum(1).clamp_min(1e-6)
+        return NEIGHBOURHOOD ** 2 * (mask * affinity.float()).flatten(1).sum(1) / total
 
     def candidate_centres(self, device=None) -> torch.Tensor:
         """``(n*n, 2)`` normalised patch centres ``(cx, cy)`` of the placement lattice, row-major (y, x)."""
@@ -251,11 +309,15 @@ class CycleConsistencyLoss(nn.Module):
             long_thetas.append(theta_c.detach())
             diagnostics[f"long/c={c}"] = float(long_terms[-1].detach())
         # skip cycles and similarity: target -> base frame t directly, and directly back
-        skip_terms, sim_terms, skip_thetas, back_thetas = [], [], [], []
+        skip_terms, sim_terms, inliers, skip_thetas, back_thetas = [], [], [], [], []
         for t in range(n):
-            theta_t, tracked = self.track(patch_norm, base_norm[:, t], base_raw[:, t])
+            theta_t, tracked, affinity = self.track(patch_norm, base_norm[:, t], base_raw[:, t], with_affinity=True)
             tracked_norm = F.normalize(tracked, dim=1)
-            sim_terms.append(1 - (tracked_norm * patch_norm).sum(1).mean())
+            inliers.append(self.inlier(affinity, theta_t).mean())
+            if self.similarity == "inlier":
+                sim_terms.append((1 - inliers[-1]) / NEIGHBOURHOOD ** 2)
+            else:
+                sim_terms.append(1 - (tracked_norm * patch_norm).sum(1).mean())
             theta_back, _ = self.track(tracked_norm, target_norm, target_raw)
             skip_terms.append(grid_mse(theta_back, theta0))
             skip_thetas.append(theta_t.detach())
@@ -263,6 +325,7 @@ class CycleConsistencyLoss(nn.Module):
         terms = {"long": torch.stack(long_terms).mean(), "skip": torch.stack(skip_terms).mean(),
                  "sim": torch.stack(sim_terms).mean()}
         diagnostics.update({k: float(v.detach()) for k, v in terms.items()})
+        diagnostics["inlier"] = float(torch.stack(inliers).mean().detach())
         transforms = {"skip": torch.stack(skip_thetas, 1), "skip_back": torch.stack(back_thetas, 1),
                       "long": torch.stack(long_thetas, 1)}
         return terms, diagnostics, transforms
