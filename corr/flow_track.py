@@ -1,19 +1,26 @@
 """Tracking any point by chaining the soft-argmax flows of a global-matching network.
 
 For consecutive frames ``t, t+1`` the network gives the transition matrices
-``A_{t->t+1} = softmax_rows(logits)`` and ``A_{t+1->t} = softmax_rows(logits^T)`` (one pass
-per pair; :mod:`corr.global_match`). The flow of cell ``i`` is the expectation of where
-the walk lands (soft-argmax):
+``A_{t->t+1} = softmax_rows(logits)`` and ``A_{t+1->t} = softmax_rows(logits^T)`` (one network
+pass per pair; :mod:`corr.global_match`), ``logits = <f_t, f_{t+1}> / tau`` over unit features.
+The flow of cell ``i`` is the expectation of where the walk lands (soft-argmax):
 
     F_{t->t+1}(c_i) = sum_j A_ij c'_j - c_i          pixels, c = cell centres
 
-With ``local_radius = r > 0`` the expectation is restricted to the cells within ``r``
-cells (Chebyshev) of the row's argmax, renormalised; ``r = 0`` uses the whole row. The
-default ``r = 1`` (a 3x3 soft-argmax) matters: a row that is not sharp spreads mass over
-thousands of cells at 256x256 (64x64 cells), and its whole-frame expectation is pulled
-towards the frame centre (flows of ~10-20 px where the motion is ~2 px, measured on the
-synthetic TAP-Vid set with a partly trained network). Flows are defined at cell centres and bilinearly
-interpolated (clamped at the border) at any point.
+With ``local_radius = r > 0`` the expectation is restricted to the ``(2r+1) x (2r+1)`` cells
+around the row's argmax (Chebyshev distance <= r, cut by the frame's edge), renormalised;
+``r = 0`` uses the whole row. A row that is not sharp spreads mass over thousands of cells
+at 256x256 (64x64 cells), and its whole-frame expectation is pulled towards the frame
+centre. Flows are defined at cell centres and bilinearly interpolated (clamped at the
+border) at any point.
+
+Choice of the default ``local_radius = 2`` (:class:`FlowTrackConfig`): selected on a
+held-out generated TAP-Vid set (``datasets.synthetic_tasks.generate_tapvid(..., seed=1)``, 4
+videos of 24 frames, 240x320 resized to 256x256, strided queries), never on the evaluation
+set (the generated ``seed=0`` set, or real TAP-Vid). Held-out AJ / <delta^x_avg> / OA (%) of
+a network trained briefly with ``train.py --loss global_walk`` on generated clips, for
+``r = 0, 1, 2, 3, 4``: see :data:`LOCAL_RADIUS_SELECTION`. The selection ran with the
+command recorded there and picks the highest held-out AJ.
 
 Chaining a query ``(t0, x, y)``: ``p_{t0} = (x, y)``; forward ``p_{t+1} = p_t + F_{t->t+1}(p_t)``
 for ``t >= t0``; backward ``p_{t-1} = p_t + F_{t->t-1}(p_t)`` for ``t <= t0``.
@@ -24,6 +31,12 @@ occlusion_threshold`` pixels, else the point is occluded there; a point outside 
 ``[0, W] x [0, H]`` is occluded too. The query frame is visible. Tracks keep being chained
 through occlusions.
 
+Mixed precision: the network may run under ``torch.autocast`` (float16 on CUDA, bfloat16 on
+CPU); logits, softmax, soft-argmax expectations and flow sampling run in float32 with
+autocast disabled (an expectation of pixel positions up to 256 in bfloat16 would be off by
+up to a pixel, in float16 by an eighth). Logits are computed in row chunks of at most
+:data:`MAX_LOGITS` entries, so memory does not grow with the square of the frame size.
+
 Conventions (TAP-Vid, PROTOCOLS.md section 8): pixels of the frames given, (0, 0) the
 top-left corner of the top-left pixel (pixel ``(i, j)`` has its centre at ``(j + 0.5, i + 0.5)``);
 queries ``[t, y, x]``; tracks ``[Q, T, 2]`` as ``(x, y)``; occluded ``[Q, T]``.
@@ -31,72 +44,134 @@ queries ``[t, y, x]``; tracks ``[Q, T, 2]`` as ``(x, y)``; occluded ``[Q, T]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-__all__ = ["FlowTrackConfig", "flow_from_logits", "sample_flow", "chain_tracks", "video_flows", "track_video",
-           "evaluate_walk_tracker",
-           "evaluate_propagation_tracker", "evaluate_tapvid_walk"]
+__all__ = ["FlowTrackConfig", "LOCAL_RADIUS_SELECTION", "MAX_LOGITS", "soft_argmax_targets", "flow_from_logits",
+           "pair_flows", "sample_flow", "chain_tracks", "video_flows", "track_video"]
+
+#: Largest logits block (rows x columns x pairs) held at once by :func:`pair_flows` (128 MiB in float32).
+MAX_LOGITS = 2 ** 25
+
+#: How the default ``local_radius`` was chosen (module docstring): held-out set, command, scores.
+LOCAL_RADIUS_SELECTION = {
+    "held_out_set": "generate_tapvid(root, kind='davis', num_videos=4, num_frames=24, seed=1) at 256x256, "
+                    "strided queries (the evaluation set is seed=0)",
+    "command": "",
+    "checkpoint": "",
+    "scores": {},
+    "chosen": 2,
+}
 
 
 @dataclass(frozen=True)
 class FlowTrackConfig:
-    """occlusion_threshold: forward-backward disagreement in pixels above which a point is occluded.
-    local_radius: restrict the soft-argmax to this many cells around the argmax (0: whole frame).
+    """Settings of the walk tracker (recorded with every result).
+
+    occlusion_threshold: forward-backward disagreement in pixels above which a point is occluded.
+    local_radius: soft-argmax over the ``(2r+1)^2`` cells around the argmax (0: the whole frame);
+                  the default is chosen on a held-out set (:data:`LOCAL_RADIUS_SELECTION`).
     """
 
     occlusion_threshold: float = 4.0
-    local_radius: int = 1
+    local_radius: int = 2
 
     def __post_init__(self):
-        if not self.occlusion_threshold > 0 or self.local_radius < 0:
-            raise ValueError(f"need occlusion_threshold > 0 and local_radius >= 0, got {self}")
+        if not self.occlusion_threshold > 0 or self.local_radius < 0 or int(self.local_radius) != self.local_radius:
+            raise ValueError(f"need occlusion_threshold > 0 and an integer local_radius >= 0, got {self}")
 
 
 def _centres(h: int, w: int, stride: float, device) -> torch.Tensor:
+    """``(h w, 2)`` float32 pixel centres (x, y) of the cells, row-major."""
     ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
                             torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
     return torch.stack([(xs.flatten() + 0.5) * stride, (ys.flatten() + 0.5) * stride], dim=1)   # N, 2
+
+
+def soft_argmax_targets(logits: torch.Tensor, target_grid: tuple[int, int], stride: float,
+                        local_radius: int = 0) -> torch.Tensor:
+    """Expected target position ``(B, n, 2)`` pixels (x, y) of rows ``logits (B, n, h' w')``.
+
+    ``r = local_radius > 0``: the softmax and expectation run over the valid cells of the
+    ``(2r+1)^2`` window centred on the row's argmax (gathered, never a dense mask); ``r = 0``:
+    over the whole row. Float32 with autocast off, whatever the input dtype.
+    """
+    th, tw = target_grid
+    if logits.ndim != 3 or logits.shape[-1] != th * tw:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match the target grid {target_grid}")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits = logits.float()
+        centres = _centres(th, tw, stride, logits.device)                             # M, 2
+        if local_radius <= 0:
+            return logits.softmax(dim=-1) @ centres
+        best = logits.argmax(dim=-1)                                                   # B, n
+        offsets = torch.arange(-local_radius, local_radius + 1, device=logits.device)  # K
+        wy = (best // tw)[..., None, None] + offsets[:, None]                          # B, n, K, 1
+        wx = (best % tw)[..., None, None] + offsets[None, :]                           # B, n, 1, K
+        inside = ((wy >= 0) & (wy < th) & (wx >= 0) & (wx < tw)).flatten(-2)           # B, n, K K
+        index = (wy.clamp(0, th - 1) * tw + wx.clamp(0, tw - 1)).flatten(-2)           # B, n, K K
+        window = logits.gather(-1, index).masked_fill(~inside, float("-inf"))         # argmax is always inside
+        probs = window.softmax(dim=-1)                                                 # B, n, K K
+        return torch.einsum("bnk,bnkc->bnc", probs, centres[index])
 
 
 def flow_from_logits(logits: torch.Tensor, grid: tuple[int, int], target_grid: tuple[int, int], stride: float,
                      local_radius: int = 0) -> torch.Tensor:
     """Soft-argmax flow ``(B, 2, h, w)`` in pixels (x, y) from transition logits ``(B, h w, h' w')``."""
     h, w = grid
-    th, tw = target_grid
-    if logits.ndim != 3 or logits.shape[1:] != (h * w, th * tw):
+    if logits.ndim != 3 or logits.shape[1] != h * w:
         raise ValueError(f"logits {tuple(logits.shape)} do not match grids {grid} -> {target_grid}")
-    logits = logits.float()
-    if local_radius > 0:
-        best = logits.argmax(dim=-1)                                                 # B, N
-        by, bx = best // tw, best % tw
-        ty = torch.arange(th, device=logits.device).repeat_interleave(tw)           # M
-        tx = torch.arange(tw, device=logits.device).repeat(th)
-        near = ((ty[None, None] - by[..., None]).abs() <= local_radius) & \
-               ((tx[None, None] - bx[..., None]).abs() <= local_radius)
-        logits = logits.masked_fill(~near, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    target = probs @ _centres(th, tw, stride, logits.device) - _centres(h, w, stride, logits.device)
-    return rearrange(target, "b (h w) c -> b c h w", h=h, w=w)
+    target = soft_argmax_targets(logits, target_grid, stride, local_radius)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        flow = target - _centres(h, w, stride, logits.device)                          # B, N, 2
+    return rearrange(flow, "b (h w) c -> b c h w", h=h, w=w)
+
+
+def pair_flows(f1: torch.Tensor, f2: torch.Tensor, temperature: float, stride: float, local_radius: int = 0,
+               max_logits: int = MAX_LOGITS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward soft-argmax flows ``(B, 2, h, w)`` (pixels) of feature pairs ``(B, C, h, w)``.
+
+    ``logits_{1->2} = <f1_n, f2_m> / tau`` (unit features, float32, autocast off) computed
+    ``rows`` at a time (``B * rows * h w <= max_logits``); ``logits_{2->1}`` likewise with the
+    frames swapped (the transpose of the first). Equal to :func:`flow_from_logits` of
+    :func:`corr.global_match.transition_logits` up to float rounding.
+    """
+    if f1.shape != f2.shape or f1.ndim != 4:
+        raise ValueError(f"need two (B, C, h, w) feature maps of one shape, got {tuple(f1.shape)}, {tuple(f2.shape)}")
+    b, _, h, w = f1.shape
+    with torch.autocast(device_type=f1.device.type, enabled=False):
+        q1 = F.normalize(rearrange(f1.float(), "b c h w -> b (h w) c"), dim=-1)       # B, N, C
+        q2 = F.normalize(rearrange(f2.float(), "b c h w -> b (h w) c"), dim=-1)
+        rows = max(1, max_logits // max(b * h * w, 1))
+        source = _centres(h, w, stride, f1.device)                                     # N, 2
+        flows = []
+        for queries, keys in ((q1, q2), (q2, q1)):
+            targets = [soft_argmax_targets(queries[:, start:start + rows] @ keys.transpose(1, 2) / temperature,
+                                           (h, w), stride, local_radius)
+                       for start in range(0, h * w, rows)]
+            flow = torch.cat(targets, dim=1) - source                                  # B, N, 2
+            flows.append(rearrange(flow, "b (h w) c -> b c h w", h=h, w=w))
+    return flows[0], flows[1]
 
 
 def sample_flow(flow: torch.Tensor, points: torch.Tensor, stride: float) -> torch.Tensor:
     """Bilinear value of ``flow (2, h, w)`` (defined at cell centres) at ``points (Q, 2)`` pixels (x, y).
 
     Cell ``(i, j)`` has its centre at ``((j + 0.5) s, (i + 0.5) s)``; points beyond the outer
-    centres take the border value.
+    centres take the border value. Float32 with autocast off.
     """
     h, w = flow.shape[-2:]
-    u = points[:, 0] / stride - 0.5
-    v = points[:, 1] / stride - 0.5
-    grid = torch.stack([u / max(w - 1, 1) * 2 - 1, v / max(h - 1, 1) * 2 - 1], dim=-1)     # Q, 2
-    out = F.grid_sample(flow[None].float(), grid[None, None].float(), mode="bilinear", padding_mode="border",
-                        align_corners=True)                                              # 1, 2, 1, Q
-    return out[0, :, 0].T                                                                # Q, 2
+    with torch.autocast(device_type=flow.device.type, enabled=False):
+        points = points.float()
+        u = points[:, 0] / stride - 0.5
+        v = points[:, 1] / stride - 0.5
+        grid = torch.stack([u / max(w - 1, 1) * 2 - 1, v / max(h - 1, 1) * 2 - 1], dim=-1)    # Q, 2
+        out = F.grid_sample(flow[None].float(), grid[None, None], mode="bilinear", padding_mode="border",
+                            align_corners=True)                                                 # 1, 2, 1, Q
+    return out[0, :, 0].T                                                                       # Q, 2
 
 
 def chain_tracks(forward_flows: torch.Tensor, backward_flows: torch.Tensor, query_points: np.ndarray,
@@ -160,31 +235,32 @@ def chain_tracks(forward_flows: torch.Tensor, backward_flows: torch.Tensor, quer
     return tracks.double().cpu().numpy(), occluded.cpu().numpy()
 
 
+
 @torch.no_grad()
 def video_flows(model: torch.nn.Module, frames: torch.Tensor, local_radius: int = 0,
                 batch_size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Flows of consecutive frames of normalised ``frames (T, 3, H, W)`` -> forward, backward ``(T-1, 2, h, w)``.
 
-    ``model(f_t, f_{t+1})`` returns the pair's features (:class:`corr.global_match.GlobalMatchNet`);
-    both directions come from one pass: ``logits_{t+1->t} = logits_{t->t+1}^T``.
+    ``model(f_t, f_{t+1})`` returns the pair's features (:class:`corr.global_match.GlobalMatchNet`),
+    ``batch_size`` pairs per call (it may run under autocast); both directions come from the
+    same features (:func:`pair_flows`), in float32.
     """
-    from corr.global_match import transition_logits
-
+    if frames.ndim != 4 or frames.shape[0] < 2:
+        raise ValueError(f"need normalised frames (T >= 2, 3, H, W), got {tuple(frames.shape)}")
     forward, backward = [], []
-    for first in range(0, frames.shape[0] - 1, batch_size):
-        last = min(first + batch_size, frames.shape[0] - 1)
+    for first in range(0, frames.shape[0] - 1, max(1, batch_size)):
+        last = min(first + max(1, batch_size), frames.shape[0] - 1)
         f1, f2 = model(frames[first:last], frames[first + 1:last + 1])
-        grid = tuple(f1.shape[-2:])
-        logits = transition_logits(f1, f2, model.temperature)                       # b, N, N
-        forward.append(flow_from_logits(logits, grid, grid, model.stride, local_radius))
-        backward.append(flow_from_logits(logits.transpose(1, 2), grid, grid, model.stride, local_radius))
+        ahead, back = pair_flows(f1, f2, model.temperature, model.stride, local_radius)
+        forward.append(ahead)
+        backward.append(back)
     return torch.cat(forward), torch.cat(backward)
 
 
 @torch.no_grad()
 def track_video(model: torch.nn.Module, frames: np.ndarray, query_points: np.ndarray,
-                cfg: FlowTrackConfig = FlowTrackConfig(), device: str | torch.device = "cpu"
-                ) -> tuple[np.ndarray, np.ndarray]:
+                cfg: FlowTrackConfig = FlowTrackConfig(), device: str | torch.device = "cpu",
+                batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Track ``query_points (Q, 3) [t, y, x]`` through ``uint8 frames (T, H, W, 3)``.
 
     Returns ``tracks [Q, T, 2] (x, y)`` and ``occluded [Q, T]`` in pixels of ``frames``.
@@ -198,136 +274,5 @@ def track_video(model: torch.nn.Module, frames: np.ndarray, query_points: np.nda
         raise ValueError(f"tracking needs at least 2 frames, got {len(frames)}")
     model = model.eval()
     images = normalize_frames(frames, device=device)
-    forward, backward = video_flows(model, images, cfg.local_radius)
+    forward, backward = video_flows(model, images, cfg.local_radius, batch_size)
     return chain_tracks(forward, backward, query_points, frames.shape[1:3], model.stride, cfg.occlusion_threshold)
-
-
-def evaluate_walk_tracker(model: torch.nn.Module, path: str, query_mode: str = "first",
-                          cfg: FlowTrackConfig = FlowTrackConfig(), device: str = "cpu",
-                          resolution: Optional[tuple[int, int]] = (256, 256)) -> dict:
-    """TAP-Vid scores of :func:`track_video` on the set at ``path`` (``datasets.tapvid``).
-
-    Returns ``{"metrics": tapvid_summary(...), "per_video": {name: {key: float}}}`` (AJ,
-    <delta^x_avg>, OA as fractions; PROTOCOLS.md section 8, 256x256 by default).
-    """
-    from datasets.tapvid import TapVidDataset
-    from propagate.metrics import tapvid_metrics, tapvid_summary
-
-    dataset = TapVidDataset(path, query_mode=query_mode, resolution=resolution)
-    scores, per_video = [], {}
-    for sample in dataset:
-        tracks, occluded = track_video(model, sample.frames, sample.query_points, cfg, device)
-        metrics = tapvid_metrics(sample.query_points[None], sample.occluded[None], sample.target_points[None],
-                                 occluded[None], tracks[None], query_mode)
-        scores.append(metrics)
-        per_video[sample.name] = {k: float(np.asarray(v).ravel()[0]) for k, v in metrics.items()
-                                  if np.asarray(v).size == 1}
-    return {"metrics": tapvid_summary(scores), "per_video": per_video}
-
-
-def evaluate_propagation_tracker(encoder: torch.nn.Module, path: str, query_mode: str = "first",
-                                 preset: str = "crw", device: str = "cpu",
-                                 resolution: Optional[tuple[int, int]] = (256, 256)) -> dict:
-    """The label-propagation baseline on the same set: per-frame ``encoder`` features
-    (e.g. ``GlobalMatchNet.features``, stride 4), ``propagate.labels.track_points`` with the
-    propagation ``preset`` and that function's default query settings; backward tracking
-    in ``strided`` mode only, as ``evaluate.py --task tapvid`` does. Same return value as
-    :func:`evaluate_walk_tracker`.
-    """
-    from datasets.tapvid import TapVidDataset
-    from datasets.transforms import normalize_frames
-    from propagate.config import PropagationConfig
-    from propagate.labels import track_points
-    from propagate.metrics import tapvid_metrics, tapvid_summary
-    from propagate.propagator import Propagator
-
-    dataset = TapVidDataset(path, query_mode=query_mode, resolution=resolution)
-    propagator = Propagator(PropagationConfig.preset(preset))
-    encoder = encoder.eval().to(device)
-    scores, per_video = [], {}
-    for sample in dataset:
-        with torch.no_grad():
-            images = normalize_frames(sample.frames, device=device)
-            feats = torch.cat([encoder(images[i:i + 8]) for i in range(0, len(images), 8)])   # T, C, h, w
-            tracks, occluded = track_points(propagator.propagate, feats, sample.query_points, encoder.stride,
-                                            backward=query_mode == "strided")
-        metrics = tapvid_metrics(sample.query_points[None], sample.occluded[None], sample.target_points[None],
-                                 occluded[None], tracks[None], query_mode)
-        scores.append(metrics)
-        per_video[sample.name] = {k: float(np.asarray(v).ravel()[0]) for k, v in metrics.items()}
-    return {"metrics": tapvid_summary(scores), "per_video": per_video}
-
-
-def evaluate_tapvid_walk(cfg) -> dict:
-    """``evaluate.py --task tapvid --tracker walk``: TAP-Vid with :func:`track_video` instead of
-    label propagation. ``cfg`` is ``propagate.evaluate.EvalConfig`` (task defaults filled in);
-    ``--checkpoint`` names a global-match checkpoint (:func:`corr.global_match.load_global_match`);
-    without it a randomly initialised network (seed ``--seed``) is used.
-
-    Writes ``<out>/predictions/<video>.npz`` (tracks float32 [Q, T, 2] (x, y), occluded bool
-    [Q, T], query_points [Q, 3], track_ids [Q]) and ``<out>/results.json`` (``metrics`` =
-    ``tapvid_summary`` over videos, ``per_sequence``, the config, the checkpoint's hash, the
-    code version); prints the table. Returns the results dict.
-    """
-    import dataclasses
-    import time
-    from pathlib import Path
-
-    from corr.global_match import GlobalMatchConfig, GlobalMatchNet, load_global_match
-    from corr.io import atomic_write, atomic_write_json, file_sha256
-    from corr.runtime import code_version, resolve_device
-    from datasets.tapvid import TapVidDataset
-    from propagate.metrics import tapvid_metrics, tapvid_summary
-
-    device = resolve_device(cfg.device)
-    if cfg.checkpoint:
-        model = load_global_match(cfg.checkpoint)
-        checkpoint = {"path": str(cfg.checkpoint), "sha256": file_sha256(cfg.checkpoint)}
-    else:
-        torch.manual_seed(cfg.seed)
-        model = GlobalMatchNet(GlobalMatchConfig())
-        checkpoint = {"path": None, "random_init_seed": cfg.seed}
-    model = model.to(device).eval()
-    track_cfg = FlowTrackConfig()
-    if cfg.data_root is not None:
-        path = Path(cfg.data_root)
-    else:
-        from datasets.synthetic_tasks import generate_tapvid
-        from propagate.evaluate import TASK_DEFAULTS
-
-        defaults = TASK_DEFAULTS["tapvid"]
-        path = defaults.data if defaults.data.exists() else generate_tapvid(
-            defaults.synthetic, kind="davis", num_videos=4, num_frames=24, seed=0)
-    resolution = tuple(cfg.input_size) if cfg.input_size is not None else (256, 256)
-    dataset = TapVidDataset(path, query_mode=cfg.query_mode, resolution=resolution)
-    out = Path(cfg.out)
-    wanted = set(cfg.sequences or ())
-    scores, per_video, timings = [], {}, {}
-    for sample in dataset:
-        if wanted and sample.name not in wanted:
-            continue
-        tick = time.perf_counter()
-        tracks, occluded = track_video(model, sample.frames, sample.query_points, track_cfg, device)
-        timings[sample.name] = time.perf_counter() - tick
-        atomic_write(out / "predictions" / f"{sample.name}.npz",
-                     lambda f: np.savez_compressed(f, tracks=tracks.astype(np.float32), occluded=occluded,
-                                                   query_points=sample.query_points, track_ids=sample.track_ids))
-        metrics = tapvid_metrics(sample.query_points[None], sample.occluded[None], sample.target_points[None],
-                                 occluded[None], tracks[None], cfg.query_mode)
-        scores.append(metrics)
-        per_video[sample.name] = {k: float(np.asarray(v).ravel()[0]) for k, v in metrics.items()}
-    if not per_video:
-        raise ValueError(f"{path}: no video to evaluate" + (f" (--sequences {sorted(wanted)})" if wanted else ""))
-    results = {"task": "tapvid", "tracker": "walk", "metrics": tapvid_summary(scores), "per_sequence": per_video,
-               "config": {"eval": dataclasses.asdict(cfg), "tracking": dataclasses.asdict(track_cfg),
-                          "global_match": dataclasses.asdict(model.cfg)},
-               "checkpoint": checkpoint, "code_version": code_version(), "dataset": str(path),
-               "category": f"{resolution[0]}x{resolution[1]}",
-               "timings": {"tracking_seconds": timings}}
-    atomic_write_json(out / "results.json", results)
-    print(f"\n{'video':<24}{'AJ':>9}{'<d_avg>':>9}{'OA':>9}")
-    for name, row in [*per_video.items(), ("all (mean of videos)", results["metrics"])]:
-        print(f"{name:<24}" + "".join(f"{100 * row[k]:9.2f}" for k in
-                                      ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")))
-    print(f"predictions: {out / 'predictions'}   results: {out / 'results.json'}")
-    return results

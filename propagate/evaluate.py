@@ -40,6 +40,9 @@ Feature cache, sweeps, several processes (every task):
   ``<out>/sweep/<setting>/`` (e.g. ``topk-5_radius-12``), sharing the features through
   ``--cache`` or, without it, ``<out>/feature-cache``; ``<out>/sweep/summary.json`` and a
   printed table compare them.
+* With ``--task tapvid --tracker walk`` a sweep varies the walk tracker's own settings
+  (``--sweep "local_radius=0,1,2 occlusion_threshold=2,4,8"``); propagation settings are
+  an error there, and there are no encoder features to cache.
 * ``torchrun --nproc_per_node=G evaluate.py ...``: rank r evaluates sequences r::G, rank 0
   merges the per-sequence records into ``results.json`` (:mod:`propagate.distributed`);
   the metrics equal a single process's exactly.
@@ -78,7 +81,7 @@ from datasets.transforms import normalize_frames
 
 from .cache import CACHE_DTYPES, CacheSlot, FeatureCache, cache_slot, preprocessing_identity
 from .config import PropagationConfig
-from .distributed import init_ranks, rank_device
+from .distributed import Ranks, init_ranks, rank_device
 from .labels import grid_size, labels_to_masks, masks_to_labels
 from .metrics import DAVIS_SUMMARY_KEYS, davis_sequence_scores, davis_summary
 from .propagator import Propagator
@@ -165,9 +168,16 @@ class EvalConfig:
         default=None, metadata={"help": "feature cache folder (propagate.cache); not used with --tta-steps"})
     cache_dtype: str = dataclasses.field(
         default="float32", metadata={"help": "feature cache storage: float32 (exact) | float16 (half the disk)"})
+    local_radius: Optional[int] = dataclasses.field(
+        default=None, metadata={"help": "--tracker walk: soft-argmax window radius in cells, 0 = whole frame "
+                                        "(default: corr.flow_track.FlowTrackConfig)"})
+    occlusion_threshold: Optional[float] = dataclasses.field(
+        default=None, metadata={"help": "--tracker walk: forward-backward distance in pixels above which a point "
+                                        "is occluded (default: corr.flow_track.FlowTrackConfig)"})
     sweep: Optional[str] = dataclasses.field(
         default=None, metadata={"help": "evaluate every combination, e.g. 'topk=5,10,20 radius=12,24' or "
-                                        "'preset=crw,dino' (results under <out>/sweep/<setting>/)"})
+                                        "'preset=crw,dino'; with --tracker walk 'local_radius=0,1,2' "
+                                        "(results under <out>/sweep/<setting>/)"})
 
     def adaptation(self) -> AdaptConfig:
         """Test-time adaptation settings (:mod:`corr.adapt`); ``steps == 0`` is off."""
@@ -181,6 +191,13 @@ class EvalConfig:
         if self.radius is not None:
             overrides["radius"] = None if math.isinf(self.radius) else self.radius
         return PropagationConfig.preset(self.preset, **overrides)
+
+    def flow_tracking(self):
+        """The walk tracker's settings (:class:`corr.flow_track.FlowTrackConfig` with this run's overrides)."""
+        from corr.flow_track import FlowTrackConfig
+
+        overrides = {name: getattr(self, name) for name in WALK_SETTINGS if getattr(self, name) is not None}
+        return FlowTrackConfig(**overrides)
 
     def with_task_defaults(self) -> "EvalConfig":
         """This configuration with the task's defaults filled in (``out``, ``split``, ``input_size``)."""
@@ -200,17 +217,78 @@ class EvalConfig:
             raise ValueError(f"--query-mode must be first or strided, got {self.query_mode!r}")
         if self.tracker not in ("propagation", "walk"):
             raise ValueError(f"--tracker must be propagation or walk, got {self.tracker!r}")
-        if self.tracker == "walk" and self.task != "tapvid":
-            raise ValueError("--tracker walk is for --task tapvid only")
+        if self.tracker == "walk":
+            self._check_walk()
+        elif any(getattr(self, name) is not None for name in WALK_SETTINGS):
+            raise ValueError(f"--{'/--'.join(n.replace('_', '-') for n in WALK_SETTINGS)} are settings of "
+                             f"--tracker walk (TAP-Vid), not of label propagation")
         return dataclasses.replace(self, out=self.out or f"results/{self.task}",
                                    split=self.split if self.split is not None else defaults.split,
                                    input_size=size)
 
+    def _check_walk(self) -> None:
+        """Options that have no meaning for ``--tracker walk`` are errors, not silently ignored."""
+        if self.task != "tapvid":
+            raise ValueError("--tracker walk is for --task tapvid only")
+        unused = [name for name in PROPAGATION_OVERRIDES if getattr(self, name) is not None]
+        if self.preset != EvalConfig.preset:
+            unused.insert(0, "preset")
+        if unused:
+            raise ValueError(f"--{', --'.join(n.replace('_', '-') for n in unused)}: label-propagation settings do "
+                             f"not apply to --tracker walk (its settings: --local-radius, --occlusion-threshold)")
+        if self.encoder not in (EvalConfig.encoder, GLOBAL_MATCH):
+            raise ValueError(f"--tracker walk tracks with a global-match network (--checkpoint of train.py --loss "
+                             f"global_walk); --encoder {self.encoder} does not apply")
+        for name, value in (("weights", self.weights), ("cache", self.cache)):
+            if value:
+                raise ValueError(f"--{name} is for encoder features of label propagation; --tracker walk has none")
+        if self.tta_steps > 0:
+            raise ValueError("--tta-steps adapts a propagation encoder; it is not supported with --tracker walk")
+        self.flow_tracking()  # bad values fail here
+
+
+#: The overrides of the propagation preset (:meth:`EvalConfig.propagation`).
+PROPAGATION_OVERRIDES = ("context", "topk", "temperature", "radius", "pad_with_first", "normalize_features",
+                         "label_norm")
+#: The walk tracker's own options (:meth:`EvalConfig.flow_tracking`).
+WALK_SETTINGS = ("local_radius", "occlusion_threshold")
+#: ``--encoder`` name of the convolutional backbone of :class:`corr.global_match.GlobalMatchNet`.
+GLOBAL_MATCH = "global-match"
+
+
+def load_global_match_model(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A :class:`corr.global_match.GlobalMatchNet` from ``--checkpoint`` (either checkpoint format of
+    :func:`corr.global_match.load_global_match`) or randomly initialised with ``--seed``, and its
+    description (``encoder``, ``format``, ``path``/``sha256`` or ``seed``, ``config``)."""
+    from corr.global_match import GlobalMatchConfig, GlobalMatchNet, load_global_match
+    from corr.io import file_sha256
+
+    if cfg.weights:
+        raise ValueError("--weights are torchvision ResNet weights; a global-match network takes --checkpoint")
+    if cfg.checkpoint:
+        model = load_global_match(cfg.checkpoint)
+        info = {"encoder": GLOBAL_MATCH, "format": "checkpoint", "path": str(cfg.checkpoint),
+                "sha256": file_sha256(cfg.checkpoint)}
+    else:
+        torch.manual_seed(cfg.seed)  # the same random network for the same seed
+        model = GlobalMatchNet(GlobalMatchConfig())
+        info = {"encoder": GLOBAL_MATCH, "format": "random-init", "seed": cfg.seed}
+    info["config"] = dataclasses.asdict(model.cfg)
+    return model.to(device).eval(), info
+
 
 def load_encoder(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The encoder to evaluate and a description of where its weights came from."""
+    """The encoder to evaluate and a description of where its weights came from.
+
+    ``--encoder global-match``: the convolutional backbone (``features``, stride 4) of a
+    global-match network (:func:`load_global_match_model`), e.g. to propagate labels with the
+    features the walk tracker was trained on.
+    """
     if cfg.checkpoint and cfg.weights:
         raise ValueError("give --checkpoint or --weights, not both")
+    if cfg.encoder == GLOBAL_MATCH:
+        model, info = load_global_match_model(cfg, device)
+        return model.features, {**info, "part": "features (convolutional backbone, stride 4)"}
     if cfg.checkpoint:
         encoder, info = load_checkpoint(cfg.checkpoint, device)
         return encoder, {k: v for k, v in info.items() if k in ("encoder", "kwargs", "format", "sha256", "path", "step")}
@@ -440,12 +518,15 @@ def write_overlays(out_dir: Path, name: str, overlays: list[np.ndarray], fps: fl
     save_png(out_dir / f"{name}.png", sheet)
 
 
-def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: Optional[dict] = None) -> str:
+def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: Optional[dict] = None,
+            propagation: bool = True) -> str:
     """Hash of everything that determines a sequence's result (resume only reuses equal keys).
 
-    ``extra``: task settings that also change the result (input size, decoding parameters).
+    ``extra``: task settings that also change the result (input size, decoding parameters,
+    tracker settings). ``propagation=False`` (the walk tracker) leaves the propagation
+    preset out, since it does not change that tracker's result.
     """
-    settings = {"propagation": cfg.propagation().to_dict(), "encoder": encoder_info,
+    settings = {"propagation": cfg.propagation().to_dict() if propagation else None, "encoder": encoder_info,
                 "adaptation": dataclasses.asdict(cfg.adaptation()) if cfg.tta_steps > 0 else None,
                 "dataset": dataset_identity, "resolution": cfg.resolution}
     if extra:
@@ -455,26 +536,76 @@ def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: 
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@dataclass
+class TaskRun:
+    """What every task runner sets up before its per-video loop (:func:`start_task`).
+
+    cfg:          the configuration with the task's defaults filled in;
+    ranks/device: this process among the evaluation processes and its device;
+    encoder:      the module that makes the predictions (an encoder, or the walk tracker's
+                  network) and ``encoder_info``, where its weights came from (results.json's
+                  ``"checkpoint"``);
+    prop_cfg:     the propagation settings (None for the walk tracker);
+    dataset:      the opened dataset and ``identity``, its description (``dataset.identity()``);
+    settings:     the task's settings that change a video's result (input size, decoding,
+                  tracking), hashed into ``key``, the run key of every per-video record.
+    """
+
+    cfg: EvalConfig
+    ranks: Ranks
+    device: torch.device
+    encoder: torch.nn.Module
+    encoder_info: dict
+    prop_cfg: Optional[PropagationConfig]
+    dataset: object
+    identity: dict
+    settings: dict
+    key: str
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    def describe(self) -> str:
+        """``encoder ...; propagation ...; device ...[; G processes]`` for the opening line."""
+        info = self.encoder_info
+        method = f"propagation {self.prop_cfg}" if self.prop_cfg is not None else f"walk tracker {self.settings}"
+        return (f"encoder {info['encoder']} ({info['format']}); {method}; device {self.device}"
+                + (f"; {self.ranks.world_size} processes" if self.ranks.distributed else ""))
+
+
+def start_task(cfg: EvalConfig, open_dataset: Callable[[EvalConfig], object],
+               settings: Optional[Callable[[EvalConfig, object], dict]] = None,
+               load: Callable[[EvalConfig, torch.device], tuple[torch.nn.Module, dict]] = load_encoder,
+               propagation: bool = True) -> TaskRun:
+    """The setup every task shares: task defaults, ranks (:mod:`propagate.distributed`), device,
+    the model (``load``: :func:`load_encoder` or :func:`load_global_match_model`), propagation
+    settings (when ``propagation``), the dataset (``open_dataset(cfg)``) and the run key over
+    ``settings(cfg, dataset)`` (:func:`run_key`)."""
+    cfg = cfg.with_task_defaults()
+    ranks = init_ranks()
+    device = rank_device(resolve_device(cfg.device), ranks)
+    encoder, encoder_info = load(cfg, device)
+    prop_cfg = cfg.propagation() if propagation else None
+    dataset = open_dataset(cfg)
+    identity = dataset.identity()
+    task_settings = settings(cfg, dataset) if settings is not None else {}
+    key = run_key(cfg, encoder_info, identity, task_settings or None, propagation=propagation)
+    return TaskRun(cfg, ranks, device, encoder, encoder_info, prop_cfg, dataset, identity, task_settings, key)
+
+
 def evaluate_davis(cfg: EvalConfig) -> Optional[dict]:
     """Run the DAVIS task end to end; returns the content written to ``results.json``.
 
     With several processes (:mod:`propagate.distributed`) each rank evaluates its shard of
     the sequences; rank 0 merges the records and returns the results, the others None.
     """
-    cfg = cfg.with_task_defaults()
-    ranks = init_ranks()
-    device = rank_device(resolve_device(cfg.device), ranks)
-    encoder, encoder_info = load_encoder(cfg, device)
-    prop_cfg = cfg.propagation()
-    dataset = open_davis(cfg)
-    identity = dataset.identity()
+    run = start_task(cfg, open_davis)
+    cfg, ranks, device, encoder, encoder_info = run.cfg, run.ranks, run.device, run.encoder, run.encoder_info
+    dataset, identity, prop_cfg, out, key = run.dataset, run.identity, run.prop_cfg, run.out, run.key
     names = list(cfg.sequences) if cfg.sequences else dataset.sequences
-    out = Path(cfg.out)
-    key = run_key(cfg, encoder_info, identity)
     if ranks.is_main:
-        print(f"{len(names)} sequences from {identity['root']} ({identity['split']}); encoder "
-              f"{encoder_info['encoder']} ({encoder_info['format']}); propagation {prop_cfg}; device {device}"
-              + (f"; {ranks.world_size} processes" if ranks.distributed else ""))
+        print(f"{len(names)} sequences from {identity['root']} ({identity['split']}); {run.describe()}")
 
     for name in tqdm(ranks.shard(names), desc="sequences", unit="seq", disable=not ranks.is_main):
         path = record_path(out, name)
@@ -553,9 +684,13 @@ def require_record(out: Path, name: str, key: str) -> dict:
 
 def results_header(task: str, cfg: EvalConfig, encoder_info: dict, identity: dict,
                    per_video_timings: dict[str, dict], **extra) -> dict:
-    """The part of ``results.json`` every task shares; ``"metrics"`` is filled in by the task."""
+    """The part of ``results.json`` every task shares; ``"metrics"`` is filled in by the task.
+
+    ``config.propagation`` is None for the walk tracker (its settings are in ``extra``).
+    """
+    propagation = cfg.propagation().to_dict() if cfg.tracker != "walk" else None
     return {"task": task, "metrics": None,
-            "config": {"eval": dataclasses.asdict(cfg), "propagation": cfg.propagation().to_dict(), **extra},
+            "config": {"eval": dataclasses.asdict(cfg), "propagation": propagation, **extra},
             "factors": implementation_factors(task, cfg),
             "checkpoint": encoder_info, "code_version": code_version(), "dataset": identity,
             "timings": _timing_summary(per_video_timings)}
@@ -578,7 +713,18 @@ LABEL_RESAMPLING: dict[str, dict[str, str]] = {
 
 
 def implementation_factors(task: str, cfg: EvalConfig) -> dict:
-    """The factors of the unified propagation formulation this run used, in one place."""
+    """The factors of the unified propagation formulation this run used, in one place
+    (for ``--tracker walk``: the walk tracker's, :mod:`corr.flow_track`)."""
+    if cfg.tracker == "walk":
+        track = cfg.flow_tracking()
+        return {"tracker": "walk: chained soft-argmax flows of a global-matching network",
+                "affinity": "cosine of unit features / the network's temperature, all cell pairs of two frames",
+                "flow": "soft-argmax over the (2r+1)^2 cells around the argmax" if track.local_radius
+                        else "soft-argmax over the whole frame",
+                "local_radius": track.local_radius, "occlusion_threshold": track.occlusion_threshold,
+                "occlusion": "forward-backward check of each step, or outside the frame",
+                "input_resolution": list(cfg.input_size) if cfg.input_size else "native",
+                "frame_resize": "bilinear (cv2.INTER_LINEAR)"}
     prop = cfg.propagation()
     return {"feature_normalisation": "l2 per position" if prop.normalize_features else "none",
             "label_normalisation": prop.label_norm, **LABEL_RESAMPLING[task],
@@ -639,36 +785,46 @@ def evaluate(cfg: EvalConfig) -> Optional[dict]:
 SWEEP_FIELDS: dict[str, type] = {"preset": str, "context": int, "topk": int, "temperature": float,
                                  "radius": float, "pad_with_first": bool, "normalize_features": bool,
                                  "label_norm": str}
+#: What ``--sweep`` may vary with ``--tracker walk``: the tracker's own settings (the network
+#: and the input size are one run each).
+WALK_SWEEP_FIELDS: dict[str, type] = {"local_radius": int, "occlusion_threshold": float}
 #: The metrics a sweep's summary table shows per task.
 HEADLINE_METRICS: dict[str, list[str]] = {
     "davis": ["J&F-Mean", "J-Mean", "F-Mean"], "jhmdb": ["PCK@0.1", "PCK@0.2"], "vip": ["mIoU"],
     "tapvid": ["average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"]}
 
 
-def parse_sweep(text: str) -> list[dict]:
+def parse_sweep(text: str, tracker: str = "propagation") -> list[dict]:
     """``"topk=5,10 radius=12,24"`` -> the cartesian product as override dicts, in order
     (the last name varies fastest): ``[{"topk": 5, "radius": 12.0}, {"topk": 5, "radius": 24.0}, ...]``.
 
-    Names are :data:`SWEEP_FIELDS` (``-`` or ``_``); ``radius=inf`` removes the locality limit.
+    Names are :data:`SWEEP_FIELDS` (``-`` or ``_``), or with ``tracker="walk"``
+    :data:`WALK_SWEEP_FIELDS`; ``radius=inf`` removes the locality limit.
     """
+    fields = WALK_SWEEP_FIELDS if tracker == "walk" else SWEEP_FIELDS
     axes: dict[str, list] = {}
     for part in text.split():
         name, sep, values = part.partition("=")
         name = name.replace("-", "_")
         if not sep or not values:
             raise ValueError(f"--sweep: expected name=v1,v2,... separated by spaces, got {part!r}")
-        if name not in SWEEP_FIELDS:
-            raise ValueError(f"--sweep: {name!r} cannot be swept; choose from {', '.join(SWEEP_FIELDS)}")
+        if tracker == "walk" and name in SWEEP_FIELDS:
+            raise ValueError(f"--sweep: {name!r} is a label-propagation setting; sweeps over propagation settings "
+                             f"need --tracker propagation; --tracker walk sweeps {', '.join(fields)}")
+        if tracker != "walk" and name in WALK_SWEEP_FIELDS:
+            raise ValueError(f"--sweep: {name!r} is a setting of --tracker walk; label propagation sweeps "
+                             f"{', '.join(fields)}")
+        if name not in fields:
+            raise ValueError(f"--sweep: {name!r} cannot be swept; choose from {', '.join(fields)}")
         if name in axes:
             raise ValueError(f"--sweep: {name!r} given twice")
-        axes[name] = [_sweep_value(name, v) for v in values.split(",") if v]
+        axes[name] = [_sweep_value(name, v, fields[name]) for v in values.split(",") if v]
     if not axes:
         raise ValueError("--sweep: no setting given")
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
-def _sweep_value(name: str, text: str):
-    kind = SWEEP_FIELDS[name]
+def _sweep_value(name: str, text: str, kind: type):
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"--sweep: {name} takes true/false, got {text!r}")
@@ -697,28 +853,36 @@ def evaluate_sweep(cfg: EvalConfig) -> Optional[dict]:
     Features go to ``--cache`` or, without it, to ``<out>/feature-cache``. Writes
     ``<out>/sweep/summary.json`` (one row per setting: overrides, propagation config,
     implementation factors, headline metrics, results path) and prints it as a table.
+    With ``--tracker walk`` the settings are the tracker's (:data:`WALK_SWEEP_FIELDS`, the
+    row's ``tracking`` block); the network runs again for each (there are no encoder
+    features to cache).
     """
     cfg = cfg.with_task_defaults()
-    settings = parse_sweep(cfg.sweep)
+    walk = cfg.tracker == "walk"
+    settings = parse_sweep(cfg.sweep, cfg.tracker)
     out = Path(cfg.out)
-    cache = cfg.cache or str(out / "feature-cache")
+    cache = None if walk else (cfg.cache or str(out / "feature-cache"))
     rows = []
     for overrides in settings:
         name = setting_name(overrides)
         run = dataclasses.replace(cfg, sweep=None, out=str(out / "sweep" / name), cache=cache, **overrides)
-        run.propagation()  # a bad combination fails before any work
+        if walk:  # a bad combination fails before any work
+            run.flow_tracking()
+        else:
+            run.propagation()
         results = evaluate(run)
         if results is None:  # not rank 0
             continue
         metrics = results.get("metrics") or {}
         rows.append({"name": name, "overrides": overrides, "propagation": results["config"]["propagation"],
-                     "factors": results["factors"],
+                     "tracking": results["config"].get("tracking"), "factors": results["factors"],
                      "metrics": {k: metrics.get(k) for k in HEADLINE_METRICS[cfg.task]},
                      "timings": {k: results["timings"][k] for k in ("features_s", "propagation_s", "cache_hits")},
                      "results": str(out / "sweep" / name / "results.json")})
     if not init_ranks().is_main:
         return None
-    summary = {"task": cfg.task, "sweep": cfg.sweep, "feature_cache": cache, "settings": rows}
+    summary = {"task": cfg.task, "tracker": cfg.tracker, "sweep": cfg.sweep, "feature_cache": cache,
+               "settings": rows}
     atomic_write_json(out / "sweep" / "summary.json", summary)
     print_sweep_table(summary)
     print(f"sweep summary: {out / 'sweep' / 'summary.json'}")

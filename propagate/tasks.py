@@ -1,10 +1,14 @@
 """Task runners for JHMDB (keypoints), VIP (human parts) and TAP-Vid (point tracks).
 
-Each runner has the DAVIS task's shape (:func:`propagate.evaluate.evaluate_davis`): open the
-dataset (or generate a synthetic stand-in), then per video read -> resize to the task's
-input size -> features -> propagate with the one :class:`~propagate.Propagator` -> decode ->
-save the predictions and a record ``<out>/sequences/<video>.json`` (a rerun with the same
-settings reuses it; ``--overwrite`` redoes it) -> score everything -> ``results.json``.
+Each runner has the DAVIS task's shape (:func:`propagate.evaluate.evaluate_davis`): the shared
+setup (:func:`propagate.evaluate.start_task`: task defaults, ranks, device, encoder,
+propagation settings, the dataset or a generated stand-in, the run key), then per video
+read -> resize to the task's input size -> features -> propagate with the one
+:class:`~propagate.Propagator` -> decode -> save the predictions and a record
+``<out>/sequences/<video>.json`` (a rerun with the same settings reuses it; ``--overwrite``
+redoes it) -> score everything -> ``results.json``. TAP-Vid's loop takes a tracker: label
+propagation, or with ``--tracker walk`` the chained flows of a global-match network
+(:mod:`corr.flow_track`; records, resume, ``--vis``, sweeps and sharding work the same).
 Features come from ``--cache`` when it holds the video (:mod:`propagate.cache`); under
 ``torchrun`` each rank evaluates its share of the videos and rank 0 merges the records
 (:mod:`propagate.distributed`); see :mod:`propagate.evaluate` for both.
@@ -36,25 +40,23 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from corr.io import atomic_write, atomic_write_json
-from corr.runtime import resolve_device
 from datasets.jhmdb import JHMDB_PARENTS, NUM_JOINTS, JhmdbDataset, JhmdbVideo
 from datasets.palette import write_indexed_png
-from datasets.tapvid import TapVidDataset, TapVidVideo
+from datasets.tapvid import TapVidDataset, TapVidSample, TapVidVideo
 from datasets.vip import VipDataset, VipVideo
 
 from .config import PropagationConfig
 from .cache import CacheSlot
-from .distributed import init_ranks, rank_device
-from .evaluate import (TASK_DEFAULTS, EvalConfig, encoder_for_video, feature_cache, load_encoder, load_record,
-                       propagate_frames, record_path, require_record, resize_frame, results_header, run_key,
-                       synthetic_banner, video_features, write_overlays)
+from .evaluate import (TASK_DEFAULTS, EvalConfig, TaskRun, encoder_for_video, feature_cache, load_encoder,
+                       load_global_match_model, load_record, propagate_frames, record_path, require_record,
+                       resize_frame, results_header, start_task, synthetic_banner, video_features, write_overlays)
 from .labels import (KEYPOINT_SIGMA, KEYPOINT_TOPK, MIN_PEAK_RATIO, OCCLUSION_THRESHOLD, QUERY_SIGMA,
                      QUERY_WINDOW, heatmaps_to_keypoints, keypoints_to_heatmaps, labels_to_parts,
                      parts_to_labels, rescale_points, track_points)
@@ -148,22 +150,15 @@ def jhmdb_visualisation(out_dir: Path, video: JhmdbVideo, preds: np.ndarray) -> 
 
 def evaluate_jhmdb(cfg: EvalConfig) -> dict:
     """JHMDB keypoint propagation scored by PCK (PROTOCOLS.md section 6); returns results.json's content."""
-    cfg = cfg.with_task_defaults()
-    ranks = init_ranks()
-    device = rank_device(resolve_device(cfg.device), ranks)
-    encoder, encoder_info = load_encoder(cfg, device)
-    prop_cfg = cfg.propagation()
-    dataset = open_jhmdb(cfg)
-    identity = dataset.identity()
+    run = start_task(cfg, open_jhmdb, lambda cfg, dataset: {"input_size": list(cfg.input_size),
+                                                            "sigma": KEYPOINT_SIGMA, "topk": KEYPOINT_TOPK})
+    cfg, ranks, device, encoder, encoder_info = run.cfg, run.ranks, run.device, run.encoder, run.encoder_info
+    dataset, identity, prop_cfg, out, key = run.dataset, run.identity, run.prop_cfg, run.out, run.key
+    decoding = run.settings
     names = _selected([video.name for video in dataset], cfg)
-    out = Path(cfg.out)
-    decoding = {"input_size": list(cfg.input_size), "sigma": KEYPOINT_SIGMA, "topk": KEYPOINT_TOPK}
-    key = run_key(cfg, encoder_info, identity, decoding)
     if ranks.is_main:
-        print(f"JHMDB: {len(names)} videos from {identity['split_file']}; encoder {encoder_info['encoder']} "
-              f"({encoder_info['format']}); input {cfg.input_size[0]}x{cfg.input_size[1]}; propagation {prop_cfg}; "
-              f"device {device}"
-              + (f"; {ranks.world_size} processes" if ranks.distributed else ""))
+        print(f"JHMDB: {len(names)} videos from {identity['split_file']}; input {cfg.input_size[0]}x"
+              f"{cfg.input_size[1]}; {run.describe()}")
 
     for name in tqdm(ranks.shard(names), desc="videos", unit="video", disable=not ranks.is_main):
         path, file = record_path(out, name), _jhmdb_file(out, name)
@@ -275,22 +270,14 @@ def predict_vip_video(video: VipVideo, encoder: torch.nn.Module, prop_cfg: Propa
 
 def evaluate_vip(cfg: EvalConfig) -> dict:
     """VIP part propagation scored by mIoU (PROTOCOLS.md section 7); returns results.json's content."""
-    cfg = cfg.with_task_defaults()
-    ranks = init_ranks()
-    device = rank_device(resolve_device(cfg.device), ranks)
-    encoder, encoder_info = load_encoder(cfg, device)
-    prop_cfg = cfg.propagation()
-    dataset = open_vip(cfg)
-    identity = dataset.identity()
+    run = start_task(cfg, open_vip, lambda cfg, dataset: {"input_size": list(cfg.input_size)})
+    cfg, ranks, device, encoder, encoder_info = run.cfg, run.ranks, run.device, run.encoder, run.encoder_info
+    dataset, identity, prop_cfg, out, key = run.dataset, run.identity, run.prop_cfg, run.out, run.key
+    decoding = run.settings
     names = _selected(list(dataset.names), cfg)
-    out = Path(cfg.out)
-    decoding = {"input_size": list(cfg.input_size)}
-    key = run_key(cfg, encoder_info, identity, decoding)
     if ranks.is_main:
-        print(f"VIP: {len(names)} videos from {identity['root']} ({identity['split']}); encoder "
-              f"{encoder_info['encoder']} ({encoder_info['format']}); input {cfg.input_size[0]}x{cfg.input_size[1]}; "
-              f"propagation {prop_cfg}; device {device}"
-              + (f"; {ranks.world_size} processes" if ranks.distributed else ""))
+        print(f"VIP: {len(names)} videos from {identity['root']} ({identity['split']}); input "
+              f"{cfg.input_size[0]}x{cfg.input_size[1]}; {run.describe()}")
 
     for name in tqdm(ranks.shard(names), desc="videos", unit="video", disable=not ranks.is_main):
         path = record_path(out, name)
@@ -366,31 +353,36 @@ def _propagated_frames(query_frames: np.ndarray, num_frames: int, backward: bool
     return total
 
 
-def evaluate_tapvid(cfg: EvalConfig) -> dict:
-    """TAP-Vid point tracking scored by AJ, <delta^x_avg> and OA (PROTOCOLS.md section 8)."""
-    cfg = cfg.with_task_defaults()
-    if cfg.tracker == "walk":                  # chained global-matching flows (corr.flow_track)
-        from corr.flow_track import evaluate_tapvid_walk
+def _tracking_settings(cfg: EvalConfig, dataset: TapVidDataset) -> dict:
+    """The tracker's settings that change a video's result (hashed into the run key, recorded
+    in results.json's ``config.tracking``)."""
+    common = {"query_mode": cfg.query_mode, "input_size": list(cfg.input_size), "category": dataset.category}
+    if cfg.tracker == "walk":
+        from dataclasses import asdict
 
-        return evaluate_tapvid_walk(cfg)
-    ranks = init_ranks()
-    device = rank_device(resolve_device(cfg.device), ranks)
-    encoder, encoder_info = load_encoder(cfg, device)
-    prop_cfg = cfg.propagation()
-    dataset = open_tapvid(cfg)
-    identity = dataset.identity()
-    out = Path(cfg.out)
-    backward = cfg.query_mode == "strided"
-    tracking = {**TRACK_SETTINGS, "backward": backward, "query_mode": cfg.query_mode,
-                "input_size": list(cfg.input_size), "category": dataset.category}
-    key = run_key(cfg, encoder_info, identity, tracking)
+        return {"tracker": "walk", **asdict(cfg.flow_tracking()), **common}
+    return {**TRACK_SETTINGS, "backward": cfg.query_mode == "strided", **common}
+
+
+def evaluate_tapvid(cfg: EvalConfig) -> dict:
+    """TAP-Vid point tracking scored by AJ, <delta^x_avg> and OA (PROTOCOLS.md section 8).
+
+    ``--tracker propagation`` (default): label propagation of the encoder's features
+    (:func:`~propagate.labels.track_points`). ``--tracker walk``: chained soft-argmax flows of
+    a global-match network (``--checkpoint`` of ``train.py --loss global_walk``, else a random
+    one seeded by ``--seed``; :mod:`corr.flow_track`) with its settings ``--local-radius`` and
+    ``--occlusion-threshold``. Both go through the same per-video loop: records, resume,
+    ``--overwrite``, ``--vis``, ``--sequences``, torchrun sharding, rank-0 merge.
+    """
+    walk = cfg.with_task_defaults().tracker == "walk"
+    run = start_task(cfg, open_tapvid, _tracking_settings, load=load_global_match_model if walk else load_encoder,
+                     propagation=not walk)
+    cfg, ranks, dataset, identity, out, key = run.cfg, run.ranks, run.dataset, run.identity, run.out, run.key
     if ranks.is_main:
         print(f"TAP-Vid: {identity['name']} from {identity['path']} ({cfg.query_mode} queries, "
-              f"{dataset.category}); encoder {encoder_info['encoder']} ({encoder_info['format']}); "
-              f"propagation {prop_cfg}; device {device}"
-              + (f"; {ranks.world_size} processes" if ranks.distributed else ""))
+              f"{dataset.category}); {run.describe()}")
+    track = _walk_tracker(run) if walk else _propagation_tracker(run)
 
-    propagator = Propagator(prop_cfg)
     # Videos are read one at a time (Kinetics shards hold many JPEG-encoded videos each); with
     # several processes, the i-th selected video of the stream belongs to rank i % G.
     wanted = set(cfg.sequences or ())
@@ -406,8 +398,7 @@ def evaluate_tapvid(cfg: EvalConfig) -> dict:
             continue
         path = record_path(out, name)
         if cfg.overwrite or load_record(path, key) is None:
-            record = _track_video(video, dataset, encoder, propagator, device, cfg, out, key, backward,
-                                  feature_cache(cfg, encoder_info, identity, name))
+            record = _track_video(video, run, track)
             atomic_write_json(path, {**record, "rank": ranks.rank})
 
     missing = sorted(wanted - set(names))
@@ -424,7 +415,8 @@ def evaluate_tapvid(cfg: EvalConfig) -> dict:
         scores.append({k: np.asarray(record["scores"][k], dtype=np.float64) for k in TAPVID_KEYS})
         timings[name] = {**record["timings"], "num_frames": record["num_frames"]}
         per_video[name] = record["scores"]
-    results = results_header("tapvid", cfg, encoder_info, identity, timings, tracking=tracking)
+    results = results_header("tapvid", cfg, run.encoder_info, identity, timings, tracking=run.settings)
+    results["tracker"] = cfg.tracker
     results["category"] = dataset.category
     results["metrics"] = tapvid_summary(scores)
     results["per_sequence"] = per_video
@@ -439,48 +431,98 @@ def evaluate_tapvid(cfg: EvalConfig) -> dict:
     return results
 
 
-def _track_video(video: TapVidVideo, dataset: TapVidDataset, encoder: torch.nn.Module, propagator: Propagator,
-                 device: torch.device, cfg: EvalConfig, out: Path, key: str, backward: bool,
-                 cache: Optional[CacheSlot] = None) -> dict:
-    """Track one video's queries, write its .npz (and --vis), score it; returns its record.
+#: A tracker of the TAP-Vid loop: ``(video, sample) -> (tracks float [Q, T, 2] (x, y), occluded bool
+#: [Q, T], timings)``; timings hold ``features``, ``propagation``, ``adaptation`` seconds and ``cache``.
+Tracker = Callable[[TapVidVideo, TapVidSample], tuple[np.ndarray, np.ndarray, dict]]
 
-    ``cache``: the video's feature-cache slot (features read from it when complete).
-    """
-    sample = video.sample(dataset.query_mode, dataset.resolution)
-    encoder, adapt_seconds = encoder_for_video(encoder, lambda t: sample.frames[t], video.num_frames, cfg, device)
-    feats, feature_timings = video_features(encoder, sample.frames, device, cfg.batch_size, cache)
-    query_frames = np.clip(np.round(sample.query_points[:, 0]).astype(np.int64), 0, video.num_frames - 1)
-    bar = tqdm(total=_propagated_frames(query_frames, video.num_frames, backward, TRACK_SETTINGS["max_queries"]),
-               desc=video.name, unit="frame", leave=False)
 
-    def propagate(chunk_feats: torch.Tensor, first_label: torch.Tensor) -> torch.Tensor:
-        labels = propagator.propagate(chunk_feats, first_label)
-        bar.update(len(chunk_feats))
-        return labels
+def _propagation_tracker(run: TaskRun) -> Tracker:
+    """Label propagation of the encoder's features (:func:`~propagate.labels.track_points`,
+    :data:`TRACK_SETTINGS`); features from the cache when it holds them, adapted per video
+    with ``--tta-steps``."""
+    cfg, device = run.cfg, run.device
+    propagator = Propagator(run.prop_cfg)
+    backward = run.settings["backward"]
 
-    tick = time.perf_counter()
-    tracks, occluded = track_points(propagate, feats, sample.query_points, encoder.stride,
-                                    sigma=TRACK_SETTINGS["sigma"], window=TRACK_SETTINGS["window"],
-                                    occlusion_threshold=TRACK_SETTINGS["occlusion_threshold"],
-                                    min_peak_ratio=TRACK_SETTINGS["min_peak_ratio"], backward=backward,
-                                    max_queries=TRACK_SETTINGS["max_queries"])
+    def track(video: TapVidVideo, sample: TapVidSample) -> tuple[np.ndarray, np.ndarray, dict]:
+        encoder, adapt_seconds = encoder_for_video(run.encoder, lambda t: sample.frames[t], video.num_frames, cfg,
+                                                   device)
+        feats, feature_timings = video_features(encoder, sample.frames, device, cfg.batch_size,
+                                                feature_cache(cfg, run.encoder_info, run.identity, video.name))
+        query_frames = np.clip(np.round(sample.query_points[:, 0]).astype(np.int64), 0, video.num_frames - 1)
+        bar = tqdm(total=_propagated_frames(query_frames, video.num_frames, backward,
+                                            TRACK_SETTINGS["max_queries"]),
+                   desc=video.name, unit="frame", leave=False)
+
+        def propagate(chunk_feats: torch.Tensor, first_label: torch.Tensor) -> torch.Tensor:
+            labels = propagator.propagate(chunk_feats, first_label)
+            bar.update(len(chunk_feats))
+            return labels
+
+        tick = time.perf_counter()
+        tracks, occluded = track_points(propagate, feats, sample.query_points, encoder.stride,
+                                        sigma=TRACK_SETTINGS["sigma"], window=TRACK_SETTINGS["window"],
+                                        occlusion_threshold=TRACK_SETTINGS["occlusion_threshold"],
+                                        min_peak_ratio=TRACK_SETTINGS["min_peak_ratio"], backward=backward,
+                                        max_queries=TRACK_SETTINGS["max_queries"])
+        _sync(device)
+        bar.close()
+        return tracks, occluded, {**feature_timings, "propagation": time.perf_counter() - tick,
+                                  "adaptation": adapt_seconds}
+
+    return track
+
+
+def _walk_tracker(run: TaskRun) -> Tracker:
+    """Chained soft-argmax flows of the global-match network (:mod:`corr.flow_track`), ``--batch-size``
+    frame pairs per network call. Timings: ``features`` = network and flows, ``propagation`` =
+    chaining the queries."""
+    from corr.flow_track import chain_tracks, video_flows
+    from datasets.transforms import normalize_frames
+
+    track_cfg = run.cfg.flow_tracking()
+    model, device = run.encoder, run.device
+
+    def track(video: TapVidVideo, sample: TapVidSample) -> tuple[np.ndarray, np.ndarray, dict]:
+        if video.num_frames < 2:
+            raise ValueError(f"{video.source}: video {video.name!r} has {video.num_frames} frame; the walk tracker "
+                             f"needs at least 2")
+        tick = time.perf_counter()
+        images = normalize_frames(sample.frames, device=device)                          # T, 3, H, W
+        forward, backward = video_flows(model, images, track_cfg.local_radius, run.cfg.batch_size)
+        _sync(device)
+        flow_seconds = time.perf_counter() - tick
+        tick = time.perf_counter()
+        tracks, occluded = chain_tracks(forward, backward, sample.query_points, sample.frames.shape[1:3],
+                                        model.stride, track_cfg.occlusion_threshold)
+        return tracks, occluded, {"features": flow_seconds, "propagation": time.perf_counter() - tick,
+                                  "adaptation": 0.0, "cache": "off"}
+
+    return track
+
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    propagation_seconds = time.perf_counter() - tick
-    bar.close()
+
+
+def _track_video(video: TapVidVideo, run: TaskRun, track: Tracker) -> dict:
+    """Track one video's queries with ``track``, write its .npz (and --vis), score it; returns its record."""
+    dataset, out = run.dataset, run.out
+    sample = video.sample(dataset.query_mode, dataset.resolution)
+    tracks, occluded, timings = track(video, sample)
     atomic_write(out / "predictions" / f"{video.name}.npz",
                  lambda f: np.savez_compressed(f, tracks=tracks.astype(np.float32), occluded=occluded,
                                                query_points=sample.query_points, track_ids=sample.track_ids))
     metrics = tapvid_metrics(sample.query_points[None], sample.occluded[None], sample.target_points[None],
                              occluded[None], tracks[None], dataset.query_mode)
-    if cfg.vis:
+    if run.cfg.vis:
         picks = np.unique(np.linspace(0, len(tracks) - 1, min(VIS_MAX_TRACKS, len(tracks))).round().astype(int)) \
             if len(tracks) else np.zeros(0, np.int64)
         write_overlays(out / "vis", video.name, [draw_tracks(frame, tracks[picks], occluded[picks], t)
                                                  for t, frame in enumerate(sample.frames)])
-    return {"run_key": key, "sequence": video.name, "num_frames": video.num_frames,
-            "num_queries": int(len(sample.query_points)),
-            "timings": {**feature_timings, "propagation": propagation_seconds, "adaptation": adapt_seconds},
+    return {"run_key": run.key, "sequence": video.name, "num_frames": video.num_frames,
+            "num_queries": int(len(sample.query_points)), "timings": timings,
             "scores": {k: float(v[0]) for k, v in metrics.items()}}
 
 

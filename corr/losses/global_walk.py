@@ -32,6 +32,16 @@ channel difference between the two neighbours). Total
 ``loss = loss_walk + lambda(step) * smooth``, ``lambda(step) = smoothness_weight *
 min(1, step / smoothness_ramp_steps)`` (``smoothness_ramp_steps = 0``: no ramp).
 
+Mixed precision: under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU) only the network
+runs in low precision. The logits (:func:`corr.global_match.transition_logits`), both
+softmaxes, the walk product, ``log(P + eps)``, the warped targets and the smoothness term
+run in float32 with autocast disabled: in float16, return probabilities below ~6e-8 flush
+to 0 and ``eps = 1e-20`` is 0 too, so ``log P`` would be ``-inf``; bfloat16 keeps only 8
+bits, so pixel positions near 256 would be rounded to 1-2 px. Logits are cosines over
+``tau`` (``|logit| <= 1 / tau = 20``), safe in float32. No ``-inf`` mask is used (the
+targets' validity is a multiplicative mask). The loss is float32, as
+``torch.amp.GradScaler`` expects.
+
 Diagnostics: ``walk`` (the walk term), ``acc`` (fraction of valid cells whose most likely
 return cell is the cell nearest to the target), ``valid`` (fraction of cells in ``V``) and,
 with smoothness, ``smooth`` and ``smooth_weight``.
@@ -65,7 +75,10 @@ def apply_affine(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"affine must be (B, 2, 3), got {tuple(affine.shape)}")
     if points.ndim == 2:
         points = points.expand(affine.shape[0], *points.shape)
-    return points @ affine[:, :, :2].transpose(1, 2) + affine[:, None, :, 2]
+    with torch.autocast(device_type=affine.device.type, enabled=False):   # pixel positions need float32
+        dtype = torch.promote_types(torch.promote_types(affine.dtype, points.dtype), torch.float32)
+        affine, points = affine.to(dtype), points.to(dtype)
+        return points @ affine[:, :, :2].transpose(1, 2) + affine[:, None, :, 2]
 
 
 def warp_targets(affine: torch.Tensor, grid: tuple[int, int], target_grid: tuple[int, int], stride: int
@@ -97,9 +110,11 @@ def expected_flow(transition: torch.Tensor, grid: tuple[int, int], target_grid: 
     """Soft-argmax flow in cells: ``transition (B, N, M)`` rows on ``grid``, columns on ``target_grid``
     -> ``(B, 2, h, w)`` (x, y), ``sum_j T_ij p_j - p_i`` with ``p`` cell indices."""
     h, w = grid
-    src = cell_centres(h, w, 1, device=transition.device, dtype=transition.dtype)
-    dst = cell_centres(*target_grid, 1, device=transition.device, dtype=transition.dtype)
-    flow = transition @ dst - src                                                  # B, N, 2 (centres cancel)
+    with torch.autocast(device_type=transition.device.type, enabled=False):
+        transition = transition.to(torch.promote_types(transition.dtype, torch.float32))
+        src = cell_centres(h, w, 1, device=transition.device, dtype=transition.dtype)
+        dst = cell_centres(*target_grid, 1, device=transition.device, dtype=transition.dtype)
+        flow = transition @ dst - src                                              # B, N, 2 (centres cancel)
     return rearrange(flow, "b (h w) c -> b c h w", h=h, w=w)
 
 

@@ -1,0 +1,163 @@
+"""evaluate.py --task tapvid --tracker walk: the shared per-video loop (records, resume, --overwrite,
+--vis, --sweep, torchrun sharding) with a global-match network, on a tiny generated set."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import corr.flow_track as flow_track
+from corr.global_match import GlobalMatchConfig, GlobalMatchNet
+from corr.io import file_sha256
+from datasets.synthetic_tasks import generate_tapvid
+from datasets.tapvid import TapVidDataset
+from propagate.evaluate import EvalConfig, evaluate, parse_sweep
+from propagate.metrics import TAPVID_KEYS, tapvid_metrics, tapvid_summary
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = GlobalMatchConfig(feature_dim=16, num_layers=1, num_heads=2, window=4)
+SIZE = (32, 32)  # 8 x 8 cells at stride 4
+
+
+@pytest.fixture(scope="module")
+def tapvid(tmp_path_factory):
+    base = tmp_path_factory.mktemp("walk-task")
+    path = generate_tapvid(base / "tapvid", num_videos=2, num_frames=5, size=(40, 48), num_points=6, seed=3)
+    torch.manual_seed(1)
+    model = GlobalMatchNet(TINY)
+    checkpoint = base / "gw.pt"
+    torch.save({"format": "corr-global-match-v1", "config": dataclasses.asdict(TINY),
+                "state_dict": model.state_dict(), "step": 0, "losses": []}, checkpoint)
+    return {"path": path, "checkpoint": checkpoint}
+
+
+def walk_config(tapvid, out, **kw):
+    return EvalConfig(task="tapvid", tracker="walk", data_root=str(tapvid["path"]), checkpoint=str(tapvid["checkpoint"]),
+                      input_size=SIZE, out=str(out), device="cpu", **kw)
+
+
+def counting(monkeypatch):
+    calls = []
+    original = flow_track.video_flows
+    monkeypatch.setattr(flow_track, "video_flows", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_walk_results_record_settings_checkpoint_and_rescore(tapvid, tmp_path):
+    results = evaluate(walk_config(tapvid, tmp_path, local_radius=1, occlusion_threshold=3.0, vis=True))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["metrics"] == results["metrics"] and results["tracker"] == "walk"
+    assert results["config"]["tracking"] == {"tracker": "walk", "occlusion_threshold": 3.0, "local_radius": 1,
+                                             "query_mode": "strided", "input_size": [32, 32], "category": "32x32"}
+    assert results["config"]["propagation"] is None
+    assert results["checkpoint"]["sha256"] == file_sha256(tapvid["checkpoint"])
+    assert results["checkpoint"]["config"] == dataclasses.asdict(TINY)
+    assert results["code_version"] and results["factors"]["local_radius"] == 1
+    assert results["timings"]["frames"] == 10 and results["timings"]["features_s"] > 0
+    # one .npz per video; rescoring them gives the metrics; --vis draws the tracks
+    per_video = []
+    for sample in TapVidDataset(tapvid["path"], query_mode="strided", resolution=SIZE):
+        saved = np.load(tmp_path / "predictions" / f"{sample.name}.npz")
+        assert saved["tracks"].shape == (*sample.occluded.shape, 2)
+        np.testing.assert_allclose(saved["tracks"][np.arange(len(sample.query_points)),
+                                                   sample.query_points[:, 0].astype(int)],
+                                   sample.query_points[:, [2, 1]], atol=1e-5)   # queries stay put
+        per_video.append(tapvid_metrics(sample.query_points[None], sample.occluded[None], sample.target_points[None],
+                                        saved["occluded"][None], saved["tracks"][None], "strided"))
+        assert (tmp_path / "vis" / f"{sample.name}.mp4").stat().st_size > 0
+        assert (tmp_path / "vis" / f"{sample.name}.png").stat().st_size > 0
+        record = json.loads((tmp_path / "sequences" / f"{sample.name}.json").read_text())
+        assert record["scores"]["average_jaccard"] == pytest.approx(
+            results["per_sequence"][sample.name]["average_jaccard"])
+    rescored = tapvid_summary(per_video)
+    assert all(rescored[k] == pytest.approx(results["metrics"][k], abs=1e-6) for k in TAPVID_KEYS)
+
+
+def test_walk_resumes_and_overwrites_per_video(tapvid, tmp_path, monkeypatch):
+    calls = counting(monkeypatch)
+    first = evaluate(walk_config(tapvid, tmp_path))
+    assert len(calls) == 2
+    assert evaluate(walk_config(tapvid, tmp_path))["metrics"] == first["metrics"]
+    assert len(calls) == 2                                   # both records reused
+    (tmp_path / "sequences" / "synth-001.json").unlink()     # an interrupted run
+    assert evaluate(walk_config(tapvid, tmp_path))["metrics"] == first["metrics"]
+    assert len(calls) == 3
+    evaluate(walk_config(tapvid, tmp_path, overwrite=True))
+    assert len(calls) == 5
+    evaluate(walk_config(tapvid, tmp_path, local_radius=0))  # other settings: not reused
+    assert len(calls) == 7
+
+
+def test_walk_random_init_is_seeded(tapvid, tmp_path):
+    cfg = dataclasses.replace(walk_config(tapvid, tmp_path / "a"), checkpoint=None, sequences=("synth-000",))
+    a = evaluate(cfg)
+    b = evaluate(dataclasses.replace(cfg, out=str(tmp_path / "b")))
+    assert a["checkpoint"] == {"encoder": "global-match", "format": "random-init", "seed": 0,
+                               "config": dataclasses.asdict(GlobalMatchConfig())}
+    assert a["metrics"] == b["metrics"] and list(a["per_sequence"]) == ["synth-000"]
+
+
+def test_walk_sweeps_its_own_settings(tapvid, tmp_path):
+    summary = evaluate(walk_config(tapvid, tmp_path, sweep="local_radius=0,2 occlusion_threshold=2,8"))
+    assert summary["tracker"] == "walk" and summary["feature_cache"] is None
+    names = ["local_radius-0_occlusion_threshold-2", "local_radius-0_occlusion_threshold-8",
+             "local_radius-2_occlusion_threshold-2", "local_radius-2_occlusion_threshold-8"]
+    assert [row["name"] for row in summary["settings"]] == names
+    for row in summary["settings"]:
+        results = json.loads((tmp_path / "sweep" / row["name"] / "results.json").read_text())
+        assert results["config"]["tracking"]["local_radius"] == row["overrides"]["local_radius"]
+        assert results["config"]["tracking"]["occlusion_threshold"] == row["overrides"]["occlusion_threshold"]
+        assert row["tracking"] == results["config"]["tracking"] and row["propagation"] is None
+    occlusion = {row["name"]: row["metrics"]["occlusion_accuracy"] for row in summary["settings"]}
+    assert len(set(occlusion.values())) > 1  # the threshold matters
+    assert not (tmp_path / "feature-cache").exists()
+
+
+def test_walk_rejects_propagation_options_and_sweeps():
+    with pytest.raises(ValueError, match="propagation settings"):
+        parse_sweep("topk=5,10", tracker="walk")
+    with pytest.raises(ValueError, match="setting of --tracker walk"):
+        parse_sweep("local_radius=1,2")
+    assert parse_sweep("local-radius=1,2 occlusion_threshold=4", tracker="walk") == \
+        [{"local_radius": 1, "occlusion_threshold": 4.0}, {"local_radius": 2, "occlusion_threshold": 4.0}]
+    base = dict(task="tapvid", tracker="walk")
+    for kwargs, message in [({"topk": 5}, "label-propagation settings"), ({"preset": "dino"}, "preset"),
+                            ({"tta_steps": 2}, "tta-steps"), ({"cache": "c"}, "cache"),
+                            ({"encoder": "pixel"}, "encoder pixel"), ({"local_radius": -1}, "local_radius"),
+                            ({"task": "davis"}, "tapvid only")]:
+        with pytest.raises(ValueError, match=message):
+            EvalConfig(**{**base, **kwargs}).with_task_defaults()
+    with pytest.raises(ValueError, match="--tracker walk"):
+        EvalConfig(task="tapvid", local_radius=1).with_task_defaults()
+
+
+def test_propagation_with_the_global_match_backbone(tapvid, tmp_path):
+    results = evaluate(EvalConfig(task="tapvid", encoder="global-match", checkpoint=str(tapvid["checkpoint"]),
+                                  data_root=str(tapvid["path"]), input_size=SIZE, context=2, out=str(tmp_path)))
+    assert results["tracker"] == "propagation" and results["checkpoint"]["encoder"] == "global-match"
+    assert results["checkpoint"]["sha256"] == file_sha256(tapvid["checkpoint"])
+    assert results["config"]["propagation"]["context"] == 2
+    assert all(0.0 <= results["metrics"][k] <= 1.0 for k in ("average_jaccard", "average_pts_within_thresh"))
+
+
+def test_walk_two_processes_equal_one(tapvid, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--task", "tapvid", "--tracker", "walk", "--data-root", str(tapvid["path"]), "--checkpoint",
+            str(tapvid["checkpoint"]), "--input-size", "32,32", "--device", "cpu"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "evaluate.py", *args, "--out", str(tmp_path / "two")],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("all (mean of videos)") == 1  # rank 0 alone merges and prints
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two" / "sequences").glob("*.json")}
+    assert ranks == {0, 1}
+    one = evaluate(walk_config(tapvid, tmp_path / "one"))
+    assert two["metrics"] == pytest.approx(one["metrics"]) and set(two["per_sequence"]) == set(one["per_sequence"])
+    for name, scores in one["per_sequence"].items():
+        assert two["per_sequence"][name] == pytest.approx(scores)
