@@ -1,9 +1,5 @@
 """Sweeps over propagation settings and evaluation in several processes (torchrun, gloo on CPU)."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +8,8 @@ from datasets.synthetic_tasks import generate_jhmdb
 from propagate import evaluate as runner
 from propagate.distributed import Ranks
 from propagate.evaluate import EvalConfig, evaluate, parse_sweep, setting_name
+from torchrun import evaluate_two_processes
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +78,9 @@ def test_ranks_shard_round_robin():
 
 
 def test_two_processes_equal_one(davis_root, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--data-root", str(davis_root), "--encoder", "pixel", "--context", "2", "--batch-size", "4"]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "evaluate.py", *common, "--out", str(tmp_path / "two")],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("J&F-Mean") == 1  # rank 0 alone prints the table
-    two = json.loads((tmp_path / "two" / "results.json").read_text())
-    ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two" / "sequences").glob("*.json")}
+    stdout, two, ranks = evaluate_two_processes(common, tmp_path / "two", timeout=120)
+    assert stdout.count("J&F-Mean") == 1  # rank 0 alone prints the table
     assert ranks == {0, 1}  # both processes evaluated sequences
     one = evaluate(EvalConfig(data_root=str(davis_root), encoder="pixel", context=2, batch_size=4,
                               out=str(tmp_path / "one")))

@@ -2,10 +2,6 @@
 --vis, --sweep, torchrun sharding) with a global-match network, on a tiny generated set."""
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +14,8 @@ from datasets.synthetic_tasks import generate_tapvid
 from datasets.tapvid import TapVidDataset
 from propagate.evaluate import EvalConfig, evaluate, parse_sweep
 from propagate.metrics import TAPVID_KEYS, tapvid_metrics, tapvid_summary
+from torchrun import evaluate_two_processes
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = GlobalMatchConfig(feature_dim=16, num_layers=1, num_heads=2, window=4)
 SIZE = (32, 32)  # 8 x 8 cells at stride 4
 
@@ -146,16 +142,10 @@ def test_propagation_with_the_global_match_backbone(tapvid, tmp_path):
 
 
 def test_walk_two_processes_equal_one(tapvid, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--task", "tapvid", "--tracker", "walk", "--data-root", str(tapvid["path"]), "--checkpoint",
             str(tapvid["checkpoint"]), "--input-size", "32,32", "--device", "cpu"]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "evaluate.py", *args, "--out", str(tmp_path / "two")],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("all (mean of videos)") == 1  # rank 0 alone merges and prints
-    two = json.loads((tmp_path / "two" / "results.json").read_text())
-    ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two" / "sequences").glob("*.json")}
+    stdout, two, ranks = evaluate_two_processes(args, tmp_path / "two", timeout=180)
+    assert stdout.count("all (mean of videos)") == 1  # rank 0 alone merges and prints
     assert ranks == {0, 1}
     one = evaluate(walk_config(tapvid, tmp_path / "one"))
     assert two["metrics"] == pytest.approx(one["metrics"]) and set(two["per_sequence"]) == set(one["per_sequence"])
