@@ -28,6 +28,17 @@ cold and a warm run still agree with each other, but not with a run without the 
 The device that computed the features is recorded in ``meta.json`` but is not part of the
 key (CPU and CUDA features differ in the last bits).
 
+Matches. Next to a video's features, an entry keeps the :class:`propagate.propagator.Matches`
+(top-k similarities and keys of every query of frames ``1 .. T-1``) of each matching
+setting it was propagated with: ``DIR/<key>-<dtype>/matches-<setting hash>/`` with
+``chunk-<first>-values.npy`` (float32 ``(n, h*w, k)``), ``chunk-<first>-source.npy``
+(int32, or int64 for very large videos) and ``meta.json``, written last. The setting is what
+the choice of keys depends on (:class:`propagate.propagator.Matcher`): ``context``,
+``radius``, ``pad_with_first`` and ``normalize_features``. An entry kept with top-k serves
+any ``topk <= k``, any temperature and any label normalisation, so a warm run skips the
+frames, the encoder and the similarity search and only combines labels; its results equal
+the cold run's. The features' entry is the only input, so rewriting it removes its matches.
+
 Not cached: features of an encoder adapted to the video (test-time adaptation,
 ``--tta-steps``), which depend on the video itself; the evaluation then neither reads nor
 writes the cache. One process writes an entry at a time (the evaluation's sharding ensures
@@ -47,6 +58,9 @@ import torch
 
 from corr.io import atomic_write, atomic_write_json
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+from .config import PropagationConfig
+from .propagator import Matches
 
 CACHE_DTYPES = ("float32", "float16")
 #: Interpolation used to resize frames to the input size (:func:`propagate.evaluate.resize_frame`).
@@ -102,14 +116,8 @@ class FeatureCache:
 
     def lookup(self, key: str) -> Optional["CachedFeatures"]:
         """The complete entry ``key``, or None (absent, incomplete, or stored with another dtype)."""
-        meta_path = self.entry(key) / "meta.json"
-        if not meta_path.is_file():
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        if meta.get("dtype") != self.dtype:
+        meta = _read_meta(self.entry(key))
+        if meta is None or meta.get("dtype") != self.dtype:
             return None
         return CachedFeatures(self.entry(key), meta)
 
@@ -134,6 +142,7 @@ class CacheSlot:
     cache: FeatureCache
     key: str
     material: dict
+    match_topk: int = 0  # matches kept per query: at least this many (and the setting's topk)
 
     def lookup(self) -> Optional["CachedFeatures"]:
         return self.cache.lookup(self.key)
@@ -141,35 +150,81 @@ class CacheSlot:
     def writer(self, num_frames: int) -> "FeatureWriter":
         return self.cache.writer(self.key, num_frames, self.material)
 
+    def matches(self, cfg: PropagationConfig) -> "MatchSlot":
+        """Where this video's matches for ``cfg``'s matching setting live (inside the features' entry)."""
+        setting = matching_setting(cfg)
+        digest = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
+        return MatchSlot(self.cache.entry(self.key) / f"matches-{digest}", setting,
+                         max(self.match_topk, cfg.topk))
+
+
+def matching_setting(cfg: PropagationConfig) -> dict:
+    """The settings the chosen keys depend on (:class:`propagate.propagator.Matcher`)."""
+    return {"context": cfg.context, "radius": cfg.radius, "pad_with_first": cfg.pad_with_first,
+            "normalize_features": cfg.normalize_features}
+
+
+@dataclass(frozen=True)
+class MatchSlot:
+    """One matching setting's entry for one video: ``topk`` is how many matches a writer keeps."""
+
+    entry: Path
+    setting: dict
+    topk: int
+
+    def lookup(self, topk: int) -> Optional["CachedMatches"]:
+        """The complete entry if it keeps at least ``topk`` matches per query, else None."""
+        meta = _read_meta(self.entry)
+        if meta is None or meta.get("setting") != self.setting or int(meta.get("topk", 0)) < topk:
+            return None
+        return CachedMatches(self.entry, meta)
+
+    def writer(self, num_frames: int) -> "MatchWriter":
+        """A writer for the matches of frames ``1 .. num_frames - 1`` (an older entry is removed first)."""
+        if self.entry.exists():
+            shutil.rmtree(self.entry)
+        return MatchWriter(self.entry, num_frames - 1, {"setting": self.setting, "topk": self.topk})
+
 
 def cache_slot(cache: FeatureCache, encoder_info: dict, preprocessing: dict, dataset_identity: dict,
-               name: str) -> CacheSlot:
+               name: str, match_topk: int = 0) -> CacheSlot:
     """The slot of video ``name`` of a dataset for an encoder and a preprocessing."""
     material = {"encoder": encoder_identity(encoder_info), "preprocessing": preprocessing,
                 "video": video_identity(dataset_identity, name)}
-    return CacheSlot(cache, cache_key(**material), material)
+    return CacheSlot(cache, cache_key(**material), material, match_topk)
 
 
-class FeatureWriter:
-    """Streams one video's features into a cache entry; :meth:`finish` completes it."""
+def _read_meta(entry: Path) -> Optional[dict]:
+    """``entry/meta.json``, or None when it is absent or unreadable (an incomplete entry)."""
+    try:
+        return json.loads((entry / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
-    def __init__(self, entry: Path, num_frames: int, dtype: str, material: dict):
-        self.entry, self.num_frames, self.dtype, self.material = entry, num_frames, dtype, material
+
+class ChunkWriter:
+    """Streams named arrays of consecutive frames into ``entry``; :meth:`finish` completes it.
+
+    Chunk files are ``<prefix>-<first frame>.npy`` per array name (prefix ``chunk``, or
+    ``chunk-<first>-<name>`` with several names); ``meta.json`` lists the chunks.
+    """
+
+    def __init__(self, entry: Path, num_frames: int, material: dict, names: tuple[str, ...]):
+        self.entry, self.num_frames, self.material, self.names = entry, num_frames, material, names
         self.chunks: list[list[int]] = []  # [first frame, number of frames]
-        self.shape: Optional[list[int]] = None
         self.written = 0
 
-    def add(self, feats: torch.Tensor) -> None:
-        """Append features (B, C, h, w) of the next B frames."""
-        if feats.ndim != 4:
-            raise ValueError(f"features must be (B, C, h, w), got {tuple(feats.shape)}")
-        if self.shape is not None and list(feats.shape[1:]) != self.shape:
-            raise ValueError(f"{self.entry}: features {tuple(feats.shape[1:])} differ from earlier {self.shape}")
-        self.shape = list(feats.shape[1:])
-        array = np.ascontiguousarray(feats.detach().to("cpu", getattr(torch, self.dtype)).numpy())
-        atomic_write(self.entry / f"chunk-{self.written:06d}.npy", lambda f: np.save(f, array))
-        self.chunks.append([self.written, int(feats.shape[0])])
-        self.written += int(feats.shape[0])
+    def add_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Append the next B frames: one (B, ...) array per name."""
+        counts = {len(a) for a in arrays.values()}
+        if set(arrays) != set(self.names) or len(counts) != 1:
+            raise ValueError(f"{self.entry}: expected arrays {self.names} of one length, got "
+                             f"{ {k: a.shape for k, a in arrays.items()} }")
+        for name, array in arrays.items():
+            array = np.ascontiguousarray(array)
+            atomic_write(self.entry / _chunk_name(self.written, name, self.names), lambda f: np.save(f, array))
+        self.chunks.append([self.written, counts.pop()])
+        self.written += self.chunks[-1][1]
 
     def finish(self, **extra) -> None:
         """Write ``meta.json`` (with ``extra`` fields), which marks the entry complete.
@@ -179,36 +234,96 @@ class FeatureWriter:
         if self.written != self.num_frames:
             raise RuntimeError(f"{self.entry}: {self.written} of {self.num_frames} frames written")
         atomic_write_json(self.entry / "meta.json", {
-            **self.material, **extra, "num_frames": self.num_frames, "shape": self.shape, "dtype": self.dtype,
-            "chunks": self.chunks})
+            **self.material, **extra, "num_frames": self.num_frames, "chunks": self.chunks})
 
 
-class CachedFeatures:
-    """A complete cache entry; reads frames ``[start, stop)`` as float32 on a device."""
+def _chunk_name(first: int, name: str, names: tuple[str, ...]) -> str:
+    return f"chunk-{first:06d}.npy" if len(names) == 1 else f"chunk-{first:06d}-{name}.npy"
+
+
+class ChunkReader:
+    """A complete entry written by :class:`ChunkWriter`; reads frames ``[start, stop)`` of a name."""
+
+    names: tuple[str, ...] = ("features",)
 
     def __init__(self, entry: Path, meta: dict):
         self.entry, self.meta = entry, meta
         self.num_frames = int(meta["num_frames"])
-        self._chunk: tuple[int, Optional[np.ndarray]] = (-1, None)
+        self._chunk: tuple[tuple[int, str], Optional[np.ndarray]] = ((-1, ""), None)
 
-    def _load_chunk(self, first: int) -> np.ndarray:
-        if self._chunk[0] != first:
-            path = self.entry / f"chunk-{first:06d}.npy"
+    def _load_chunk(self, first: int, name: str) -> np.ndarray:
+        if self._chunk[0] != (first, name):
+            path = self.entry / _chunk_name(first, name, self.names)
             try:
                 array = np.load(path)
             except (OSError, ValueError) as error:
-                raise RuntimeError(f"{path}: unreadable feature-cache chunk ({error}); delete {self.entry}") from error
-            self._chunk = (first, array)
+                raise RuntimeError(f"{path}: unreadable cache chunk ({error}); delete {self.entry}") from error
+            self._chunk = ((first, name), array)
         return self._chunk[1]
 
-    def read(self, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Features (stop - start, C, h, w) float32 on ``device``."""
+    def read_array(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` of array ``name``."""
         if not 0 <= start < stop <= self.num_frames:
             raise IndexError(f"{self.entry}: frames [{start}, {stop}) outside [0, {self.num_frames})")
         parts = []
         for first, count in self.meta["chunks"]:
             lo, hi = max(start, first), min(stop, first + count)
             if lo < hi:
-                parts.append(self._load_chunk(first)[lo - first:hi - first])
-        array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                parts.append(self._load_chunk(first, name)[lo - first:hi - first])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class FeatureWriter(ChunkWriter):
+    """Streams one video's features into a cache entry; :meth:`finish` completes it."""
+
+    def __init__(self, entry: Path, num_frames: int, dtype: str, material: dict):
+        super().__init__(entry, num_frames, material, CachedFeatures.names)
+        self.dtype = dtype
+        self.shape: Optional[list[int]] = None
+
+    def add(self, feats: torch.Tensor) -> None:
+        """Append features (B, C, h, w) of the next B frames."""
+        if feats.ndim != 4:
+            raise ValueError(f"features must be (B, C, h, w), got {tuple(feats.shape)}")
+        if self.shape is not None and list(feats.shape[1:]) != self.shape:
+            raise ValueError(f"{self.entry}: features {tuple(feats.shape[1:])} differ from earlier {self.shape}")
+        self.shape = list(feats.shape[1:])
+        self.add_arrays({"features": feats.detach().to("cpu", getattr(torch, self.dtype)).numpy()})
+
+    def finish(self, **extra) -> None:
+        super().finish(**extra, shape=self.shape, dtype=self.dtype)
+
+
+class CachedFeatures(ChunkReader):
+    """A complete cache entry; reads frames ``[start, stop)`` as float32 on a device."""
+
+    def read(self, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Features (stop - start, C, h, w) float32 on ``device``."""
+        array = self.read_array("features", start, stop)
         return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=torch.float32)
+
+
+class MatchWriter(ChunkWriter):
+    """Streams one video's matches (frames 1 .. T-1, in order) into a match entry."""
+
+    def __init__(self, entry: Path, num_frames: int, material: dict):
+        super().__init__(entry, num_frames, material, CachedMatches.names)
+
+    def add(self, matches: list[Matches]) -> None:
+        """Append the matches of the next frames."""
+        values = torch.stack([m.values for m in matches]).float().cpu().numpy()
+        source = torch.stack([m.source for m in matches]).cpu()
+        small = int(source.max()) < 2 ** 31 if source.numel() else True
+        self.add_arrays({"values": values, "source": source.to(torch.int32 if small else torch.int64).numpy()})
+
+
+class CachedMatches(ChunkReader):
+    """A complete match entry; index 0 is frame 1."""
+
+    names = ("values", "source")
+
+    def read(self, start: int, stop: int, topk: int, device: torch.device | str = "cpu") -> list[Matches]:
+        """The first ``topk`` matches of frames ``start + 1 .. stop`` (entries ``[start, stop)``)."""
+        values = torch.from_numpy(self.read_array("values", start, stop)[..., :topk].copy()).to(device)
+        source = torch.from_numpy(self.read_array("source", start, stop)[..., :topk].astype(np.int64)).to(device)
+        return [Matches(v, s) for v, s in zip(values, source)]

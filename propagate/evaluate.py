@@ -32,13 +32,21 @@ Feature cache, sweeps, several processes (every task):
   kwargs, checkpoint SHA-256 or random-init seed), the preprocessing (input size, resize,
   normalisation) and the video (dataset listing hash and name), see :mod:`propagate.cache`.
   A later run with the same encoder and input reads them instead of running the encoder.
+  Next to them it keeps each matching setting's top-k matches (similarities and keys,
+  :class:`propagate.propagator.Matches`; ``--cache-topk`` keeps more than the setting's
+  top-k), so a later run with the same context, radius, padding and feature normalisation
+  skips the similarity search too and only combines labels, for any top-k up to the kept
+  one, any temperature and any label normalisation (not the TAP-Vid task, which starts a
+  propagation at every query frame: it caches features only).
   ``--cache-dtype float32`` (default) is exact: results equal a run without the cache;
   ``float16`` halves the disk space and rounds the features on every run using it. With
   ``--tta-steps`` the cache is neither read nor written (adapted features are per video).
 * ``--sweep "topk=5,10,20 radius=12,24"`` (or ``"preset=crw,dino"``; any of
   :data:`SWEEP_FIELDS`) evaluates the cartesian product, each setting as its own run in
   ``<out>/sweep/<setting>/`` (e.g. ``topk-5_radius-12``), sharing the features through
-  ``--cache`` or, without it, ``<out>/feature-cache``; ``<out>/sweep/summary.json`` and a
+  ``--cache`` or, without it, ``<out>/feature-cache``, and keeping the largest top-k of
+  the sweep's settings in the cache, so settings that differ only in top-k, temperature or
+  label normalisation search similarities once; ``<out>/sweep/summary.json`` and a
   printed table compare them.
 * With ``--task tapvid --tracker walk`` a sweep varies the walk tracker's own settings
   (``--sweep "local_radius=0,1,2 occlusion_threshold=2,4,8"``); propagation settings are
@@ -52,7 +60,8 @@ unified formulation the run used (:func:`implementation_factors`): feature and l
 normalisation (``--normalize-features/--no-normalize-features``, ``--label-norm``), how
 labels go to the feature grid and outputs back to pixels (bilinear, fixed per task), input
 resolution, context, top-k, radius and temperature. Timings add ``frames_s`` (reading
-frames) and ``cache_hits``.
+frames), ``cache_hits`` (videos whose features were read) and ``match_hits`` (videos whose
+matches were read).
 """
 from __future__ import annotations
 
@@ -84,7 +93,7 @@ from .config import PropagationConfig
 from .distributed import Ranks, init_ranks, rank_device
 from .labels import grid_size, labels_to_masks, masks_to_labels
 from .metrics import DAVIS_SUMMARY_KEYS, davis_sequence_scores, davis_summary
-from .propagator import Propagator
+from .propagator import LabelMemory, Matcher
 from .visualize import contact_sheet, overlay_mask, save_png, write_video
 
 TASKS = ("davis", "jhmdb", "vip", "tapvid")
@@ -168,6 +177,9 @@ class EvalConfig:
         default=None, metadata={"help": "feature cache folder (propagate.cache); not used with --tta-steps"})
     cache_dtype: str = dataclasses.field(
         default="float32", metadata={"help": "feature cache storage: float32 (exact) | float16 (half the disk)"})
+    cache_topk: int = dataclasses.field(
+        default=0, metadata={"help": "matches per query kept in the cache (at least the setting's top-k); a sweep "
+                                     "keeps its largest top-k"})
     local_radius: Optional[int] = dataclasses.field(
         default=None, metadata={"help": "--tracker walk: soft-argmax window radius in cells, 0 = whole frame "
                                         "(default: corr.flow_track.FlowTrackConfig)"})
@@ -376,26 +388,46 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
     decode(t, labels):  receives the soft labels (K, h, w) of every frame t >= 1, in order;
     cache:              this video's feature-cache slot (:mod:`propagate.cache`), or None.
 
-    Features are computed ``batch_size`` frames at a time and consumed at once by one
-    :class:`Propagator`, so memory does not grow with the video's length. With a cache slot
-    holding a complete entry, features are read from it and neither the frames nor the
-    encoder are touched; otherwise they are computed and streamed into the slot. Timings:
-    ``frames`` (reading frames), ``features`` (encoder or cache read, cache writes),
-    ``propagation``, and ``cache``: ``"hit"``, ``"miss"`` or ``"off"``.
+    Features are computed ``batch_size`` frames at a time and consumed at once by a
+    :class:`Matcher` and a :class:`LabelMemory`, so memory does not grow with the video's
+    length. With a cache slot: if it holds the video's matches for this matching setting
+    (with at least ``topk`` per query), only labels are combined (no frames, encoder or
+    similarity search); else if it holds the features, they are read instead of computed;
+    whatever was computed is stored. Timings: ``frames`` (reading frames), ``features``
+    (encoder or cache read, cache writes), ``propagation`` (matching or reading matches, and
+    labels), ``cache`` (features) and ``matches``: ``"hit"``, ``"miss"`` or ``"off"``.
     """
-    stride = encoder.stride
-    propagator = Propagator(prop_cfg)
-    timings = {"frames": 0.0, "features": 0.0, "propagation": 0.0, "cache": "off"}
-    cached = writer = None
+    timings = {"frames": 0.0, "features": 0.0, "propagation": 0.0, "cache": "off", "matches": "off"}
+    cached = cached_matches = None
     if cache is not None:
         cached = cache.lookup()
         if cached is not None and cached.num_frames != num_frames:
             raise RuntimeError(f"{cached.entry}: {cached.num_frames} frames cached, the video has {num_frames}; "
                                f"delete the entry")
-        timings["cache"] = "miss" if cached is None else "hit"
-        writer = cache.writer(num_frames) if cached is None else None
-    frame_size = tuple(cached.meta["frame_size"]) if cached is not None else None
+        timings["cache"] = timings["matches"] = "miss"
+        if cached is not None:
+            timings["cache"] = "hit"
+            cached_matches = cache.matches(prop_cfg).lookup(prop_cfg.topk)
+    memory = LabelMemory(prop_cfg)
     bar = tqdm(total=num_frames, desc=desc, unit="frame", leave=False, disable=not progress)
+    if cached_matches is not None:
+        timings["matches"] = "hit"
+        tick = time.perf_counter()
+        memory.start(first_label(tuple(cached.meta["shape"][-2:])))
+        for start in range(1, num_frames, batch_size):
+            stop = min(start + batch_size, num_frames)
+            for t, matches in enumerate(cached_matches.read(start - 1, stop - 1, prop_cfg.topk, device), start):
+                decode(t, memory.step(matches))
+            bar.update(stop - start + (start == 1))
+        _sync(device)
+        timings["propagation"] = time.perf_counter() - tick
+        bar.close()
+        return timings
+
+    matcher = Matcher(prop_cfg, topk=max(cache.match_topk, prop_cfg.topk) if cache is not None else None)
+    writer = cache.writer(num_frames) if cache is not None and cached is None else None
+    match_writer = cache.matches(prop_cfg).writer(num_frames) if cache is not None else None
+    frame_size = tuple(cached.meta["frame_size"]) if cached is not None else None
     for start in range(0, num_frames, batch_size):
         stop = min(start + batch_size, num_frames)
         tick = time.perf_counter()
@@ -413,23 +445,29 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
         _sync(device)
         timings["features"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        for offset, feat in enumerate(feats):
-            t = start + offset
+        batch_matches = []
+        for t, feat in enumerate(feats, start):
             if t == 0:
                 H, W = frame_size
-                grid = grid_size(H, W, stride)
+                grid = grid_size(H, W, encoder.stride)
                 if tuple(feat.shape[-2:]) != grid:
                     raise RuntimeError(f"encoder grid {tuple(feat.shape[-2:])} != expected {grid} for {H}x{W} "
-                                       f"at stride {stride}")
-                propagator.start(feat, first_label(grid))
+                                       f"at stride {encoder.stride}")
+                matcher.start(feat)
+                memory.start(first_label(grid))
             else:
-                decode(t, propagator.step(feat))
+                batch_matches.append(matcher.match(feat))
+                decode(t, memory.step(batch_matches[-1]))
+        if match_writer is not None and batch_matches:
+            match_writer.add(batch_matches)
         _sync(device)
         timings["propagation"] += time.perf_counter() - tick
         bar.update(stop - start)
     bar.close()
     if writer is not None:
         writer.finish(frame_size=list(frame_size), device=str(device))
+    if match_writer is not None:
+        match_writer.finish(device=str(device))
     return timings
 
 
@@ -464,7 +502,8 @@ def feature_cache(cfg: EvalConfig, encoder_info: dict, identity: dict, name: str
     if not cfg.cache or cfg.tta_steps > 0:
         return None
     preprocessing = preprocessing_identity(cfg.input_size, cfg.resolution if cfg.task == "davis" else None)
-    return cache_slot(FeatureCache(cfg.cache, cfg.cache_dtype), encoder_info, preprocessing, identity, name)
+    return cache_slot(FeatureCache(cfg.cache, cfg.cache_dtype), encoder_info, preprocessing, identity, name,
+                      match_topk=cfg.cache_topk)
 
 
 @torch.inference_mode()
@@ -742,8 +781,9 @@ def _timing_summary(per_sequence: dict[str, dict]) -> dict:
     adaptation = sum(t.get("adaptation", 0.0) for t in per_sequence.values())
     reading = sum(t.get("frames", 0.0) for t in per_sequence.values())
     hits = sum(t.get("cache") == "hit" for t in per_sequence.values())
+    match_hits = sum(t.get("matches") == "hit" for t in per_sequence.values())
     return {"frames": frames, "frames_s": reading, "features_s": features, "propagation_s": propagation,
-            "cache_hits": hits,
+            "cache_hits": hits, "match_hits": match_hits,
             "adaptation_s": adaptation, "adaptation_s_per_video": adaptation / max(len(per_sequence), 1),
             "features_s_per_frame": features / max(frames, 1),
             "propagation_s_per_frame": propagation / max(frames - len(per_sequence), 1),
@@ -862,22 +902,23 @@ def evaluate_sweep(cfg: EvalConfig) -> Optional[dict]:
     settings = parse_sweep(cfg.sweep, cfg.tracker)
     out = Path(cfg.out)
     cache = None if walk else (cfg.cache or str(out / "feature-cache"))
+    runs = {setting_name(o): dataclasses.replace(cfg, sweep=None, out=str(out / "sweep" / setting_name(o)),
+                                                 cache=cache, **o) for o in settings}
+    for run in runs.values():  # a bad combination fails before any work
+        run.flow_tracking() if walk else run.propagation()
+    # The cache keeps the largest top-k of the sweep, so that every setting can read it.
+    cache_topk = max([cfg.cache_topk] + ([] if walk else [run.propagation().topk for run in runs.values()]))
     rows = []
-    for overrides in settings:
-        name = setting_name(overrides)
-        run = dataclasses.replace(cfg, sweep=None, out=str(out / "sweep" / name), cache=cache, **overrides)
-        if walk:  # a bad combination fails before any work
-            run.flow_tracking()
-        else:
-            run.propagation()
-        results = evaluate(run)
+    for (name, run), overrides in zip(runs.items(), settings):
+        results = evaluate(dataclasses.replace(run, cache_topk=cache_topk))
         if results is None:  # not rank 0
             continue
         metrics = results.get("metrics") or {}
         rows.append({"name": name, "overrides": overrides, "propagation": results["config"]["propagation"],
                      "tracking": results["config"].get("tracking"), "factors": results["factors"],
                      "metrics": {k: metrics.get(k) for k in HEADLINE_METRICS[cfg.task]},
-                     "timings": {k: results["timings"][k] for k in ("features_s", "propagation_s", "cache_hits")},
+                     "timings": {k: results["timings"].get(k) for k in ("features_s", "propagation_s", "cache_hits",
+                                                                          "match_hits")},
                      "results": str(out / "sweep" / name / "results.json")})
     if not init_ranks().is_main:
         return None

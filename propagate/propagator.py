@@ -19,6 +19,19 @@ which is exact (the joint top-k is contained in the union of the groups' top-k).
 processed in chunks sized by ``memory_budget`` bytes, so memory stays bounded whatever the
 video length or size, and only n frames of features and labels are kept (:meth:`step`).
 
+The algorithm has two halves, kept apart because only the first is expensive:
+
+* :class:`Matcher` (features only): for each new frame, the top-k context keys of every
+  query position, as :class:`Matches` (similarities and the keys' frames and positions).
+  Which keys are chosen depends on the features, ``context``, ``radius``,
+  ``pad_with_first`` and ``normalize_features``, never on labels, ``temperature`` or
+  ``label_norm``; and the top-k of a smaller k is the first k of a larger one's sorted list.
+* :class:`LabelMemory` (labels only): the softmax over the first ``topk`` matches, the
+  weighted sum of the matched keys' labels, ``label_norm``, and the labels written back.
+
+So matches computed once (and cached, :mod:`propagate.cache`) serve every ``topk`` up to
+the one they were computed with, every temperature and every label normalisation.
+
     prop = Propagator(PropagationConfig.preset("crw"))
     prop.start(feat0, label0)          # (C, h, w), (K, h, w)
     for feat in later_frames:
@@ -27,7 +40,7 @@ video length or size, and only n frames of features and labels are kept (:meth:`
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +50,28 @@ from .config import PropagationConfig
 from .dense import normalize_label
 
 
+class Matches(NamedTuple):
+    """The top-k context keys of every query position of one frame (``N = h*w`` queries, row-major).
+
+    values: (N, k) float32 similarities, sorted in decreasing order (``-inf``: fewer than k
+            allowed keys, weight 0).
+    source: (N, k) int64 ``frame * h*w + position`` of each key: ``frame`` is the key's frame
+            in the video (0 for frame 0 and for its front-padding copies), ``position`` its
+            row-major cell on the grid.
+    """
+
+    values: torch.Tensor
+    source: torch.Tensor
+
+    def first(self, k: int) -> "Matches":
+        """The top-``k`` (a prefix of the sorted lists)."""
+        if k > self.values.shape[1]:
+            raise ValueError(f"{k} matches asked, only {self.values.shape[1]} kept")
+        return Matches(self.values[:, :k], self.source[:, :k])
+
+
 class Propagator:
-    """Step-wise label propagation (see module docstring).
+    """Step-wise label propagation (see module docstring): a :class:`Matcher` and a :class:`LabelMemory`.
 
     Tensors live on the device of the features given to :meth:`start`.
     """
@@ -46,12 +79,9 @@ class Propagator:
     def __init__(self, cfg: PropagationConfig, block: int = 8, memory_budget: int = 256 << 20,
                  down_strips: Optional[bool] = None):
         self.cfg = cfg
-        self.block = block
-        self.memory_budget = memory_budget
-        self.down_strips = down_strips  # None: True on CPU, False elsewhere (see _short_local)
-        self._state: Optional[_State] = None
+        self.matcher = Matcher(cfg, block=block, memory_budget=memory_budget, down_strips=down_strips)
+        self.labels = LabelMemory(cfg)
 
-    # ------------------------------------------------------------------ public API
     @torch.no_grad()
     def propagate(self, feats: torch.Tensor, first_label: torch.Tensor) -> torch.Tensor:
         """feats (T, C, h, w), first_label (K, h, w) -> soft labels (T, K, h, w); frame 0 = first_label."""
@@ -67,77 +97,166 @@ class Propagator:
         if feat0.ndim != 3 or label0.ndim != 3 or feat0.shape[-2:] != label0.shape[-2:]:
             raise ValueError(f"feat0 (C, h, w) and label0 (K, h, w) must share the grid, got "
                              f"{tuple(feat0.shape)} and {tuple(label0.shape)}")
-        cfg = self.cfg
-        C, h, w = feat0.shape
-        K = label0.shape[0]
-        feat0 = self._normalize(feat0.float())
-        label0 = label0.to(device=feat0.device, dtype=torch.float32)
-        self._state = _State(cfg, self.block, C, K, h, w, feat0.device)
-        self._down_strips = self.down_strips if self.down_strips is not None else feat0.device.type == "cpu"
-        self._state.set_long_memory(feat0, label0)
-        if cfg.pad_with_first:
-            for _ in range(cfg.context):
-                self._state.push(feat0, label0)
-        return label0
+        self.matcher.start(feat0)
+        return self.labels.start(label0.to(feat0.device))
 
     @torch.no_grad()
     def step(self, feat: torch.Tensor) -> torch.Tensor:
         """Propagate to the next frame: features (C, h, w) -> soft labels (K, h, w)."""
+        if self.matcher.frame < 0:
+            raise RuntimeError("call start(feat0, label0) before step()")
+        return self.labels.step(self.matcher.match(feat))
+
+
+class LabelMemory:
+    """The label half of propagation: frame 0's labels and the last n predicted ones.
+
+    ``step(matches)`` for frame t: with the first ``topk`` matches ``(a_j, key_j)``,
+    ``label_t(q) = sum_j softmax_j(a_j / temperature) * label(key_j)``, then ``label_norm``;
+    the result is written back as context (frame f >= 1 is kept in slot ``(f - 1) mod n``).
+    Labels are (K, h, w) float32 on the device of ``label0``.
+    """
+
+    def __init__(self, cfg: PropagationConfig):
+        self.cfg = cfg
+        self.frame = -1  # the last frame whose labels are known
+
+    @torch.no_grad()
+    def start(self, label0: torch.Tensor) -> torch.Tensor:
+        """Frame 0's labels (K, h, w); returns them (float32)."""
+        if label0.ndim != 3:
+            raise ValueError(f"label0 must be (K, h, w), got {tuple(label0.shape)}")
+        label0 = label0.float()
+        self.K, self.h, self.w = label0.shape
+        # Rows: frame 0's h*w cells, then n slots of h*w cells each.
+        self.table = torch.zeros((1 + self.cfg.context) * self.h * self.w, self.K, device=label0.device)
+        self.table[: self.h * self.w] = rearrange(label0, "k h w -> (h w) k")
+        self.frame = 0
+        return label0
+
+    @torch.no_grad()
+    def step(self, matches: Matches) -> torch.Tensor:
+        """Labels (K, h, w) of the next frame from its matches (at least ``topk`` of them)."""
+        if self.frame < 0:
+            raise RuntimeError("call start(label0) before step()")
+        cells, n = self.h * self.w, self.cfg.context
+        if matches.values.shape[0] != cells:
+            raise ValueError(f"matches for {matches.values.shape[0]} queries, the grid has {cells}")
+        values, source = matches.first(min(self.cfg.topk, matches.values.shape[1]))
+        source = source.to(self.table.device, torch.long)
+        frame, position = source // cells, source % cells
+        if n > 0:
+            oldest = self.frame + 1 - n
+            if bool(((frame > 0) & (frame < oldest)).any()) or bool((frame > self.frame).any()):
+                raise ValueError(f"matches of frame {self.frame + 1} point outside its context")
+            row = torch.where(frame > 0, (1 + (frame - 1) % n) * cells + position, position)
+        else:
+            row = position
+        weights = torch.softmax(values.to(self.table.device).float() / self.cfg.temperature, dim=1)  # (N, k)
+        label = torch.einsum("nk,nkc->nc", weights, self.table[row])
+        label = normalize_label(rearrange(label, "(h w) c -> c h w", h=self.h), self.cfg.label_norm)
+        self.frame += 1
+        if n > 0:
+            slot = (self.frame - 1) % n
+            self.table[(1 + slot) * cells:(2 + slot) * cells] = rearrange(label, "c h w -> (h w) c")
+        return label
+
+
+class Matcher:
+    """The feature half of propagation: the top-k context keys of each new frame's queries.
+
+    ``topk`` (default ``cfg.topk``) matches are kept per query, so that one pass serves
+    every smaller k. Only ``context``, ``radius``, ``pad_with_first`` and
+    ``normalize_features`` of ``cfg`` matter here.
+    """
+
+    def __init__(self, cfg: PropagationConfig, topk: Optional[int] = None, block: int = 8,
+                 memory_budget: int = 256 << 20, down_strips: Optional[bool] = None):
+        self.cfg = cfg
+        self.topk = cfg.topk if topk is None else int(topk)
+        if self.topk < 1:
+            raise ValueError(f"topk must be >= 1, got {self.topk}")
+        self.block = block
+        self.memory_budget = memory_budget
+        self.down_strips = down_strips  # None: True on CPU, False elsewhere (see _short_local)
+        self.frame = -1  # the last frame seen
+        self._state: Optional[_State] = None
+
+    @torch.no_grad()
+    def start(self, feat0: torch.Tensor) -> None:
+        """Begin a video with frame 0's features (C, h, w)."""
+        if feat0.ndim != 3:
+            raise ValueError(f"feat0 must be (C, h, w), got {tuple(feat0.shape)}")
+        cfg = self.cfg
+        C, h, w = feat0.shape
+        feat0 = self._normalize(feat0.float())
+        self._state = _State(cfg, self.block, C, h, w, feat0.device)
+        self._down_strips = self.down_strips if self.down_strips is not None else feat0.device.type == "cpu"
+        self._state.set_long_memory(feat0)
+        if cfg.pad_with_first:
+            for _ in range(cfg.context):
+                self._state.push(feat0, frame=0)
+        self.frame = 0
+
+    @torch.no_grad()
+    def match(self, feat: torch.Tensor) -> Matches:
+        """The next frame's features (C, h, w) -> its :class:`Matches`; the frame becomes context."""
         state = self._state
         if state is None:
-            raise RuntimeError("call start(feat0, label0) before step()")
+            raise RuntimeError("call start(feat0) before match()")
         if tuple(feat.shape) != (state.C, state.h, state.w):
             raise ValueError(f"expected features {(state.C, state.h, state.w)}, got {tuple(feat.shape)}")
         query = self._normalize(feat.to(state.device, torch.float32))
-        label = normalize_label(self._predict(state, query), self.cfg.label_norm)
+        matches = self._match(state, query)
+        self.frame += 1
         if self.cfg.context > 0:
-            state.push(query, label)
-        return label
+            state.push(query, frame=self.frame)
+        return matches
 
     # ------------------------------------------------------------------ internals
     def _normalize(self, feat: torch.Tensor) -> torch.Tensor:
         return F.normalize(feat, dim=0) if self.cfg.normalize_features else feat
 
-    def _predict(self, s: "_State", query: torch.Tensor) -> torch.Tensor:
-        cfg, b = self.cfg, s.block
+    def _match(self, s: "_State", query: torch.Tensor) -> Matches:
+        b = s.block
         # Query tiles: (blocks, b*b, C), positions outside the grid are zero and cropped later.
         q = F.pad(query, (0, s.nbx * b - s.w, 0, s.nby * b - s.h))
         q = rearrange(q, "c (by y) (bx x) -> (by bx) (y x) c", y=b, x=b)
         n_short = max(s.filled, 1)
         if s.local:  # per-frame top-k of one tile + affinities with frame 0
-            per_tile = 12 * n_short * b * b * self.cfg.topk + 4 * b * b * s.h * s.w
+            per_tile = 12 * n_short * b * b * self.topk + 4 * b * b * s.h * s.w
         else:
             per_tile = 4 * b * b * (1 + n_short) * s.h * s.w
         rows = max(1, self.memory_budget // max(per_tile * s.nbx, 1))  # tile rows per chunk
-        out = torch.empty(s.nby * s.nbx, b * b, s.K, device=s.device)
+        k = self.topk
+        values = torch.empty(s.nby * s.nbx, b * b, k, device=s.device)
+        source = torch.empty(s.nby * s.nbx, b * b, k, dtype=torch.long, device=s.device)
         for r0 in range(0, s.nby, rows):
             t0, t1 = r0 * s.nbx, min(r0 + rows, s.nby) * s.nbx
-            out[t0:t1] = self._predict_tiles(s, q[t0:t1], t0, t1)
-        out = rearrange(out, "(by bx) (y x) k -> k (by y) (bx x)", by=s.nby, y=b)
-        return out[:, : s.h, : s.w].contiguous()
+            values[t0:t1], source[t0:t1] = self._match_tiles(s, q[t0:t1], t0, t1, k)
 
-    def _predict_tiles(self, s: "_State", q: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
-        """q: (L, b*b, C) query tiles t0..t1-1 (whole tile rows) -> labels (L, b*b, K)."""
-        k = self.cfg.topk
+        def grid(x: torch.Tensor) -> torch.Tensor:
+            x = rearrange(x, "(by bx) (y x) k -> (by y) (bx x) k", by=s.nby, y=b)
+            return x[: s.h, : s.w].reshape(s.h * s.w, k)
+        return Matches(grid(values), grid(source))
+
+    def _match_tiles(self, s: "_State", q: torch.Tensor, t0: int, t1: int, k: int):
+        """q: (L, b*b, C) query tiles t0..t1-1 (whole tile rows) -> values, sources (L, b*b, k)."""
         L, Q, _ = q.shape
-        # Long memory: frame 0, dense.
+        # Long memory: frame 0, dense; its sources are its positions (frame 0).
         aff = q.reshape(L * Q, -1) @ s.long_keys  # (L*Q, hw)
-        kk = min(k, aff.shape[1])
-        values, index = aff.topk(kk, dim=1)
-        cand_values = [values]
-        cand_labels = [s.long_labels[index]]  # (L*Q, kk, K)
-        # Short memory.
+        values, source = aff.topk(min(k, aff.shape[1]), dim=1)
         if s.filled > 0:
-            values, labels = (self._short_local if s.local else self._short_dense)(s, q, t0, t1)
-            cand_values.append(values)
-            cand_labels.append(labels)
-        values = torch.cat(cand_values, dim=1)
-        labels = torch.cat(cand_labels, dim=1)
-        if len(cand_values) > 1:
+            short_values, short_source = (self._short_local if s.local else self._short_dense)(s, q, t0, t1)
+            values = torch.cat([values, short_values], dim=1)
+            source = torch.cat([source, short_source], dim=1)
             values, pick = values.topk(min(k, values.shape[1]), dim=1)
-            labels = labels.gather(1, pick[..., None].expand(-1, -1, labels.shape[-1]))
-        weights = torch.softmax(values / self.cfg.temperature, dim=1)  # (L*Q, k)
-        return (weights[..., None] * labels).sum(1).view(L, Q, -1)
+            source = source.gather(1, pick)
+        if values.shape[1] < k:  # fewer keys than k in the whole context: pad with weight-0 matches
+            missing = k - values.shape[1]
+            values = F.pad(values, (0, missing), value=float("-inf"))
+            source = F.pad(source, (0, missing), value=0)
+        return values.view(L, Q, k), source.view(L, Q, k)
 
     def _short_local(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
         """Top-k over the local windows of the short-memory frames for tiles t0..t1-1.
@@ -153,12 +272,13 @@ class Propagator:
         * otherwise (CUDA): one call per tile row, batched over every (frame, strip) pair:
           few, large kernels.
 
-        The top-k of every frame is taken, then the top-k of their union.
+        The top-k of every frame is taken, then the top-k of their union. Returns values
+        and sources (L*Q, kk) (:class:`Matches` encoding).
         """
         L, Q, C = q.shape
         b, P, nbx, n = s.block, s.P, s.nbx, s.filled
         r0, rows = t0 // nbx, L // nbx
-        kk = min(self.cfg.topk, s.window_area)
+        kk = min(self.topk, s.window_area)
         queries = rearrange(q, "(r j) q c -> j r q c", j=nbx).contiguous()
         values = torch.empty(n, nbx, rows, Q, kk, device=s.device)
         index = torch.empty(n, nbx, rows, Q, kk, dtype=torch.long, device=s.device)
@@ -188,46 +308,46 @@ class Propagator:
         cell = index.gather(-1, pick)  # position inside the P x P window
         slot = pick // kk
         tile = torch.arange(t0, t1, device=s.device)[:, None, None]
-        row = (tile // nbx) * b + cell // P  # padded-grid coordinates
-        col = (tile % nbx) * b + cell % P
-        flat = (slot * s.Hp + row) * s.Wp + col
-        labels = s.short_labels.view(-1, s.K)[flat]  # (L, Q, kk, K)
-        return values.reshape(L * Q, kk), labels.reshape(L * Q, kk, s.K)
+        row = (tile // nbx) * b + cell // P - s.pad  # grid coordinates (outside the grid: -inf values)
+        col = (tile % nbx) * b + cell % P - s.pad
+        position = row.clamp(0, s.h - 1) * s.w + col.clamp(0, s.w - 1)
+        source = s.slot_frame[slot] * (s.h * s.w) + position
+        return values.reshape(L * Q, kk), source.reshape(L * Q, kk)
 
     def _short_dense(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
         """No locality limit: top-k over every position of every short-memory frame."""
         L, Q, C = q.shape
         keys = s.short_feats[: s.filled].reshape(-1, C)  # (n*h*w, C); no padding without a radius
         aff = q.reshape(L * Q, C) @ keys.T  # (L*Q, n*h*w)
-        kk = min(self.cfg.topk, aff.shape[1])
-        values, index = aff.topk(kk, dim=1)
-        labels = s.short_labels[: s.filled].reshape(-1, s.K)[index]  # (L*Q, kk, K)
-        return values, labels
+        values, index = aff.topk(min(self.topk, aff.shape[1]), dim=1)
+        cells = s.h * s.w
+        return values, s.slot_frame[index // cells] * cells + index % cells
 
 
 class _State:
-    """Per-video memory: frame 0 (dense) and a ring buffer of n padded short-memory frames."""
+    """A video's feature memory: frame 0 (dense) and a ring buffer of n short-memory frames."""
 
-    def __init__(self, cfg: PropagationConfig, block: int, C: int, K: int, h: int, w: int, device):
-        self.C, self.K, self.h, self.w, self.device = C, K, h, w, device
+    def __init__(self, cfg: PropagationConfig, block: int, C: int, h: int, w: int, device):
+        self.C, self.h, self.w, self.device = C, h, w, device
         self.block = b = block
         self.local = cfg.radius is not None
         self.pad = p = max(0, math.ceil(cfg.radius) - 1) if self.local else 0  # largest offset with d < radius
         self.P = b + 2 * p  # window side around a tile
         self.window_area = self.P * self.P
         self.nby, self.nbx = math.ceil(h / b), math.ceil(w / b)
-        # Padded grid of the short memory: room for every tile's window (local), or none.
-        self.Hp, self.Wp = (self.nby * b + 2 * p, self.nbx * b + 2 * p) if self.local else (h, w)
+        # Padded grid of the short memory: room for every tile's window.
+        self.Hp, self.Wp = self.nby * b + 2 * p, self.nbx * b + 2 * p
         n = cfg.context
-        # Short memory; slots 0..filled-1 are in use, in any order. With a radius, features
-        # are kept as overlapping column strips (n, nbx, Hp, P, C): strip j holds padded
-        # columns j*b .. j*b+P-1, so every tile window is contiguous. Without one, plainly
-        # as (n, h, w, C).
+        # Short memory; slots 0..filled-1 are in use, in any order; slot_frame holds each
+        # slot's frame in the video (0 for padding copies). With a radius, features are
+        # kept as overlapping column strips (n, nbx, Hp, P, C): strip j holds padded columns
+        # j*b .. j*b+P-1, so every tile window is contiguous. Without one, plainly as (n, h, w, C).
         if self.local:
             self.short_strips = torch.zeros(n, self.nbx, self.Hp, self.P, C, device=device)
         else:
             self.short_feats = torch.zeros(n, h, w, C, device=device)
-        self.short_labels = torch.zeros(n, self.Hp, self.Wp, K, device=device)
+        self.slot_frame = torch.zeros(n, dtype=torch.long, device=device)
+        self.slots = n
         self.filled = 0
         self.next_slot = 0
         if self.local:
@@ -249,13 +369,12 @@ class _State:
         on_grid = rearrange(on_grid.unfold(0, P, b).unfold(1, P, b), "by bx py px -> (by bx) (py px)")
         return disk[None] & on_grid[:, None, :]
 
-    def set_long_memory(self, feat0: torch.Tensor, label0: torch.Tensor) -> None:
+    def set_long_memory(self, feat0: torch.Tensor) -> None:
         self.long_keys = feat0.flatten(1)  # (C, hw)
-        self.long_labels = rearrange(label0, "k h w -> (h w) k")
 
-    def push(self, feat: torch.Tensor, label: torch.Tensor) -> None:
-        """Write a frame into the oldest slot of the short memory."""
-        if self.short_labels.shape[0] == 0:
+    def push(self, feat: torch.Tensor, frame: int) -> None:
+        """Write frame ``frame``'s features (C, h, w) into the oldest slot of the short memory."""
+        if self.slots == 0:
             return
         p, i = self.pad, self.next_slot
         if self.local:
@@ -265,6 +384,6 @@ class _State:
             self.short_strips[i] = rearrange(strips, "y j c x -> j y x c")
         else:
             self.short_feats[i] = rearrange(feat, "c h w -> h w c")
-        self.short_labels[i, p: p + self.h, p: p + self.w] = rearrange(label, "k h w -> h w k")
-        self.next_slot = (i + 1) % self.short_labels.shape[0]
-        self.filled = min(self.filled + 1, self.short_labels.shape[0])
+        self.slot_frame[i] = frame
+        self.next_slot = (i + 1) % self.slots
+        self.filled = min(self.filled + 1, self.slots)

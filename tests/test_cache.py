@@ -10,6 +10,8 @@ from datasets.synthetic_tasks import generate_tapvid
 from propagate import evaluate as runner
 from propagate.cache import (FeatureCache, cache_key, cache_slot, encoder_identity, preprocessing_identity,
                              video_identity)
+from propagate.config import PropagationConfig
+from propagate.propagator import Matcher
 from propagate.evaluate import EvalConfig, evaluate, feature_cache, run_key
 
 
@@ -58,6 +60,35 @@ def test_warm_cache_gives_identical_results_without_the_encoder(davis_root, tmp_
     assert again["metrics"] == plain["metrics"]
     # With test-time adaptation the cache is bypassed (neither read nor written).
     assert feature_cache(davis_config(davis_root, tmp_path, tmp_path / "cache", tta_steps=1), {}, {}, "x") is None
+
+
+def test_warm_matches_skip_the_similarity_search_and_serve_other_label_settings(davis_root, tmp_path,
+                                                                               monkeypatch):
+    searches = []
+    original = Matcher.match
+    monkeypatch.setattr(Matcher, "match", lambda self, feat: searches.append(1) or original(self, feat))
+    cold = evaluate(davis_config(davis_root, tmp_path / "cold", tmp_path / "cache", topk=4, cache_topk=6))
+    assert len(searches) == 12 and cold["timings"]["match_hits"] == 0  # 2 sequences x 6 later frames
+    warm = evaluate(davis_config(davis_root, tmp_path / "warm", tmp_path / "cache", topk=4))
+    assert len(searches) == 12 and warm["timings"]["match_hits"] == 2
+    assert warm["metrics"] == cold["metrics"] and warm["per_object"] == cold["per_object"]
+    for seq in ("synth-000", "synth-001"):  # identical prediction files
+        for png in sorted((tmp_path / "cold" / "predictions" / seq).iterdir()):
+            assert png.read_bytes() == (tmp_path / "warm" / "predictions" / seq / png.name).read_bytes()
+    # Another top-k (<= 6 kept), temperature and label normalisation: read, and equal to a run without cache.
+    other = dict(topk=6, temperature=0.2, label_norm="minmax")
+    read = evaluate(davis_config(davis_root, tmp_path / "read", tmp_path / "cache", **other))
+    assert len(searches) == 12 and read["timings"]["match_hits"] == 2
+    plain = evaluate(davis_config(davis_root, tmp_path / "plain", **other))
+    assert read["metrics"] == plain["metrics"] and read["per_object"] == plain["per_object"]
+    # More matches than kept, or another radius: searched again (features still read).
+    more = evaluate(davis_config(davis_root, tmp_path / "more", tmp_path / "cache", topk=8))
+    assert more["timings"]["match_hits"] == 0 and more["timings"]["cache_hits"] == 2
+    evaluate(davis_config(davis_root, tmp_path / "radius", tmp_path / "cache", radius=2.0))
+    assert len(searches) == 12 * 4  # the run without cache, topk 8 and radius 2 searched
+    entries = sorted((tmp_path / "cache").glob("*/matches-*/meta.json"))
+    assert len(entries) == 4  # (radius 12, radius 2) x 2 sequences; topk 8 replaced topk 6
+    assert {json.loads(p.read_text())["topk"] for p in entries} == {8, 10}
 
 
 def test_float16_storage_agrees_between_cold_and_warm(davis_root, tmp_path, count_encoder):
@@ -140,3 +171,28 @@ def test_tapvid_reads_features_from_the_cache(tmp_path, count_encoder):
     warm = evaluate(cfg("warm"))
     assert len(count_encoder) == calls and warm["metrics"] == cold["metrics"]
     assert warm["timings"]["cache_hits"] == 2
+
+
+def test_match_entry_round_trip_and_completeness(tmp_path):
+    slot = cache_slot(FeatureCache(tmp_path), {"encoder": "pixel"}, preprocessing_identity(None),
+                      {"name": "d", "listing_sha256": "0"}, "v", match_topk=6)
+    cfg = PropagationConfig(context=2, topk=3, radius=3.0)
+    matcher = Matcher(cfg, topk=6)
+    feats = torch.randn(6, 4, 5, 7)
+    matcher.start(feats[0])
+    matches = [matcher.match(f) for f in feats[1:]]
+    entry = slot.matches(cfg)
+    assert entry.topk == 6
+    writer = entry.writer(6)
+    writer.add(matches[:3])
+    writer.add(matches[3:])
+    assert entry.lookup(3) is None  # incomplete until finish()
+    writer.finish()
+    cached = entry.lookup(6)
+    assert entry.lookup(7) is None  # fewer kept than asked
+    read = cached.read(1, 4, topk=3)  # entries 1..3 are frames 2..4, spanning both chunks
+    for got, want in zip(read, matches[1:4]):
+        assert torch.equal(got.values, want.values[:, :3]) and torch.equal(got.source, want.source[:, :3])
+    # Settings that change which keys are chosen have their own entry; label settings share one.
+    assert slot.matches(PropagationConfig(context=2, topk=3, radius=4.0)).entry != entry.entry
+    assert slot.matches(PropagationConfig(context=2, topk=5, radius=3.0, temperature=0.5)).entry == entry.entry

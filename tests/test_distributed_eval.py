@@ -57,6 +57,12 @@ def test_sweep_writes_one_result_per_setting_and_reuses_features(davis_root, tmp
         assert "bilinear" in factors["outputs_to_pixels"] and "bilinear" in factors["labels_to_grid"]
         assert row["metrics"]["J&F-Mean"] == results["metrics"]["J&F-Mean"]
     assert len({row["metrics"]["J&F-Mean"] for row in summary["settings"]}) > 1  # settings matter
+    # One similarity search per sequence too: the first setting keeps top-5, the others read it.
+    assert [row["timings"]["match_hits"] for row in summary["settings"]] == [0, 3, 3, 3]
+    alone = evaluate(EvalConfig(data_root=str(davis_root), encoder="pixel", context=2, out=str(tmp_path / "alone"),
+                                topk=2, label_norm="minmax", normalize_features=False))
+    row = summary["settings"][1]["metrics"]
+    assert {k: alone["metrics"][k] for k in row} == row  # top-2 of a kept top-5 is exact
 
 
 def test_sweep_over_presets_on_another_task(tmp_path):

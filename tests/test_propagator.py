@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from propagate import PRESETS, Propagator, PropagationConfig
+from propagate.propagator import LabelMemory, Matcher, Matches
 from propagate.dense import context_frames, propagate_dense
 
 
@@ -117,7 +118,8 @@ def test_memory_does_not_grow_with_video_length():
     prop.start(feats[0], soft_label(2, 10, 10))
 
     def state_numel():
-        return sum(v.numel() for v in vars(prop._state).values() if isinstance(v, torch.Tensor))
+        tensors = [*vars(prop.matcher._state).values(), *vars(prop.labels).values()]
+        return sum(v.numel() for v in tensors if isinstance(v, torch.Tensor))
 
     prop.step(feats[1])
     before = state_numel()
@@ -148,3 +150,57 @@ def test_cuda_equals_cpu():
     cpu = Propagator(cfg).propagate(feats, label)
     gpu = Propagator(cfg).propagate(feats.cuda(), label.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+
+
+def run_from_matches(matches, label, cfg):
+    memory = LabelMemory(cfg)
+    out = [memory.start(label)]
+    out += [memory.step(m) for m in matches]
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("pad_with_first", [False, True])
+@pytest.mark.parametrize("radius", [3.0, None])
+def test_matches_serve_smaller_topk_any_temperature_and_label_norm(pad_with_first, radius):
+    """Matches of top-8 computed once reproduce the dense result of every k <= 8, tau, label_norm."""
+    base = PropagationConfig(context=3, topk=8, radius=radius, pad_with_first=pad_with_first)
+    feats, label = smooth_features(7, 16, 11, 13, seed=7), soft_label(3, 11, 13, seed=8)
+    matcher = Matcher(base, block=4)
+    matcher.start(feats[0])
+    matches = [matcher.match(feats[t]) for t in range(1, 7)]
+    for m in matches:
+        assert m.values.shape == m.source.shape == (11 * 13, 8)
+        assert bool((m.values[:, :-1] >= m.values[:, 1:]).all())  # sorted, so a prefix is a top-k
+    for k, tau, norm in ((8, 0.05, "none"), (3, 0.05, "none"), (5, 0.2, "minmax"), (1, 0.07, "none")):
+        cfg = PropagationConfig(context=3, topk=k, temperature=tau, radius=radius, pad_with_first=pad_with_first,
+                                label_norm=norm)
+        torch.testing.assert_close(run_from_matches(matches, label, cfg), propagate_dense(feats, label, cfg),
+                                   atol=1e-4, rtol=0)
+
+
+def test_match_sources_point_at_the_chosen_keys():
+    """source = frame * h*w + position: the similarity of the query with that key is the match value."""
+    cfg = PropagationConfig(context=2, topk=4, radius=2.5)
+    feats = F.normalize(smooth_features(5, 8, 6, 7, seed=9), dim=1)
+    matcher = Matcher(cfg)
+    matcher.start(feats[0])
+    for t in range(1, 5):
+        m = matcher.match(feats[t])
+        frame, position = m.source // 42, m.source % 42
+        assert bool((frame <= t - 1).all()) and bool(((frame == 0) | (frame >= t - 2)).all())
+        keys = feats.flatten(2)[frame, :, position]  # (N, k, C)
+        expected = torch.einsum("nc,nkc->nk", feats[t].flatten(1).T, keys)
+        torch.testing.assert_close(m.values, expected, atol=1e-5, rtol=0)
+
+
+def test_too_few_keys_pad_with_weightless_matches():
+    cfg = PropagationConfig(context=1, topk=10, radius=1.0)  # 2x2 grid: 4 + 4 keys < 10
+    feats, label = smooth_features(3, 4, 2, 2), soft_label(2, 2, 2)
+    matcher = Matcher(cfg)
+    matcher.start(feats[0])
+    m = matcher.match(feats[1])
+    assert m.values.shape == (4, 10) and bool(torch.isinf(m.values[:, 4:]).all())
+    torch.testing.assert_close(Propagator(cfg).propagate(feats, label), propagate_dense(feats, label, cfg),
+                               atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="only 10 kept"):
+        Matches(m.values, m.source).first(11)
