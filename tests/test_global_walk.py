@@ -367,3 +367,37 @@ def test_walk_loss_and_tracker_under_bfloat16_autocast():
     assert forward_amp.dtype == torch.float32 and torch.isfinite(forward_amp).all() and torch.isfinite(backward_amp).all()
     # a random network's rows are flat, so rounding moves some argmaxes; most flows agree
     assert (forward_amp - forward).abs().median() < 0.5 and (backward_amp - backward).abs().median() < 0.5
+
+
+# ------------------------------------------------------------------ the default local radius
+
+
+def test_default_local_radius_is_the_recorded_held_out_choice():
+    """The default is the held-out winner of LOCAL_RADIUS_SELECTION, whose commands parse."""
+    import shlex
+    from pathlib import Path
+
+    from corr.cli import parse_config
+    from corr.flow_track import LOCAL_RADIUS_SELECTION as selection
+    from corr.train import TrainConfig
+    from propagate.evaluate import EvalConfig, parse_sweep
+
+    scores = selection["scores"]
+    assert sorted(scores) == [0, 1, 2, 3, 4]
+    assert all(set(s) == {"AJ", "delta_avg", "OA"} and all(0 < v < 100 for v in s.values()) for s in scores.values())
+    best = max(scores, key=lambda r: scores[r]["AJ"])
+    assert selection["chosen"] == best == FlowTrackConfig().local_radius
+    assert selection["checkpoint"] and "seed=1" in selection["command"]
+    commands = {}
+    for command in selection["command"].split(" && "):
+        words = shlex.split(command)
+        commands[words[1]] = words[2:]
+    train = parse_config(TrainConfig, commands["train.py"])
+    assert train.loss == "global_walk" and train.steps > 0 and train.data is None   # the generated demo clips
+    evaluation = parse_config(EvalConfig, commands["evaluate.py"])
+    assert evaluation.task == "tapvid" and evaluation.tracker == "walk"
+    generate = commands["-c"][0]                                                # the held-out set, seed 1
+    assert "generate_tapvid(" in generate and "seed=1)" in generate
+    assert f"'{Path(evaluation.data_root).parent}'" in generate
+    assert evaluation.checkpoint == str(Path(train.out) / "checkpoint.pt")
+    assert parse_sweep(evaluation.sweep, tracker="walk") == [{"local_radius": r} for r in sorted(scores)]
