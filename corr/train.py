@@ -269,11 +269,19 @@ def build_pixel_loss(cfg: TrainConfig) -> nn.Module:
 
 def build_global_walk_loss(cfg: TrainConfig) -> nn.Module:
     """Two-frame global-matching walk with label warping (corr.losses.global_walk). The loss owns
-    its network (corr.global_match.GlobalMatchNet, saved under heads/losses); the encoder is unused."""
+    its network (corr.global_match.GlobalMatchNet, saved under heads/losses); the encoder is unused.
+
+    The network is drawn from its own random stream seeded with ``cfg.seed`` alone, so its
+    initial weights are those of ``evaluate.py --encoder global-match --seed <seed>`` (label
+    propagation with the untrained backbone) whatever else the run builds first.
+    """
     from corr.global_match import GlobalMatchConfig, GlobalMatchNet
     from corr.losses.global_walk import GlobalWalkFrameLoss
 
-    return GlobalWalkFrameLoss(GlobalMatchNet(GlobalMatchConfig()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        network = GlobalMatchNet(GlobalMatchConfig())
+    return GlobalWalkFrameLoss(network)
 
 
 LOSSES: dict[str, Callable[[TrainConfig], nn.Module]] = {
@@ -283,6 +291,13 @@ LOSSES: dict[str, Callable[[TrainConfig], nn.Module]] = {
     "global_walk": build_global_walk_loss,
 }
 FRAME_LOSSES = {"cycle", "pixel", "global_walk"}
+
+
+def trained_network_name(cfg: TrainConfig) -> str:
+    """What the run trains, for the log: the encoder, or the network a loss owns when only it is trained."""
+    if set(parse_loss_spec(cfg.loss)) == {"global_walk"}:
+        return "the global-match network (corr.global_match; --encoder unused)"
+    return cfg.encoder
 
 
 def parse_loss_spec(spec: str) -> dict[str, float]:
@@ -868,8 +883,9 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
     if runtime.is_main:
         atomic_write_json(out / "config.json", asdict(cfg))
         logger.info("training %s (%s nodes, %d-frame clips) for %d steps: batch %d x %d process(es) on %s%s; "
-                    "%d clips per epoch (%d steps)", cfg.encoder, cfg.mode, cfg.clip_len, cfg.steps, cfg.batch_size,
-                    runtime.world_size, runtime.device, " with AMP" if runtime.amp else "", len(dataset), per_epoch)
+                    "%d clips per epoch (%d steps)", trained_network_name(cfg), cfg.mode, cfg.clip_len, cfg.steps,
+                    cfg.batch_size, runtime.world_size, runtime.device, " with AMP" if runtime.amp else "",
+                    len(dataset), per_epoch)
 
     train_module = module
     if runtime.distributed:   # one wrapper around everything trained: all gradients are all-reduced

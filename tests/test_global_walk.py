@@ -269,6 +269,28 @@ def test_train_py_with_loss_global_walk_saves_a_network_the_tracker_loads(tmp_pa
     assert tracks.shape == (1, 2, 2)
 
 
+def test_training_network_starts_as_the_seeded_random_network_evaluation_builds():
+    """Label propagation with the untrained backbone (``--encoder global-match --seed s``) is the
+    training run's own starting point, whatever was drawn before the loss was built."""
+    from corr.train import TrainConfig, build_global_walk_loss
+    from propagate.evaluate import EvalConfig, load_global_match_model
+
+    torch.manual_seed(123)
+    torch.randn(1000)  # the run draws its encoder and data first
+    trained = build_global_walk_loss(TrainConfig(loss="global_walk", seed=3)).model
+    after = torch.randn(3)
+    torch.manual_seed(123)
+    torch.randn(1000)
+    assert torch.equal(after, torch.randn(3))  # the loss's draw leaves the run's stream alone
+    initial, info = load_global_match_model(EvalConfig(task="tapvid", encoder="global-match", seed=3),
+                                            torch.device("cpu"))
+    assert info["format"] == "random-init" and info["seed"] == 3
+    for (name, a), (_, b) in zip(trained.state_dict().items(), initial.state_dict().items()):
+        assert torch.equal(a, b), name
+    other = build_global_walk_loss(TrainConfig(loss="global_walk", seed=4)).model
+    assert not torch.equal(next(iter(other.parameters())), next(iter(trained.parameters())))
+
+
 # ------------------------------------------------------------------ soft-argmax and AMP
 
 
