@@ -21,7 +21,7 @@ set (the generated ``seed=0`` set, or real TAP-Vid). The network was trained for
 with ``train.py --loss global_walk`` on the generated demo clips; its held-out AJ /
 <delta^x_avg> / OA (%) for ``r = 0, 1, 2, 3, 4``, the commands that produced them and the
 checkpoint are in :data:`LOCAL_RADIUS_SELECTION`. The highest held-out AJ picks ``r = 1``
-(33.92, against 31.97 for ``r = 2`` and 17.13 for the whole frame, ``r = 0``).
+(34.60, against 31.72 for ``r = 2`` and 16.41 for the whole frame, ``r = 0``).
 
 Chaining a query ``(t0, x, y)``: ``p_{t0} = (x, y)``; forward ``p_{t+1} = p_t + F_{t->t+1}(p_t)``
 for ``t >= t0``; backward ``p_{t-1} = p_t + F_{t->t-1}(p_t)`` for ``t <= t0``.
@@ -69,13 +69,13 @@ LOCAL_RADIUS_SELECTION = {
                "--checkpoint runs/gw-demo/checkpoint.pt --sweep 'local_radius=0,1,2,3,4' --out results/tapvid-heldout",
     "checkpoint": "runs/gw-demo/checkpoint.pt: GlobalMatchNet (default GlobalMatchConfig), 600 steps of 4 two-frame "
                   "clips (96x96 crops) of the generated demo clips (train.py without --data, seed 0) on the CPU; "
-                  "walk loss 4.81 at step 1, 1.78 at step 600 (means of steps 1-10 and 591-600: 4.67, 1.82)",
+                  "walk loss 5.14 at step 1, 1.78 at step 600 (means of steps 1-10 and 591-600: 4.86, 1.82)",
     "scores": {  # held-out AJ, <delta^x_avg>, OA in percent
-        0: {"AJ": 17.13, "delta_avg": 27.45, "OA": 81.64},
-        1: {"AJ": 33.92, "delta_avg": 45.35, "OA": 86.27},
-        2: {"AJ": 31.97, "delta_avg": 43.40, "OA": 83.87},
-        3: {"AJ": 27.85, "delta_avg": 39.69, "OA": 80.83},
-        4: {"AJ": 25.12, "delta_avg": 36.99, "OA": 78.72},
+        0: {"AJ": 16.41, "delta_avg": 26.73, "OA": 79.01},
+        1: {"AJ": 34.60, "delta_avg": 46.44, "OA": 87.61},
+        2: {"AJ": 31.72, "delta_avg": 43.60, "OA": 86.03},
+        3: {"AJ": 27.78, "delta_avg": 40.30, "OA": 81.36},
+        4: {"AJ": 26.00, "delta_avg": 38.15, "OA": 80.50},
     },
     "chosen": 1,
 }
