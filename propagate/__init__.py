@@ -1,5 +1,5 @@
 """How features are judged: label propagation, label codecs, metrics and the task runner."""
 from .config import PRESETS, PropagationConfig
-from .propagator import Propagator
+from .propagator import LabelMemory, Matcher, Matches, Propagator
 
-__all__ = ["PRESETS", "PropagationConfig", "Propagator"]
+__all__ = ["PRESETS", "LabelMemory", "Matcher", "Matches", "PropagationConfig", "Propagator"]
