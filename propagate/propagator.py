@@ -142,7 +142,7 @@ class LabelMemory:
         cells, n = self.h * self.w, self.cfg.context
         if matches.values.shape[0] != cells:
             raise ValueError(f"matches for {matches.values.shape[0]} queries, the grid has {cells}")
-        values, source = matches.first(min(self.cfg.topk, matches.values.shape[1]))
+        values, source = matches.first(self.cfg.topk)
         source = source.to(self.table.device, torch.long)
         frame, position = source // cells, source % cells
         if n > 0:

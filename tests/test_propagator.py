@@ -204,3 +204,7 @@ def test_too_few_keys_pad_with_weightless_matches():
                                atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="only 10 kept"):
         Matches(m.values, m.source).first(11)
+    memory = LabelMemory(PropagationConfig(context=1, topk=12, radius=1.0))  # wants more than were kept
+    memory.start(label)
+    with pytest.raises(ValueError, match="only 10 kept"):
+        memory.step(m)
