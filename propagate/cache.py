@@ -242,24 +242,28 @@ def _chunk_name(first: int, name: str, names: tuple[str, ...]) -> str:
 
 
 class ChunkReader:
-    """A complete entry written by :class:`ChunkWriter`; reads frames ``[start, stop)`` of a name."""
+    """A complete entry written by :class:`ChunkWriter`; reads frames ``[start, stop)`` of a name.
 
-    names: tuple[str, ...] = ("features",)
+    The last chunk read of each name is kept, so reads in order load every chunk file once.
+    """
+
+    names: tuple[str, ...] = ()  # the arrays of an entry, set by each kind of entry
 
     def __init__(self, entry: Path, meta: dict):
         self.entry, self.meta = entry, meta
         self.num_frames = int(meta["num_frames"])
-        self._chunk: tuple[tuple[int, str], Optional[np.ndarray]] = ((-1, ""), None)
+        self._chunks: dict[str, tuple[int, np.ndarray]] = {}  # name -> (first frame, array)
 
     def _load_chunk(self, first: int, name: str) -> np.ndarray:
-        if self._chunk[0] != (first, name):
+        kept = self._chunks.get(name)
+        if kept is None or kept[0] != first:
             path = self.entry / _chunk_name(first, name, self.names)
             try:
                 array = np.load(path)
             except (OSError, ValueError) as error:
                 raise RuntimeError(f"{path}: unreadable cache chunk ({error}); delete {self.entry}") from error
-            self._chunk = ((first, name), array)
-        return self._chunk[1]
+            kept = self._chunks[name] = (first, array)
+        return kept[1]
 
     def read_array(self, name: str, start: int, stop: int) -> np.ndarray:
         """Frames ``[start, stop)`` of array ``name``."""
@@ -296,6 +300,8 @@ class FeatureWriter(ChunkWriter):
 
 class CachedFeatures(ChunkReader):
     """A complete cache entry; reads frames ``[start, stop)`` as float32 on a device."""
+
+    names = ("features",)
 
     def read(self, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Features (stop - start, C, h, w) float32 on ``device``."""

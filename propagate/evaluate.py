@@ -371,7 +371,7 @@ def extract_video_features(encoder: torch.nn.Module, frames: np.ndarray, device:
     tick = time.perf_counter()
     feats = torch.cat([extract_features(encoder, frames[i:i + batch_size], device)
                        for i in range(0, len(frames), batch_size)])
-    _sync(device)
+    sync_device(device)
     return feats, time.perf_counter() - tick
 
 
@@ -398,16 +398,17 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
     labels), ``cache`` (features) and ``matches``: ``"hit"``, ``"miss"`` or ``"off"``.
     """
     timings = {"frames": 0.0, "features": 0.0, "propagation": 0.0, "cache": "off", "matches": "off"}
-    cached = cached_matches = None
+    cached = cached_matches = match_slot = None
     if cache is not None:
         cached = cache.lookup()
         if cached is not None and cached.num_frames != num_frames:
             raise RuntimeError(f"{cached.entry}: {cached.num_frames} frames cached, the video has {num_frames}; "
                                f"delete the entry")
         timings["cache"] = timings["matches"] = "miss"
+        match_slot = cache.matches(prop_cfg)
         if cached is not None:
             timings["cache"] = "hit"
-            cached_matches = cache.matches(prop_cfg).lookup(prop_cfg.topk)
+            cached_matches = match_slot.lookup(prop_cfg.topk)
     memory = LabelMemory(prop_cfg)
     bar = tqdm(total=num_frames, desc=desc, unit="frame", leave=False, disable=not progress)
     if cached_matches is not None:
@@ -419,14 +420,14 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
             for t, matches in enumerate(cached_matches.read(start - 1, stop - 1, prop_cfg.topk, device), start):
                 decode(t, memory.step(matches))
             bar.update(stop - start + (start == 1))
-        _sync(device)
+        sync_device(device)
         timings["propagation"] = time.perf_counter() - tick
         bar.close()
         return timings
 
-    matcher = Matcher(prop_cfg, topk=max(cache.match_topk, prop_cfg.topk) if cache is not None else None)
+    matcher = Matcher(prop_cfg, topk=match_slot.topk if match_slot is not None else None)
     writer = cache.writer(num_frames) if cache is not None and cached is None else None
-    match_writer = cache.matches(prop_cfg).writer(num_frames) if cache is not None else None
+    match_writer = match_slot.writer(num_frames) if match_slot is not None else None
     frame_size = tuple(cached.meta["frame_size"]) if cached is not None else None
     for start in range(0, num_frames, batch_size):
         stop = min(start + batch_size, num_frames)
@@ -442,7 +443,7 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
             if writer is not None:
                 feats = cache.cache.round_trip(feats)
                 writer.add(feats)
-        _sync(device)
+        sync_device(device)
         timings["features"] += time.perf_counter() - tick
         tick = time.perf_counter()
         batch_matches = []
@@ -460,7 +461,7 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
                 decode(t, memory.step(batch_matches[-1]))
         if match_writer is not None and batch_matches:
             match_writer.add(batch_matches)
-        _sync(device)
+        sync_device(device)
         timings["propagation"] += time.perf_counter() - tick
         bar.update(stop - start)
     bar.close()
@@ -482,7 +483,7 @@ def video_features(encoder: torch.nn.Module, frames: np.ndarray, device: torch.d
     if cached is not None:
         tick = time.perf_counter()
         feats = cached.read(0, cached.num_frames, device)
-        _sync(device)
+        sync_device(device)
         return feats, {"features": time.perf_counter() - tick, "cache": "hit"}
     feats, seconds = extract_video_features(encoder, frames, device, batch_size)
     if cache is None:
@@ -532,7 +533,8 @@ def propagate_sequence(seq: DavisSequence, encoder: torch.nn.Module, prop_cfg: P
     return predictions, timings
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for queued CUDA work (so timings measure it); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

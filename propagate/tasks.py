@@ -56,7 +56,8 @@ from .config import PropagationConfig
 from .cache import CacheSlot
 from .evaluate import (TASK_DEFAULTS, EvalConfig, TaskRun, encoder_for_video, feature_cache, load_encoder,
                        load_global_match_model, load_record, propagate_frames, record_path, require_record,
-                       resize_frame, results_header, start_task, synthetic_banner, video_features, write_overlays)
+                       resize_frame, results_header, start_task, sync_device, synthetic_banner, video_features,
+                       write_overlays)
 from .labels import (KEYPOINT_SIGMA, KEYPOINT_TOPK, MIN_PEAK_RATIO, OCCLUSION_THRESHOLD, QUERY_SIGMA,
                      QUERY_WINDOW, heatmaps_to_keypoints, keypoints_to_heatmaps, labels_to_parts,
                      parts_to_labels, rescale_points, track_points)
@@ -465,7 +466,7 @@ def _propagation_tracker(run: TaskRun) -> Tracker:
                                         occlusion_threshold=TRACK_SETTINGS["occlusion_threshold"],
                                         min_peak_ratio=TRACK_SETTINGS["min_peak_ratio"], backward=backward,
                                         max_queries=TRACK_SETTINGS["max_queries"])
-        _sync(device)
+        sync_device(device)
         bar.close()
         return tracks, occluded, {**feature_timings, "propagation": time.perf_counter() - tick,
                                   "adaptation": adapt_seconds}
@@ -490,7 +491,7 @@ def _walk_tracker(run: TaskRun) -> Tracker:
         tick = time.perf_counter()
         images = normalize_frames(sample.frames, device=device)                          # T, 3, H, W
         forward, backward = video_flows(model, images, track_cfg.local_radius, run.cfg.batch_size)
-        _sync(device)
+        sync_device(device)
         flow_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
         tracks, occluded = chain_tracks(forward, backward, sample.query_points, sample.frames.shape[1:3],
@@ -499,11 +500,6 @@ def _walk_tracker(run: TaskRun) -> Tracker:
                                   "adaptation": 0.0, "cache": "off"}
 
     return track
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _track_video(video: TapVidVideo, run: TaskRun, track: Tracker) -> dict:
