@@ -173,7 +173,7 @@ def test_tapvid_reads_features_from_the_cache(tmp_path, count_encoder):
     assert warm["timings"]["cache_hits"] == 2
 
 
-def test_match_entry_round_trip_and_completeness(tmp_path):
+def test_match_entry_round_trip_and_completeness(tmp_path, monkeypatch):
     slot = cache_slot(FeatureCache(tmp_path), {"encoder": "pixel"}, preprocessing_identity(None),
                       {"name": "d", "listing_sha256": "0"}, "v", match_topk=6)
     cfg = PropagationConfig(context=2, topk=3, radius=3.0)
@@ -193,6 +193,14 @@ def test_match_entry_round_trip_and_completeness(tmp_path):
     read = cached.read(1, 4, topk=3)  # entries 1..3 are frames 2..4, spanning both chunks
     for got, want in zip(read, matches[1:4]):
         assert torch.equal(got.values, want.values[:, :3]) and torch.equal(got.source, want.source[:, :3])
+    # Reads in order load each chunk file once, values and source alike (2 chunks x 2 arrays).
+    loads = []
+    original = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a[0]) or original(*a, **k))
+    in_order = entry.lookup(6)
+    read = [m for start in range(0, 5, 2) for m in in_order.read(start, min(start + 2, 5), topk=6)]
+    assert len(loads) == 4 and len(read) == 5
+    assert all(torch.equal(got.source, want.source) for got, want in zip(read, matches))
     # Settings that change which keys are chosen have their own entry; label settings share one.
     assert slot.matches(PropagationConfig(context=2, topk=3, radius=4.0)).entry != entry.entry
     assert slot.matches(PropagationConfig(context=2, topk=5, radius=3.0, temperature=0.5)).entry == entry.entry
