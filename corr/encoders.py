@@ -16,6 +16,9 @@ Registry (``ENCODERS``):
 - ``resnet18-s4``: ``resnet18-crw`` with layer2 at stride 1 as well, so layer1..layer4 are
   all at stride 4 (a high-resolution variant for pixel-level objectives, PROTOCOLS.md 3;
   same weights and key names as ``resnet18-crw``).
+- ``resnet18-s2``: ``resnet18-s4`` with the stem's max-pool at stride 1 as well: stride 2
+  (the optional finer map of PROTOCOLS.md 3; 16x the cells of stride 8, so mind the
+  memory of frame-0 affinities in propagation).
 - ``pixel``: raw pixels averaged over s x s cells (3-d), a baseline without parameters.
 
 The ResNets always hold layer1..layer4, so one state dict (torchvision key names minus
@@ -153,6 +156,14 @@ def resnet18_stride4(out_layer: str = "layer3", padding_mode: str = "reflect") -
     return encoder
 
 
+def resnet18_stride2(out_layer: str = "layer3", padding_mode: str = "reflect") -> StrideEightResNet:
+    """``resnet18-s4`` with the stem's max-pool at stride 1 (a 3x3 max filter): stride 2."""
+    encoder = resnet18_stride4(out_layer=out_layer, padding_mode=padding_mode)
+    encoder.maxpool.stride = 1
+    encoder.stride = 2
+    return encoder
+
+
 class PixelEncoder(nn.Module):
     """Raw-pixel baseline: the mean image value over each s x s cell (no parameters).
 
@@ -190,6 +201,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18-crw": resnet18_crw,
     "resnet50": resnet50_stride8,
     "resnet18-s4": resnet18_stride4,
+    "resnet18-s2": resnet18_stride2,
     "pixel": PixelEncoder,
 }
 
@@ -199,6 +211,7 @@ EVALUATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet18-crw": {"out_layer": "layer3"},
     "resnet50": {"out_layer": "layer3"},
     "resnet18-s4": {"out_layer": "layer3"},
+    "resnet18-s2": {"out_layer": "layer3"},
 }
 
 

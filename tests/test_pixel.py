@@ -1,7 +1,6 @@
 """Fine-grained pixel loss: optimum at the true correspondence, gradients, shapes."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from corr.encoders import build_encoder
 from corr.losses.pixel import (FinePixelLoss, encoder_features, local_correlation, soft_cross_entropy,
@@ -98,20 +97,32 @@ def test_stride4_features_and_bad_input():
         encoder_features(build_encoder("pixel"), torch.randn(1, 3, 32, 32), "layer3")
 
 
-def test_stride4_encoder_round_trips_through_load_checkpoint(tmp_path):
+@pytest.mark.parametrize("name,stride", [("resnet18-s4", 4), ("resnet18-s2", 2)])
+def test_high_resolution_encoders_round_trip_through_load_checkpoint(tmp_path, name, stride):
     from corr.encoders import CHECKPOINT_FORMAT, load_checkpoint
 
     torch.manual_seed(0)
-    trained = build_encoder("resnet18-s4", out_layer="layer4")
+    trained = build_encoder(name, out_layer="layer4")
     path = tmp_path / "checkpoint.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "encoder": {"name": "resnet18-s4", "kwargs": {"out_layer": "layer4"},
+    torch.save({"format": CHECKPOINT_FORMAT, "encoder": {"name": name, "kwargs": {"out_layer": "layer4"},
                                                          "state_dict": trained.state_dict()}}, path)
     encoder, info = load_checkpoint(path)
     images = torch.randn(1, 3, 24, 32)
-    assert info["encoder"] == "resnet18-s4" and encoder.stride == 4 and encoder.out_layer == "layer3"
+    assert info["encoder"] == name and encoder.stride == stride and encoder.out_layer == "layer3"
     with torch.no_grad():
         assert torch.allclose(encoder(images), encoder_features(trained.eval(), images, "layer3"), atol=1e-5)
-    assert encoder(images).shape == (1, 256, 6, 8)
+    assert encoder(images).shape == (1, 256, 24 // stride, 32 // stride)
+
+
+def test_pixel_loss_trains_a_stride2_map():
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18-s2", out_layer="layer4")
+    frames = torch.randn(1, 2, 3, 24, 32)
+    loss, diagnostics, visuals = FinePixelLoss(radius=3)(frames, encoder, generator=torch.Generator().manual_seed(0),
+                                                         visuals=True)
+    assert visuals["matches"].shape == (1, 12, 16, 2)              # cells of the stride-2 map
+    loss.backward()
+    assert torch.isfinite(loss) and encoder.conv1.weight.grad.abs().sum() > 0
 
 
 def test_visuals_hold_the_pair_matches_and_predictions():
