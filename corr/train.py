@@ -120,7 +120,7 @@ class TrainConfig:
     crop_size: Optional[int] = field(default=None, metadata={
         "help": "per-frame RandomResizedCrop size (none: 256; demo 64)"})
     loss: str = field(default="crw", metadata={
-        "help": "loss name or name=weight,... over one encoder (known: crw, cycle, pixel)"})
+        "help": "loss name or name=weight,... over one encoder (known: crw, cycle, pixel, global_walk)"})
     lr: Optional[float] = field(default=None, metadata={"help": "Adam learning rate (none: 1e-4; cycle 2e-4)"})
     betas: Optional[tuple[float, ...]] = field(default=None, metadata={
         "help": "Adam betas (none: 0.9,0.999; cycle 0.5,0.999)"})
@@ -129,8 +129,12 @@ class TrainConfig:
     temperature: float = field(default=0.05, metadata={"help": "walk temperature tau"})
     edge_dropout: float = field(default=0.1, metadata={"help": "edge dropout probability"})
     include_one_step: bool = field(default=False, metadata={"help": "also train the one-step cycle k=1"})
+    pixel_radius: int = field(default=6, metadata={
+        "help": "pixel loss: half-size R of the local window, in feature cells ((2R+1)^2 displacements)"})
+    pixel_domain_weight: float = field(default=0.0, metadata={
+        "help": "pixel loss: weight of the gradient-reversal domain term, warped vs real pairs (0: off)"})
     encoder: Optional[str] = field(default=None, metadata={
-        "help": "encoder name, corr.encoders.ENCODERS (none: resnet18-crw; pixel resnet18-s4)"})
+        "help": "encoder name, corr.encoders.ENCODERS (none: resnet18-crw; cycle resnet50; pixel resnet18-s4)"})
     head_dim: int = field(default=128, metadata={"help": "node embedding size"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     amp: Optional[bool] = field(default=None, metadata={"help": "mixed precision (none: on with CUDA; CUDA only)"})
@@ -159,11 +163,12 @@ DEMO_DATA = {"num_sequences": 8, "num_frames": 24, "size": (240, 320), "seed": 1
 WALK_DEFAULTS = {"encoder": "resnet18-crw", "lr": 1e-4, "betas": (0.9, 0.999), "grad_clip": 0.0, "fps": 8.0,
                  "clip_offsets": None, "same_crop": False, "flip": False}
 OBJECTIVE_DEFAULTS = {
-    # TimeCycle (PROTOCOLS.md 2; the authors' training script and VLOG loader): Adam lr 2e-4,
-    # betas (0.5, 0.999), gradient norm clipped at 10; frames of a 12 fps source, base frames
+    # TimeCycle (PROTOCOLS.md 2; the authors' training script and VLOG loader): ResNet-50 at
+    # stride 8 (layer3, 1024-d, under the loss's 1x1 conv to 512); Adam lr 2e-4, betas
+    # (0.5, 0.999), gradient norm clipped at 10; frames of a 12 fps source, base frames
     # s, s+2, s+4, s+6, the target s+15 and s+17 for the motion that places the patch; one
     # crop and one horizontal flip for the whole clip.
-    "cycle": {"lr": 2e-4, "betas": (0.5, 0.999), "grad_clip": 10.0, "fps": 12.0,
+    "cycle": {"encoder": "resnet50", "lr": 2e-4, "betas": (0.5, 0.999), "grad_clip": 10.0, "fps": 12.0,
               "clip_offsets": (0, 2, 4, 6, 15, 17), "same_crop": True, "flip": True},
     # Li et al. 2023 (PROTOCOLS.md 3): features at stride 4.
     "pixel": {"encoder": "resnet18-s4"},
@@ -227,6 +232,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for name in ("batch_size", "clip_len", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.pixel_radius < 1 or cfg.pixel_domain_weight < 0:
+        raise ValueError(f"--pixel-radius must be >= 1 and --pixel-domain-weight >= 0, got {cfg.pixel_radius} "
+                         f"and {cfg.pixel_domain_weight}")
     if not cfg.lr > 0 or cfg.grad_clip < 0:
         raise ValueError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
     if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
@@ -264,7 +272,8 @@ def build_pixel_loss(cfg: TrainConfig) -> nn.Module:
     """Fine-grained pixel loss (PROTOCOLS.md 3) on layer3; use a stride-4 encoder (resnet18-s4)."""
     from corr.losses.pixel import FinePixelLoss
 
-    return FinePixelLoss(layer="layer3" if encoder_kwargs(cfg.encoder) else None)
+    return FinePixelLoss(radius=cfg.pixel_radius, domain_weight=cfg.pixel_domain_weight,
+                         layer="layer3" if encoder_kwargs(cfg.encoder) else None)
 
 
 def build_global_walk_loss(cfg: TrainConfig) -> nn.Module:
@@ -481,8 +490,11 @@ def make_transform(transform_cls: type, cfg: TrainConfig) -> Callable:
 
 
 def batches_per_epoch(dataset_len: int, batch_size: int, world_size: int) -> int:
-    """Full batches per epoch for each process (the tail of a rank's share is dropped)."""
+    """Full batches per epoch for each process (the tail of a rank's share is dropped); at least one."""
     per_rank = math.ceil(dataset_len / world_size)
+    if per_rank < batch_size:
+        raise ValueError(f"the dataset has {dataset_len} clips per epoch, fewer than batch size {batch_size} "
+                         f"x {world_size} processes; lower --batch-size or raise --clips-per-video")
     return per_rank // batch_size
 
 
@@ -498,9 +510,6 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         self.dataset_len, self.batch_size, self.first_step, self.seed = dataset_len, batch_size, first_step, seed
         self.rank, self.world_size = runtime.rank, runtime.world_size
         self.per_epoch = batches_per_epoch(dataset_len, batch_size, runtime.world_size)
-        if self.per_epoch == 0:
-            raise ValueError(f"the dataset has {dataset_len} clips per epoch, fewer than batch size {batch_size} "
-                             f"x {runtime.world_size} processes; lower --batch-size or raise --clips-per-video")
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         sampler = DistributedSampler(range(self.dataset_len), num_replicas=self.world_size, rank=self.rank,
@@ -589,7 +598,10 @@ def checkpoint_dict(cfg: TrainConfig, model: WalkModel, optimizer, scaler, sched
     }
 
 
-_RESUME_MUST_MATCH = ("encoder", "head_dim", "mode", "clip_len", "clip_offsets", "batch_size", "seed", "loss")
+# Settings a resumed run must share with its checkpoint (the crop size and the pixel loss's
+# window fix the shapes of loss-owned heads); keys older checkpoints lack count as defaults.
+_RESUME_MUST_MATCH = ("encoder", "head_dim", "mode", "clip_len", "clip_offsets", "batch_size", "seed", "loss",
+                      "crop_size", "pixel_radius", "pixel_domain_weight")
 
 
 def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimizer, scaler, scheduler,
@@ -598,7 +610,7 @@ def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimize
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
-    saved = state.get("config", {})
+    saved = {**asdict(TrainConfig()), **state.get("config", {})}
     changed = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}"
                for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)]
     if changed:

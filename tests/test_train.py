@@ -1,7 +1,6 @@
 """The training loop: data order, resumption, DDP, corrupt videos, checkpoints, failures."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -15,8 +14,8 @@ import torch.multiprocessing as mp
 
 from corr.encoders import ENCODERS
 from corr.graph import WalkModel
-from corr.train import (NonFiniteLossError, TrainConfig, TrainModule, build_losses, cycle_image, parse_loss_spec,
-                        pixel_image, resolve_config, train, walk_figure, walk_image)
+from corr.train import (NonFiniteLossError, TrainConfig, TrainModule, batches_per_epoch, build_losses, cycle_image,
+                        parse_loss_spec, pixel_image, resolve_config, train, walk_figure, walk_image)
 
 
 class _TinyEncoder(torch.nn.Module):
@@ -86,6 +85,13 @@ def test_resume_gives_the_same_next_losses_and_skips_the_corrupt_video(videos, t
     assert stopped.losses == {1: straight.losses[1], 2: straight.losses[2]}
     with pytest.raises(ValueError, match="batch_size: 2 -> 1"):
         train(_config(videos, tmp_path / "resumed", resume=True, batch_size=1))
+    with pytest.raises(ValueError, match="pixel_radius: 6 -> 3"):
+        train(_config(videos, tmp_path / "resumed", resume=True, pixel_radius=3))
+    saved_path = tmp_path / "resumed" / "checkpoint.pt"
+    saved = torch.load(saved_path, weights_only=True)
+    for key in ("pixel_radius", "pixel_domain_weight"):                  # as written before those settings existed
+        del saved["config"][key]
+    torch.save(saved, saved_path)
     resumed = train(_config(videos, tmp_path / "resumed", resume=True))
     assert resumed.first_step == 2
     assert resumed.losses == {3: straight.losses[3], 4: straight.losses[4]}
@@ -250,7 +256,7 @@ def test_objective_defaults_resolve_as_published_and_mixes_keep_the_walks():
     cycle = resolve_config(TrainConfig(loss="cycle"))
     assert (cycle.lr, cycle.betas, cycle.grad_clip) == (2e-4, (0.5, 0.999), 10.0)          # PROTOCOLS.md 2
     assert (cycle.clip_offsets, cycle.clip_len, cycle.fps) == ((0, 2, 4, 6, 15, 17), 6, 12.0)
-    assert (cycle.same_crop, cycle.flip, cycle.mode, cycle.encoder) == (True, True, "dense", "resnet18-crw")
+    assert (cycle.same_crop, cycle.flip, cycle.mode, cycle.encoder) == (True, True, "dense", "resnet50")
     assert cycle.frame_skip == 1                           # the demo's short generated sequences
     with_data = resolve_config(TrainConfig(loss="cycle", data="/videos"))
     assert (with_data.frame_skip, with_data.crop_size, with_data.fps) == (None, 240, 12.0)
@@ -353,3 +359,29 @@ def test_walk_images_have_both_frames():
     frame = np.zeros((10, 10, 3), np.uint8)
     figure = walk_figure(frame, frame, np.array([[2.0, 2.0], [7.0, 7.0]]), np.array([1, 0]), min_height=10)
     assert figure.shape == (10, 20, 3) and figure.any()  # the arrows were drawn
+
+
+def test_a_batch_larger_than_an_epoch_is_refused_before_training(videos, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ValueError, match="6 clips per epoch, fewer than batch size 7 x 1"):
+        train(_config(videos, tmp_path / "run", batch_size=7))          # 3 usable videos x 2 clips
+    assert not any("steps:" in r.getMessage() for r in caplog.records)  # no "training ... (0 steps)" line first
+    assert batches_per_epoch(6, 2, 2) == 1 and batches_per_epoch(7, 2, 2) == 2
+
+
+@pytest.mark.parametrize("loss", ["crw", "crw=1,cycle=1,pixel=1"])
+def test_training_starts_from_evaluates_seeded_random_init(videos, tmp_path, monkeypatch, loss):
+    """``evaluate.py --encoder NAME --seed S`` scores a run's initial weights (the "before" of a run)."""
+    from propagate.evaluate import EvalConfig, load_encoder
+
+    class FrozenAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            return None
+
+    monkeypatch.setattr(torch.optim, "Adam", FrozenAdam)
+    result = train(_config(videos, tmp_path / "run", steps=1, loss=loss, image_every=0))
+    initial, _ = load_encoder(EvalConfig(encoder="tiny", seed=3), torch.device("cpu"))
+    trained = dict(result.model.encoder.named_parameters())
+    assert all(torch.equal(value, trained[name]) for name, value in initial.named_parameters())
+    other, _ = load_encoder(EvalConfig(encoder="tiny", seed=4), torch.device("cpu"))
+    assert not all(torch.equal(value, trained[name]) for name, value in other.named_parameters())
