@@ -38,6 +38,7 @@ from corr.cli import parse_config  # noqa: E402
 from corr.encoders import build_encoder  # noqa: E402
 from corr.graph import WalkModel  # noqa: E402
 from corr.io import atomic_write_json  # noqa: E402
+from corr.runtime import sync_device  # noqa: E402
 from corr.train import (TrainConfig, batch_stream, build_dataset, build_losses, encoder_kwargs,  # noqa: E402
                         prepare_demo_data, resolve_config, setup_runtime)
 
@@ -62,11 +63,6 @@ class BenchConfig:
     json: Optional[str] = field(default=None, metadata={"help": "also write the numbers here"})
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_steps(step, batches, device: torch.device, warmup: int, steps: int) -> dict:
     """Run ``step(batch)`` on ``warmup + steps`` batches from ``batches``; time the last ``steps``."""
     wait = total = 0.0
@@ -76,7 +72,7 @@ def _time_steps(step, batches, device: torch.device, warmup: int, steps: int) ->
         clip = next(batches).to(device, non_blocking=True)
         waited = time.perf_counter() - start
         step(clip)
-        _sync(device)
+        sync_device(device)
         if i >= warmup:
             wait += waited
             total += time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""Where code runs: device choice and the code version recorded with results."""
+"""Where code runs: device choice, device synchronisation for timings, and the code version
+recorded with results."""
 from __future__ import annotations
 
 import subprocess
@@ -17,6 +18,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
     return device
+
+
+def sync_device(device: torch.device) -> None:
+    """Wait for queued CUDA work (so timings measure it); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def code_version() -> str:

@@ -83,7 +83,7 @@ from tqdm import tqdm
 from corr.adapt import AdaptConfig, adapt_encoder
 from corr.encoders import build_encoder, load_checkpoint
 from corr.io import atomic_write_json
-from corr.runtime import REPO_ROOT, code_version, resolve_device
+from corr.runtime import REPO_ROOT, code_version, resolve_device, sync_device
 from datasets.davis import DavisDataset, DavisSequence
 from datasets.palette import write_indexed_png
 from datasets.transforms import normalize_frames
@@ -531,12 +531,6 @@ def propagate_sequence(seq: DavisSequence, encoder: torch.nn.Module, prop_cfg: P
         first_label=lambda grid: masks_to_labels(first, object_ids, grid, encoder.stride, device=device),
         decode=decode, batch_size=batch_size, desc=seq.name, progress=progress, cache=cache)
     return predictions, timings
-
-
-def sync_device(device: torch.device) -> None:
-    """Wait for queued CUDA work (so timings measure it); nothing on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def save_predictions(out_dir: Path, seq: DavisSequence, predictions: np.ndarray) -> None:

@@ -47,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 from corr.io import atomic_write, atomic_write_json
+from corr.runtime import sync_device
 from datasets.jhmdb import JHMDB_PARENTS, NUM_JOINTS, JhmdbDataset, JhmdbVideo
 from datasets.palette import write_indexed_png
 from datasets.tapvid import TapVidDataset, TapVidSample, TapVidVideo
@@ -56,7 +57,7 @@ from .config import PropagationConfig
 from .cache import CacheSlot
 from .evaluate import (TASK_DEFAULTS, EvalConfig, TaskRun, encoder_for_video, feature_cache, load_encoder,
                        load_global_match_model, load_record, propagate_frames, record_path, require_record,
-                       resize_frame, results_header, start_task, sync_device, synthetic_banner, video_features,
+                       resize_frame, results_header, start_task, synthetic_banner, video_features,
                        write_overlays)
 from .labels import (KEYPOINT_SIGMA, KEYPOINT_TOPK, MIN_PEAK_RATIO, OCCLUSION_THRESHOLD, QUERY_SIGMA,
                      QUERY_WINDOW, heatmaps_to_keypoints, keypoints_to_heatmaps, labels_to_parts,

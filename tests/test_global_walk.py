@@ -235,7 +235,6 @@ def test_frame_loss_crops_agree_with_their_affine_exactly():
 
 
 def test_frame_loss_trains_the_network_it_owns():
-    from corr.global_match import load_global_match
     from corr.losses.global_walk import GlobalWalkFrameLoss
 
     torch.manual_seed(0)
