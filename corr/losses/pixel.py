@@ -3,7 +3,7 @@ Features for Pixel-wise Video Correspondences" (ICCV 2023; PROTOCOLS.md section 
 
 Input: a clip ``frames (B, T, 3, H, W)`` (normalised, T >= 2) and the encoder, whose
 features ``f (B, C, h, w)`` (L2-normalised along C here) should be high-resolution
-(stride ``s = H / h`` of 4, e.g. ``resnet18-s4``, or 2). Three terms:
+(stride ``s = H / h`` of 4, e.g. ``resnet18-s4``, or 2, ``resnet18-s2``). Three terms:
 
 1. Warp term (the synthetic-supervision substitute named in PROTOCOLS.md 3). Frame 0 of
    each clip, ``I``, is warped by a random homography / affine / thin-plate warp
