@@ -273,6 +273,16 @@ class GlobalMatchNet(nn.Module):
         return transition_logits(f1, f2, self.cfg.temperature)
 
 
+def seeded_global_match(seed: int, cfg: GlobalMatchConfig = GlobalMatchConfig()) -> GlobalMatchNet:
+    """A randomly initialised network drawn from its own random stream seeded with ``seed``
+    (the caller's CPU random state is left as it was), so one seed gives one network wherever
+    it is built: a ``train.py --loss global_walk --seed S`` run starts from the network that
+    ``evaluate.py --encoder global-match --seed S`` scores."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GlobalMatchNet(cfg)
+
+
 def transition_logits(f1: torch.Tensor, f2: torch.Tensor, temperature: float) -> torch.Tensor:
     """``<f1_n, f2_m> / tau`` with unit features: ``(B, C, h1, w1), (B, C, h2, w2) -> (B, h1 w1, h2 w2)``.
 

@@ -280,17 +280,15 @@ def build_global_walk_loss(cfg: TrainConfig) -> nn.Module:
     """Two-frame global-matching walk with label warping (corr.losses.global_walk). The loss owns
     its network (corr.global_match.GlobalMatchNet, saved under heads/losses); the encoder is unused.
 
-    The network is drawn from its own random stream seeded with ``cfg.seed`` alone, so its
-    initial weights are those of ``evaluate.py --encoder global-match --seed <seed>`` (label
-    propagation with the untrained backbone) whatever else the run builds first.
+    The network is drawn from its own random stream seeded with ``cfg.seed`` alone
+    (:func:`corr.global_match.seeded_global_match`), so its initial weights are those of
+    ``evaluate.py --encoder global-match --seed <seed>`` (label propagation with the untrained
+    backbone) whatever else the run builds first.
     """
-    from corr.global_match import GlobalMatchConfig, GlobalMatchNet
+    from corr.global_match import seeded_global_match
     from corr.losses.global_walk import GlobalWalkFrameLoss
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        network = GlobalMatchNet(GlobalMatchConfig())
-    return GlobalWalkFrameLoss(network)
+    return GlobalWalkFrameLoss(seeded_global_match(cfg.seed))
 
 
 LOSSES: dict[str, Callable[[TrainConfig], nn.Module]] = {

@@ -272,7 +272,7 @@ def load_global_match_model(cfg: EvalConfig, device: torch.device) -> tuple[torc
     """A :class:`corr.global_match.GlobalMatchNet` from ``--checkpoint`` (either checkpoint format of
     :func:`corr.global_match.load_global_match`) or randomly initialised with ``--seed``, and its
     description (``encoder``, ``format``, ``path``/``sha256`` or ``seed``, ``config``)."""
-    from corr.global_match import GlobalMatchConfig, GlobalMatchNet, load_global_match
+    from corr.global_match import load_global_match, seeded_global_match
     from corr.io import file_sha256
 
     if cfg.weights:
@@ -282,8 +282,7 @@ def load_global_match_model(cfg: EvalConfig, device: torch.device) -> tuple[torc
         info = {"encoder": GLOBAL_MATCH, "format": "checkpoint", "path": str(cfg.checkpoint),
                 "sha256": file_sha256(cfg.checkpoint)}
     else:
-        torch.manual_seed(cfg.seed)  # the same random network for the same seed
-        model = GlobalMatchNet(GlobalMatchConfig())
+        model = seeded_global_match(cfg.seed)  # the same random network for the same seed
         info = {"encoder": GLOBAL_MATCH, "format": "random-init", "seed": cfg.seed}
     info["config"] = dataclasses.asdict(model.cfg)
     return model.to(device).eval(), info
@@ -898,14 +897,13 @@ def evaluate_sweep(cfg: EvalConfig) -> Optional[dict]:
     settings = parse_sweep(cfg.sweep, cfg.tracker)
     out = Path(cfg.out)
     cache = None if walk else (cfg.cache or str(out / "feature-cache"))
-    runs = {setting_name(o): dataclasses.replace(cfg, sweep=None, out=str(out / "sweep" / setting_name(o)),
-                                                 cache=cache, **o) for o in settings}
-    for run in runs.values():  # a bad combination fails before any work
-        run.flow_tracking() if walk else run.propagation()
+    runs = [(setting_name(o), o, dataclasses.replace(cfg, sweep=None, out=str(out / "sweep" / setting_name(o)),
+                                                     cache=cache, **o)) for o in settings]
+    checked = [run.flow_tracking() if walk else run.propagation() for _, _, run in runs]  # fail before any work
     # The cache keeps the largest top-k of the sweep, so that every setting can read it.
-    cache_topk = max([cfg.cache_topk] + ([] if walk else [run.propagation().topk for run in runs.values()]))
+    cache_topk = max([cfg.cache_topk] + ([] if walk else [propagation.topk for propagation in checked]))
     rows = []
-    for (name, run), overrides in zip(runs.items(), settings):
+    for name, overrides, run in runs:
         results = evaluate(dataclasses.replace(run, cache_topk=cache_topk))
         if results is None:  # not rank 0
             continue
