@@ -1,0 +1,39 @@
+"""Evaluation computes what it computed when the record was taken: identical metrics and
+byte-identical prediction files on the generated sets, on davis-mini and with a checkpoint
+written by an earlier ``train.py`` (``tests/data/record_evaluations.py`` took the record)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+sys.path.insert(0, str(DATA))
+import record_evaluations as rec  # noqa: E402
+
+RECORD = json.loads(rec.RECORD.read_text())
+
+
+@pytest.fixture(scope="module")
+def data_roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("record-data")
+    roots: dict[str, Path] = {}
+
+    def root(kind: str) -> Path:
+        if kind not in roots:
+            roots[kind] = rec.generate(kind, base)
+        return roots[kind]
+
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(RECORD))
+def test_evaluation_matches_the_record(name, data_roots, tmp_path):
+    kind = rec.CASES[name][0]
+    if kind == "davis-mini" and not rec.DAVIS_MINI.exists():
+        pytest.skip(f"{rec.DAVIS_MINI} is absent (real DAVIS sample data)")
+    got = rec.run_case(name, data_roots(kind), tmp_path / "out", rec.run_evaluation)
+    want = RECORD[name]
+    assert got["argv"] == want["argv"]
+    assert got["metrics"] == want["metrics"]
+    assert got["predictions"] == want["predictions"]
