@@ -43,10 +43,10 @@ import math
 import pathlib
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -63,6 +63,7 @@ __all__ = [
     "build_encoder",
     "load_checkpoint",
     "load_encoder_weights",
+    "encoder_features",
 ]
 
 CHECKPOINT_FORMAT = "corr-checkpoint-v1"
@@ -127,10 +128,21 @@ class StrideEightResNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _check_images(images, min_size=9 if self.padding_mode != "zeros" else 1)
+        return self.stage_features(images, (self.out_layer,))[self.out_layer]
+
+    def stage_features(self, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The outputs of the stages ``layers`` (any of layer1..layer4) in one pass of the stem and
+        the stages up to the last one asked for: ``(B, 3, H, W) -> {layer: (B, C_layer, h, w)}``."""
+        unknown = [name for name in layers if name not in STAGES]
+        if unknown or not layers:
+            raise ValueError(f"layers must be a non-empty subset of {STAGES}, got {list(layers)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))  # B, 64, H/4, W/4
-        for name in STAGES[: self.num_stages]:
-            x = getattr(self, name)(x)  # B, C_layer, H/4 (layer1) or H/8, ...
-        return x
+        out = {}
+        for name in STAGES[: max(STAGES.index(name) for name in layers) + 1]:
+            x = getattr(self, name)(x)  # B, C_layer, H/s, W/s
+            if name in layers:
+                out[name] = x
+        return out
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, out_layer={self.out_layer!r}, padding_mode={self.padding_mode!r}, stride={self.stride}"
@@ -195,6 +207,17 @@ class PixelEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"
+
+
+def encoder_features(encoder: nn.Module, images: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
+    """``(B, 3, H, W) -> (B, C, h, w)``: the encoder's output (``layer=None``), or the output of
+    stage ``layer`` of a :class:`StrideEightResNet` (:meth:`StrideEightResNet.stage_features`)."""
+    if layer is None:
+        return encoder(images)
+    if layer not in STAGES or not isinstance(encoder, StrideEightResNet):
+        raise ValueError(f"layer={layer!r} needs a ResNet encoder with stages {STAGES}; "
+                         f"got {type(encoder).__name__} (use layer=None for its own output)")
+    return encoder.stage_features(images, (layer,))[layer]
 
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {

@@ -88,7 +88,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from corr.losses.pixel import encoder_features
+from corr.encoders import encoder_features
+from corr.geometry import cell_to_pixel, denormalise_pixels, normalise_pixels, pixel_to_cell
 
 WEIGHTS = {"long": 0.02, "sim": 1.0, "skip": 0.1}
 SIMILARITIES = ("inlier", "cosine")
@@ -214,15 +215,15 @@ class CycleConsistencyLoss(nn.Module):
         """``M (B, h*w, p, q)`` of the module docstring for ``theta (B, 2, 3)``: separable, ``M = m_y[i] m_x[j]``
         with ``m_x[j] = sum_{c in {x0, x0+1}, 0 <= c < w} beta_c [|c - j| <= 1]`` (``x0 = floor(m_x)``)."""
         (h, w), (p, q) = self.frame_size, self.patch_size
-        gy = (2 * torch.arange(p, device=theta.device, dtype=theta.dtype) + 1) / p - 1
-        gx = (2 * torch.arange(q, device=theta.device, dtype=theta.dtype) + 1) / q - 1
+        gy = normalise_pixels(cell_to_pixel(torch.arange(p, device=theta.device, dtype=theta.dtype), 1), p)
+        gx = normalise_pixels(cell_to_pixel(torch.arange(q, device=theta.device, dtype=theta.dtype), 1), q)
         grid = torch.stack([*torch.meshgrid(gx, gy, indexing="xy"), torch.ones(p, q, device=theta.device,
                                                                                  dtype=theta.dtype)], dim=-1)
         mapped = torch.einsum("bij,uvj->buvi", theta, grid)                                # B, p, q, 2 (X, Y)
         radius = NEIGHBOURHOOD // 2
 
         def axis_weights(coord: torch.Tensor, size: int) -> torch.Tensor:                  # B, p, q -> B, p, q, size
-            cell = (coord + 1) * size / 2 - 0.5
+            cell = pixel_to_cell(denormalise_pixels(coord, size), 1)
             low = cell.floor()
             frac = cell - low
             cells = torch.arange(size, device=coord.device, dtype=coord.dtype)

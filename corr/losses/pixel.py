@@ -55,24 +55,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from corr.encoders import encoder_features
+from corr.geometry import cell_centre_offset, pixel_to_cell, to_integer_centres
 from corr.warps import WARP_KINDS, Warp, random_warp, source_matches, warp_image
-
-STAGES = ("layer1", "layer2", "layer3", "layer4")
-
-
-def encoder_features(encoder: nn.Module, images: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
-    """``(B, 3, H, W) -> (B, C, h, w)``: the encoder's output, or the output of ResNet stage
-    ``layer`` for the ResNets of :mod:`corr.encoders` (stem, then layer1..``layer``)."""
-    if layer is None:
-        return encoder(images)
-    if layer not in STAGES or not all(hasattr(encoder, name) for name in ("conv1", *STAGES)):
-        raise ValueError(f"layer={layer!r} needs a ResNet encoder with stages {STAGES}; "
-                         f"got {type(encoder).__name__} (use layer=None for its own output)")
-    x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(images))))      # B, 64, H/4, W/4
-    for name in STAGES[: STAGES.index(layer) + 1]:
-        x = getattr(encoder, name)(x)
-    return x
-
 
 def window_displacements(radius: int, device=None) -> torch.Tensor:
     """``(K, 2)`` integer ``(dx, dy)`` with ``|dx|, |dy| <= radius``, dy-major (unfold order)."""
@@ -204,9 +189,10 @@ class FinePixelLoss(nn.Module):
     def cell_matches(warps: Sequence[Warp], height: int, width: int, stride: int, device=None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Matches of the source cells in cell units of the warped map, ``(B, h, w, 2)``, and
-        their visibility ``bool (B, h, w)``; cell ``(i, j)`` has pixel centre ``s (j, i) + (s-1)/2``."""
+        their visibility ``bool (B, h, w)`` (warps work in integer-centre pixels, :mod:`corr.geometry`)."""
         found = [source_matches(warp, height, width, stride) for warp in warps]
-        matches = torch.stack([(m - (stride - 1) / 2) / stride for m, _ in found])
+        offset = to_integer_centres(cell_centre_offset(stride))                              # (s - 1) / 2
+        matches = torch.stack([pixel_to_cell(m, stride, offset) for m, _ in found])
         visible = torch.stack([v for _, v in found])
         return matches.to(device, torch.float32), visible.to(device)
 
