@@ -1,20 +1,12 @@
-"""Test-time adaptation: a few contrastive-random-walk steps on the test video itself.
+"""Test-time adaptation: a few contrastive-random-walk steps on the test video itself
+(docs/propagation.md; Jabri et al. 2020, section 4).
 
-The CRW paper (Jabri et al. 2020, section 4) fine-tunes the encoder on each test video with
-its own self-supervised objective before propagating labels. Here:
-
-* a deep copy of the encoder is trained; the loaded weights are never touched, so every
-  video starts from the same weights;
-* each step draws ``batch_size`` clips of ``clip_len`` frames: a random centre time ``t``
-  and ``clip_len`` distinct frames within ``window`` frames of it, in temporal order, all
-  cropped at the same random ``crop_size`` box (the test frames are not augmented further);
-* nodes are the L2-normalised cells of the encoder's own output (the features the
-  propagator uses; no projection head), and the loss is the walk loss
-  ``ContrastiveRandomWalk(temperature, edge_dropout)`` of :mod:`corr.losses.walk`;
-* BatchNorm: the layers stay in eval mode (running statistics frozen and used, affine
-  parameters trained), since a handful of frames from one video is too small a batch to
-  estimate statistics and would overwrite the ones learned in training;
-* Adam at ``lr``; the randomness comes from ``seed``, so a run is reproducible.
+A deep copy of the encoder is trained (every video starts from the loaded weights). Each step
+draws ``batch_size`` clips of ``clip_len`` distinct frames, in order, within ``window`` frames of a
+random centre, all cut at one random ``crop_size`` box. Nodes are the unit cells of the encoder's
+own output (no head); the loss is ``ContrastiveRandomWalk(temperature, edge_dropout)``
+(:mod:`corr.losses.walk`). BatchNorm stays in eval mode (running statistics frozen, affine
+parameters trained). Adam at ``lr``; all randomness comes from ``seed``.
 """
 from __future__ import annotations
 

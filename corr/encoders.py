@@ -1,39 +1,21 @@
 """Image encoders: (B, 3, H, W) normalised frames -> (B, C, ceil(H/s), ceil(W/s)) feature maps.
 
-Inputs are RGB frames normalised with ``datasets.transforms.normalize_frames`` (ImageNet
-mean/std). Every encoder has the attributes ``stride`` (s, input pixels per feature cell)
-and ``out_channels`` (C). Feature cell (i, j) covers input pixels
-[i*s, (i+1)*s) x [j*s, (j+1)*s); the last row/column of cells may be partial when H or W
-is not a multiple of s.
+Inputs are normalised with ``datasets.transforms.normalize_frames``. Every encoder has
+``stride`` (s) and ``out_channels`` (C); cell (i, j) covers pixels [i s, (i+1) s) x [j s, (j+1) s)
+(:mod:`corr.geometry`), border cells may be partial. Registry (``ENCODERS``):
 
-Registry (``ENCODERS``):
+- ``resnet18-crw``: ResNet-18 of the contrastive random walk (docs/objectives.md, CRW): reflect
+  padding, layer3 and layer4 at stride 1, so layer3 (256-d) and layer4 (512-d) are at stride 8;
+- ``resnet50``: the same for ResNet-50 (TimeCycle; layer3 1024-d);
+- ``resnet18-s4`` / ``resnet18-s2``: ``resnet18-crw`` with layer2 (and the stem's max-pool) at
+  stride 1 as well: stride 4 / 2 (docs/objectives.md, fine-grained pixel); same weights;
+- ``pixel``: raw pixels averaged over s x s cells (3-d), no parameters.
 
-- ``resnet18-crw``: torchvision ResNet-18 as used by the contrastive random walk (Jabri et
-  al., NeurIPS 2020): reflect padding in every padded conv, layer3 and layer4 with stride 1
-  (no dilation), so layer3 (256-d, evaluation) and layer4 (512-d, training) are at stride 8.
-- ``resnet50``: the same stride-8 treatment of ResNet-50 (TimeCycle style; layer3 is
-  1024-d).
-- ``resnet18-s4``: ``resnet18-crw`` with layer2 at stride 1 as well, so layer1..layer4 are
-  all at stride 4 (a high-resolution variant for pixel-level objectives, PROTOCOLS.md 3;
-  same weights and key names as ``resnet18-crw``).
-- ``resnet18-s2``: ``resnet18-s4`` with the stem's max-pool at stride 1 as well: stride 2
-  (the optional finer map of PROTOCOLS.md 3; 16x the cells of stride 8, so mind the
-  memory of frame-0 affinities in propagation).
-- ``pixel``: raw pixels averaged over s x s cells (3-d), a baseline without parameters.
-
-The ResNets always hold layer1..layer4, so one state dict (torchvision key names minus
-``fc.*``) serves training (``out_layer="layer4"``) and evaluation (``out_layer="layer3"``);
-``forward`` runs only up to ``out_layer``.
-
-Checkpoints (:func:`load_checkpoint`) come in three layouts:
-
-1. ours: ``{"format": "corr-checkpoint-v1", "encoder": {"name", "kwargs", "state_dict"},
-   "step", "config", "losses", ...}``;
-2. the published CRW layout (``crw.pth`` of the reference code): ``{"model": state_dict,
-   ...}`` with encoder keys ``[module.]encoder.model.<torchvision key>`` and head keys
-   (``selfsim_fc.*``) that are ignored;
-3. a plain torchvision-style ResNet state dict (optionally ``module.``-prefixed; ``fc.*``
-   ignored).
+ResNets always hold layer1..layer4 (torchvision key names minus ``fc.*``); ``forward`` runs up
+to ``out_layer`` (layer4 in training, layer3 in evaluation), :func:`encoder_features` any stage.
+Checkpoints (:func:`load_checkpoint`): ours (``{"format": "corr-checkpoint-v1", "encoder":
+{"name", "kwargs", "state_dict"}, ...}``), the published CRW layout (``{"model": ...}``, keys
+``[module.]encoder.model.<torchvision key>``) or a plain ResNet state dict.
 """
 from __future__ import annotations
 
@@ -43,10 +25,10 @@ import math
 import pathlib
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -63,6 +45,7 @@ __all__ = [
     "build_encoder",
     "load_checkpoint",
     "load_encoder_weights",
+    "encoder_features",
 ]
 
 CHECKPOINT_FORMAT = "corr-checkpoint-v1"
@@ -127,10 +110,21 @@ class StrideEightResNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _check_images(images, min_size=9 if self.padding_mode != "zeros" else 1)
+        return self.stage_features(images, (self.out_layer,))[self.out_layer]
+
+    def stage_features(self, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The outputs of the stages ``layers`` (any of layer1..layer4) in one pass of the stem and
+        the stages up to the last one asked for: ``(B, 3, H, W) -> {layer: (B, C_layer, h, w)}``."""
+        unknown = [name for name in layers if name not in STAGES]
+        if unknown or not layers:
+            raise ValueError(f"layers must be a non-empty subset of {STAGES}, got {list(layers)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))  # B, 64, H/4, W/4
-        for name in STAGES[: self.num_stages]:
-            x = getattr(self, name)(x)  # B, C_layer, H/4 (layer1) or H/8, ...
-        return x
+        out = {}
+        for name in STAGES[: max(STAGES.index(name) for name in layers) + 1]:
+            x = getattr(self, name)(x)  # B, C_layer, H/s, W/s
+            if name in layers:
+                out[name] = x
+        return out
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, out_layer={self.out_layer!r}, padding_mode={self.padding_mode!r}, stride={self.stride}"
@@ -197,6 +191,17 @@ class PixelEncoder(nn.Module):
         return f"stride={self.stride}"
 
 
+def encoder_features(encoder: nn.Module, images: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
+    """``(B, 3, H, W) -> (B, C, h, w)``: the encoder's output (``layer=None``), or the output of
+    stage ``layer`` of a :class:`StrideEightResNet` (:meth:`StrideEightResNet.stage_features`)."""
+    if layer is None:
+        return encoder(images)
+    if layer not in STAGES or not isinstance(encoder, StrideEightResNet):
+        raise ValueError(f"layer={layer!r} needs a ResNet encoder with stages {STAGES}; "
+                         f"got {type(encoder).__name__} (use layer=None for its own output)")
+    return encoder.stage_features(images, (layer,))[layer]
+
+
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18-crw": resnet18_crw,
     "resnet50": resnet50_stride8,
@@ -205,7 +210,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "pixel": PixelEncoder,
 }
 
-# What load_checkpoint uses for evaluation unless the caller overrides it (PROTOCOLS.md 1:
+# What load_checkpoint uses for evaluation unless the caller overrides it (docs/objectives.md, CRW:
 # evaluation uses raw layer3 features).
 EVALUATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet18-crw": {"out_layer": "layer3"},
@@ -393,7 +398,7 @@ def load_checkpoint(
             name a checkpoint records.
         allow_pickle: read files that need full unpickling (only for trusted files).
         **overrides: constructor kwargs replacing the recorded ones. By default ResNets are
-            rebuilt with ``out_layer="layer3"`` (evaluation features, PROTOCOLS.md 1).
+            rebuilt with ``out_layer="layer3"`` (evaluation features, docs/objectives.md, CRW).
 
     Returns:
         ``(encoder in eval mode on device, info)`` with info keys "encoder", "kwargs",

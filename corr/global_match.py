@@ -1,53 +1,35 @@
-"""Global-matching network for any-point tracking trained by contrastive random walks.
+"""Global-matching network whose attention defines the walk's transition matrices
+(docs/objectives.md, GMRW; Shrivastava and Owens, ECCV 2024; GMFlow-style architecture).
 
-Shrivastava and Owens, "Self-Supervised Any-Point Tracking by Contrastive Random Walks",
-ECCV 2024: the attention of a global-matching transformer (GMFlow style) defines the
-transition matrices of the walk at 1/4 of the image resolution.
+Frames ``(B, 3, H, W)`` normalised with ``datasets.transforms.normalize_frames``:
 
-Architecture, frames ``(B, 3, H, W)`` normalised with ``datasets.transforms.normalize_frames``:
+1. :class:`ConvFeatures`: a small convolutional extractor at stride 4 (instance norm),
+   ``(B, C, h, w)``, ``h = ceil(H/4)``, ``w = ceil(W/4)``; cells as in :mod:`corr.geometry`.
+2. A 2-D sine encoding of the cell indices is added (:func:`sine_position_encoding`).
+3. :class:`MatchTransformer`: ``num_layers`` pre-norm layers of windowed self-attention,
+   windowed cross-attention to the other frame and an MLP, in ``window x window`` windows of
+   cells (odd layers shifted by ``window // 2``; padding cells masked, nothing wraps around).
 
-1. :class:`ConvFeatures`: a small convolutional extractor, stride 4 (a 7x7 stride-2 conv, a
-   residual block, a 3x3 stride-2 conv, a residual block, a 1x1 projection), instance norm.
-   Output ``(B, C, h, w)``, ``h = ceil(H/4)``, ``w = ceil(W/4)``. Feature cell ``(i, j)``
-   covers pixels ``[4i, 4i+4) x [4j, 4j+4)``, its centre is pixel ``(4j + 2, 4i + 2)`` (x, y)
-   in the corner convention ((0, 0) = top-left corner of the top-left pixel).
-2. A 2-D sine position encoding of the cell indices is added.
-3. :class:`MatchTransformer`: ``num_layers`` layers, each updating both frames with
-   windowed self-attention, windowed cross-attention to the other frame and an MLP
-   (pre-norm residual blocks). Attention runs inside non-overlapping ``window x window``
-   windows of cells; odd layers shift the windows by ``window // 2`` (padding cells are
-   masked out of attention, nothing wraps around), so 256x256 frames (64x64 cells = 64
-   windows of 64 cells) cost ``O(h w window^2)`` instead of ``O((h w)^2)``.
-
-Transition matrix (global matching, all pairs):
+Transition matrix of a pair (:func:`pair_transition_logits`):
 
     A_{1->2} = softmax_rows(<f1_n, f2_m> / tau),   f L2-normalised,   (B, h1 w1, h2 w2)
 
-rows are cells of frame 1 in row-major ``(y, x)`` order, columns cells of frame 2.
-
-Training on unlabeled clips without the registry of ``corr.train``:
-:func:`train_global_walk` (two-frame walk with label warping, :mod:`corr.losses.global_walk`).
+rows are cells of frame 1 in row-major ``(y, x)`` order, columns cells of frame 2. Training:
+``corr.losses.global_walk`` (``train.py --loss global_walk``).
 """
 from __future__ import annotations
 
-import logging
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-logger = logging.getLogger("corr.global_match")
-
-__all__ = ["GlobalMatchConfig", "ConvFeatures", "MatchTransformer", "GlobalMatchNet", "transition_logits",
-           "sine_position_encoding", "PairCropTransform", "crop_pair_affine", "global_walk_step", "train_global_walk",
-           "TrainGlobalWalkResult", "load_global_match"]
+__all__ = ["GlobalMatchConfig", "ConvFeatures", "MatchTransformer", "GlobalMatchNet", "pair_transition_logits",
+           "sine_position_encoding", "seeded_global_match", "load_global_match"]
 
 
 @dataclass(frozen=True)
@@ -241,7 +223,7 @@ class GlobalMatchNet(nn.Module):
     """Frames ``(B, 3, H, W)`` x 2 -> matched features ``(B, C, ceil(H/4), ceil(W/4))`` x 2.
 
     ``forward`` returns features (no softmax); the transition matrix is
-    :func:`transition_logits` ``(f1, f2, cfg.temperature).softmax(-1)``. ``features`` is the
+    :func:`pair_transition_logits` ``(f1, f2, cfg.temperature).softmax(-1)``. ``features`` is the
     per-frame convolutional backbone (before position encoding and attention).
     """
 
@@ -267,12 +249,6 @@ class GlobalMatchNet(nn.Module):
         feats = feats + sine_position_encoding(h, w, feats.shape[1], device=feats.device).to(feats.dtype)
         return self.transformer(feats[:b], feats[b:])
 
-    def transition_logits(self, frame1: torch.Tensor, frame2: torch.Tensor) -> torch.Tensor:
-        """``(B, h w, h w)`` logits of ``A_{1->2}`` (rows: frame 1's cells, row-major)."""
-        f1, f2 = self(frame1, frame2)
-        return transition_logits(f1, f2, self.cfg.temperature)
-
-
 def seeded_global_match(seed: int, cfg: GlobalMatchConfig = GlobalMatchConfig()) -> GlobalMatchNet:
     """A randomly initialised network drawn from its own random stream seeded with ``seed``
     (the caller's CPU random state is left as it was), so one seed gives one network wherever
@@ -283,7 +259,7 @@ def seeded_global_match(seed: int, cfg: GlobalMatchConfig = GlobalMatchConfig())
         return GlobalMatchNet(cfg)
 
 
-def transition_logits(f1: torch.Tensor, f2: torch.Tensor, temperature: float) -> torch.Tensor:
+def pair_transition_logits(f1: torch.Tensor, f2: torch.Tensor, temperature: float) -> torch.Tensor:
     """``<f1_n, f2_m> / tau`` with unit features: ``(B, C, h1, w1), (B, C, h2, w2) -> (B, h1 w1, h2 w2)``.
 
     Computed in float32 (or float64 if given) also under autocast.
@@ -295,171 +271,24 @@ def transition_logits(f1: torch.Tensor, f2: torch.Tensor, temperature: float) ->
         return q1 @ q2.transpose(1, 2) / temperature
 
 
-# ---------------------------------------------------------------------------- training
-
-
-class PairCropTransform:
-    """Two frames ``uint8 (2, H, W, 3)`` -> the walk's three crops and their relative affine.
-
-    Crop ``a`` (one box for both frames: the forward clip 1 -> 2) and an independent crop
-    ``b`` (the reversed clip, of which frame 1' is used) are drawn like torchvision's
-    ``RandomResizedCrop`` (``scale``, ``ratio``) and resized to ``size x size``.
-
-    Returns ``{"frames": float32 (3, 3, S, S) = [1a, 2a, 1b] normalised,
-    "affine": float32 (2, 3)}``, the map from crop-a pixels to crop-b pixels (corner
-    convention): a crop box ``(top, left, h, w)`` resized to ``S`` sends source point ``u``
-    to ``(u - (left, top)) * S / (w, h)``, so ``x_b = x_a * w_a / w_b + (left_a - left_b) S / w_b``
-    (same for y with heights and tops).
-    """
-
-    accepts_rng = True
-
-    def __init__(self, size: int = 96, scale=(0.3, 0.9), ratio=(0.75, 1.333)):
-        self.size = int(size)
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
-
-    def __call__(self, frames: np.ndarray, rng: Optional[np.random.Generator] = None) -> dict:
-        import cv2
-
-        from datasets.augment import random_resized_crop_boxes
-        from datasets.transforms import normalize_frames
-
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[0] != 2 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"expected two uint8 RGB frames (2, H, W, 3), got {frames.dtype} {frames.shape}")
-        rng = rng if rng is not None else np.random.default_rng()
-        height, width = frames.shape[1:3]
-        (ta, la, ha, wa), (tb, lb, hb, wb) = random_resized_crop_boxes(rng, height, width, 2, self.scale, self.ratio)
-        s = self.size
-
-        def crop(frame, top, left, h, w):
-            return cv2.resize(frame[top:top + h, left:left + w], (s, s), interpolation=cv2.INTER_AREA
-                              if (h > s and w > s) else cv2.INTER_LINEAR)
-
-        crops = np.stack([crop(frames[0], ta, la, ha, wa), crop(frames[1], ta, la, ha, wa),
-                          crop(frames[0], tb, lb, hb, wb)])
-        affine = crop_pair_affine((ta, la, ha, wa), (tb, lb, hb, wb), s)
-        return {"frames": normalize_frames(crops), "affine": torch.as_tensor(affine, dtype=torch.float32)}
-
-
-def crop_pair_affine(box_a, box_b, size: int) -> np.ndarray:
-    """``(2, 3)`` affine from pixels of crop ``a`` to pixels of crop ``b`` (both resized to ``size``).
-
-    Boxes are ``(top, left, h, w)`` in source pixels; see :class:`PairCropTransform`.
-    """
-    ta, la, ha, wa = (float(v) for v in box_a)
-    tb, lb, hb, wb = (float(v) for v in box_b)
-    return np.array([[wa / wb, 0.0, (la - lb) * size / wb],
-                     [0.0, ha / hb, (ta - tb) * size / hb]], dtype=np.float64)
-
-
-def _collate(items: list[dict]) -> dict:
-    return {"frames": torch.stack([i["clip"]["frames"] for i in items]),
-            "affine": torch.stack([i["clip"]["affine"] for i in items])}
-
-
-def global_walk_step(model: GlobalMatchNet, loss_fn: nn.Module, frames: torch.Tensor, affine: torch.Tensor,
-                     step: Optional[int] = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch: ``frames (B, 3, 3, S, S) = [1a, 2a, 1b]``, ``affine (B, 2, 3)`` crop a -> crop b.
-
-    The pairs (1a, 2a) and (2a, 1b) go through the network separately (the cross-attention
-    of each pair sees only that pair), giving ``A = A_{1a->2a}`` and ``R = A_{2a->1b}``.
-    """
-    if frames.ndim != 5 or frames.shape[1] != 3:
-        raise ValueError(f"frames must be (B, 3, 3, S, S) = [1a, 2a, 1b], got {tuple(frames.shape)}")
-    b = frames.shape[0]
-    # both pairs in one batch: (1a, 2a) and (2a, 1b)
-    f_src, f_dst = model(torch.cat([frames[:, 0], frames[:, 1]]), torch.cat([frames[:, 1], frames[:, 2]]))
-    logits = transition_logits(f_src, f_dst, model.cfg.temperature)                # 2B, N, N
-    grid = tuple(f_src.shape[-2:])
-    return loss_fn(logits[:b], logits[b:], affine, grid, model.stride, images=frames[:, :2], step=step)
-
-
-@dataclass
-class TrainGlobalWalkResult:
-    model: GlobalMatchNet
-    losses: list[float]           # one per step
-    accuracies: list[float]       # walk accuracy per step
-    seconds: float
-
-
-def train_global_walk(source: str | Path, steps: int = 200, *, model: Optional[GlobalMatchNet] = None,
-                      cfg: GlobalMatchConfig = GlobalMatchConfig(), crop_size: int = 96,
-                      crop_scale: tuple[float, float] = (0.3, 0.9), batch_size: int = 4,
-                      lr: float = 3e-4, frame_skip: int = 2, smoothness_weight: float = 0.0,
-                      smoothness_ramp_steps: int = 0, seed: int = 0, device: str = "cpu",
-                      log_every: int = 20, checkpoint: Optional[str | Path] = None,
-                      checkpoint_every: int = 0) -> TrainGlobalWalkResult:
-    """Train :class:`GlobalMatchNet` with the two-frame walk 1 -> 2 -> 1' on clips of ``source``.
-
-    ``source``: anything ``datasets.video.VideoClipDataset`` reads (a folder of videos such as
-    ``../shared/data/clips``, frame folders such as a DAVIS ``JPEGImages/480p``, a list
-    file). Pairs are ``frame_skip`` source frames apart; each step draws ``batch_size``
-    random pairs (seeded by ``seed``), crops them with :class:`PairCropTransform` (area fraction
-    ``crop_scale``, resized to ``crop_size``) and takes
-    one AdamW step on :class:`corr.losses.global_walk.GlobalWalkLoss`. ``checkpoint``: where
-    to save ``{"format", "config", "state_dict", "step", "losses"}`` (atomically) at the end
-    and, with ``checkpoint_every > 0``, every that many steps.
-    """
-    from corr.io import atomic_torch_save
-    from corr.losses.global_walk import GlobalWalkLoss
-    from datasets.video import VideoClipDataset
-
-    torch.manual_seed(seed)
-    dev = torch.device(device)
-    dataset = VideoClipDataset(source, clip_len=2, fps=None, frame_skip=frame_skip, clips_per_video=50,
-                               transform=PairCropTransform(crop_size, crop_scale), seed=seed, num_index_workers=1)
-    model = (model if model is not None else GlobalMatchNet(cfg)).to(dev).train()
-    loss_fn = GlobalWalkLoss(smoothness_weight=smoothness_weight, smoothness_ramp_steps=smoothness_ramp_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    order = np.random.default_rng(seed)
-    losses, accuracies = [], []
-    tick = time.perf_counter()
-    for step in range(1, steps + 1):
-        dataset.set_epoch((step - 1) * batch_size // len(dataset))                 # fresh crops every pass
-        batch = _collate([dataset[int(i)] for i in order.integers(0, len(dataset), batch_size)])
-        frames = batch["frames"].to(dev)                                            # B, 3, 3, S, S
-        loss, diag = global_walk_step(model, loss_fn, frames, batch["affine"].to(dev), step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        accuracies.append(diag["acc"])
-        if log_every and (step % log_every == 0 or step == steps):
-            recent = losses[-log_every:]
-            logger.info("step %d/%d: loss %.4f (mean of last %d), walk accuracy %.3f", step, steps,
-                        sum(recent) / len(recent), len(recent), diag["acc"])
-        if checkpoint is not None and (step == steps or (checkpoint_every and step % checkpoint_every == 0)):
-            atomic_torch_save({"format": "corr-global-match-v1", "config": asdict(model.cfg),
-                               "state_dict": model.state_dict(), "step": step, "losses": losses}, Path(checkpoint))
-    seconds = time.perf_counter() - tick
-    return TrainGlobalWalkResult(model.eval(), losses, accuracies, seconds)
-
-
 #: Key prefix of the network inside a ``corr.train`` checkpoint trained with ``--loss global_walk``
 #: (``checkpoint["heads"]["losses"]``, the state of the loss modules).
 TRAIN_LOSS_PREFIX = "losses.global_walk.model."
 
 
 def load_global_match(path: str | Path, map_location="cpu") -> GlobalMatchNet:
-    """A :class:`GlobalMatchNet` from a checkpoint of :func:`train_global_walk` (format
-    ``corr-global-match-v1``) or of ``train.py --loss global_walk`` (``corr-checkpoint-v1``,
+    """The :class:`GlobalMatchNet` of a ``train.py --loss global_walk`` checkpoint (``corr-checkpoint-v1``;
     default :class:`GlobalMatchConfig` unless the checkpoint records ``global_match``)."""
     state = torch.load(path, map_location=map_location, weights_only=True)
     fmt = state.get("format") if isinstance(state, dict) else None
-    if fmt == "corr-global-match-v1":
-        config, weights = state["config"], state["state_dict"]
-    elif fmt == "corr-checkpoint-v1":
-        losses = state.get("heads", {}).get("losses", {})
-        weights = {k[len(TRAIN_LOSS_PREFIX):]: v for k, v in losses.items() if k.startswith(TRAIN_LOSS_PREFIX)}
-        if not weights:
-            raise ValueError(f"{path}: a training checkpoint without a global_walk network "
-                             f"(no '{TRAIN_LOSS_PREFIX}*' in heads/losses; was it trained with --loss global_walk?)")
-        config = state.get("global_match", {})
-    else:
-        raise ValueError(f"{path}: not a global-match checkpoint (format {fmt!r}; expected "
-                         "'corr-global-match-v1' or a 'corr-checkpoint-v1' trained with --loss global_walk)")
-    model = GlobalMatchNet(GlobalMatchConfig(**config))
+    if fmt != "corr-checkpoint-v1":
+        raise ValueError(f"{path}: not a global-match checkpoint (format {fmt!r}; expected a "
+                         "'corr-checkpoint-v1' trained with --loss global_walk)")
+    losses = state.get("heads", {}).get("losses", {})
+    weights = {k[len(TRAIN_LOSS_PREFIX):]: v for k, v in losses.items() if k.startswith(TRAIN_LOSS_PREFIX)}
+    if not weights:
+        raise ValueError(f"{path}: a training checkpoint without a global_walk network "
+                         f"(no '{TRAIN_LOSS_PREFIX}*' in heads/losses; was it trained with --loss global_walk?)")
+    model = GlobalMatchNet(GlobalMatchConfig(**state.get("global_match", {})))
     model.load_state_dict(weights)
     return model.eval()

@@ -1,32 +1,19 @@
-"""The space-time graph of the contrastive random walk (Jabri et al., NeurIPS 2020).
+"""The space-time graph of the contrastive random walk (docs/objectives.md, CRW; Jabri et al.,
+NeurIPS 2020).
 
-A clip of ``T`` frames becomes ``T`` sets of ``N`` nodes with ``C``-dim L2-normalised
-embeddings, ``nodes: (B, T, N, C)``. Consecutive frames are joined by dense edges:
+A clip of ``T`` frames becomes ``T`` sets of ``N`` nodes with unit ``C``-dim embeddings,
+``nodes (B, T, N, C)``; consecutive frames are joined by dense edges:
 
-    S_t = Q_t Q_{t+1}^T                      (B, T-1, N, N)  cosine similarities,
-                                             S_t[n, m] = <q_{t,n}, q_{t+1,m}>
+    S_t = Q_t Q_{t+1}^T                      (B, T-1, N, N)  cosine similarities
     A_t = softmax_rows(drop(S_t)   / tau)    forward transitions  t -> t+1
     B_t = softmax_rows(drop(S_t^T) / tau)    backward transitions t+1 -> t
 
-(``Q_t`` holds frame ``t``'s nodes as rows; PROTOCOLS.md writes the same product with
-nodes as columns, ``Q_t^T Q_{t+1}``.) Row ``n`` of ``A_t`` is the probability of stepping
-from node ``n`` of frame ``t`` to each node of frame ``t+1``; row ``m`` of ``B_t`` from node
-``m`` of frame ``t+1`` back to each node of frame ``t``.
+(``Q_t``: frame ``t``'s nodes as rows.) Edge dropout ``drop`` sets each similarity to ``-inf``
+with probability ``p``, with a fresh mask per transition and per direction.
 
-Edge dropout ``drop`` sets each similarity to ``-inf`` with probability ``p`` before the
-softmax, with a fresh mask for every transition and for each direction (the reference code
-reuses the forward mask in the backward direction because it drops edges in place; the
-independent masks here are the clean variant of PROTOCOLS.md section 1).
-
-Nodes come from :class:`WalkModel`:
-
-- ``mode="grid"``: a clip of image patches ``(B, T, N, 3, h, w)`` (7x7 = 49 jittered 64x64
-  patches per frame in the reference setup); each patch's feature map is mean-pooled.
-- ``mode="dense"``: a clip of frames ``(B, T, 3, H, W)``; every cell of the stride-``s``
-  feature map is a node, ``N = (H/s) (W/s)`` in row-major (y, x) order.
-
-In both modes the pooled ``encoder.out_channels``-dim feature passes through a linear
-head (512 -> 128 for ResNet-18 layer4) and is L2-normalised.
+Nodes come from :class:`WalkModel`: ``mode="grid"`` pools each patch of ``(B, T, N, 3, h, w)``;
+``mode="dense"`` makes every cell of the stride-``s`` feature map of ``(B, T, 3, H, W)`` a node
+(row-major ``(y, x)``). A linear head (512 -> 128 for ResNet-18 layer4) and L2 normalisation follow.
 """
 from __future__ import annotations
 
@@ -64,7 +51,7 @@ def drop_edges(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(mask, float("-inf"))
 
 
-def transition_logits(nodes: torch.Tensor, temperature: float, edge_dropout: float = 0.0
+def forward_backward_logits(nodes: torch.Tensor, temperature: float, edge_dropout: float = 0.0
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward transition logits, each ``(B, T-1, N, N)``.
 
@@ -82,7 +69,7 @@ def transition_logits(nodes: torch.Tensor, temperature: float, edge_dropout: flo
 def transition_matrices(nodes: torch.Tensor, temperature: float, edge_dropout: float = 0.0
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-stochastic ``A_t`` (frame t -> t+1) and ``B_t`` (frame t+1 -> t), each ``(B, T-1, N, N)``."""
-    forward, backward = transition_logits(nodes, temperature, edge_dropout)
+    forward, backward = forward_backward_logits(nodes, temperature, edge_dropout)
     return forward.softmax(dim=-1), backward.softmax(dim=-1)
 
 

@@ -1,23 +1,18 @@
-"""Random geometric warps with exact dense correspondence (homography, affine, thin-plate).
+"""Random geometric warps with exact dense correspondence (homography, affine, thin-plate), the
+synthetic supervision of the fine-grained pixel loss (docs/objectives.md, fine-grained pixel).
 
-Used to make training pairs with known correspondence from single real frames (the
-substitute for synthetic flow data in PROTOCOLS.md section 3).
+Coordinates: ``(x, y)`` pixels of an ``H x W`` image in integer-centre coordinates, pixel
+``(row i, column j)`` centred at ``(j, i)``: the coordinates of :mod:`corr.geometry` minus 0.5
+(:func:`corr.geometry.to_integer_centres`); the image covers ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``.
+A warp relates a *source* image ``I`` and the *warped* image ``J`` it produces:
 
-Coordinates. A point is ``(x, y)`` in pixels of an ``H x W`` image, with pixel centres at
-integers: pixel ``(row i, column j)`` has its centre at ``(x, y) = (j, i)`` and the image
-covers ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``. A warp relates a *source* image ``I`` and
-the *warped* image ``J`` it produces:
+    J(p) = I(to_source(p)),   to_warped = to_source^{-1}
 
-    J(p) = I(to_source(p))            (backward map, what the sampler needs)
-    to_warped = to_source^{-1}        (where a source pixel lands in J)
-
-so the match in ``J`` of source point ``q`` is ``to_warped(q)`` and the flow ``I -> J`` is
-``to_warped(q) - q``. Geometry is computed in float64; homographies and affine maps are
-inverted in closed form, thin-plate splines by Newton iterations to below 1e-9 px.
-
-Masks. ``J``'s pixel ``p`` is *in view* when ``to_source(p)`` lies inside ``I``'s pixel-centre
-box ``[0, W-1] x [0, H-1]`` (where bilinear sampling has all four neighbours); a source
-point ``q`` has a visible match when ``to_warped(q)`` lies inside the same box of ``J``.
+so the match in ``J`` of source point ``q`` is ``to_warped(q)``. Geometry is float64; homographies
+and affine maps are inverted in closed form, thin-plate splines by Newton iterations (< 1e-9 px).
+``J``'s pixel ``p`` is *in view* when ``to_source(p)`` lies inside ``I``'s pixel-centre box
+``[0, W-1] x [0, H-1]``; a source point ``q`` has a visible match when ``to_warped(q)`` lies
+inside the same box of ``J``.
 """
 from __future__ import annotations
 
@@ -26,6 +21,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from corr.geometry import cell_centres, from_integer_centres, grid_size, normalise_pixels, to_integer_centres
 
 __all__ = [
     "Warp", "Homography", "ThinPlateSpline", "WARP_KINDS",
@@ -37,16 +34,9 @@ WARP_KINDS = ("homography", "affine", "thin-plate")
 
 
 def pixel_grid(height: int, width: int, stride: int = 1, dtype=torch.float64, device=None) -> torch.Tensor:
-    """Centres of ``stride x stride`` cells as ``(x, y)`` pixels: ``(ceil(H/s), ceil(W/s), 2)``.
-
-    Cell ``(i, j)`` covers pixels ``[i s, (i+1) s) x [j s, (j+1) s)``; its centre is
-    ``(j s + (s-1)/2, i s + (s-1)/2)`` (the pixel centres themselves for ``s = 1``).
-    """
-    offset = (stride - 1) / 2
-    ys = torch.arange(0, height, stride, dtype=dtype, device=device) + offset
-    xs = torch.arange(0, width, stride, dtype=dtype, device=device) + offset
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy], dim=-1)
+    """Centres of the ``stride``-cells of an ``H x W`` image as integer-centre ``(x, y)``:
+    ``(ceil(H/s), ceil(W/s), 2)``, cell ``(i, j)`` at ``(j s + (s-1)/2, i s + (s-1)/2)``."""
+    return to_integer_centres(cell_centres(*grid_size(height, width, stride), stride, device=device, dtype=dtype))
 
 
 def inside(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -231,10 +221,10 @@ def random_warp(height: int, width: int, kind: Optional[str] = None,
 
 
 def to_grid_sample(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pixel ``(x, y)`` -> ``grid_sample`` coordinates with ``align_corners=False``:
+    """Integer-centre pixel ``(x, y)`` -> ``grid_sample`` coordinates with ``align_corners=False``:
     ``u = (2 x + 1) / W - 1``, ``v = (2 y + 1) / H - 1``."""
     size = torch.tensor([width, height], dtype=points.dtype, device=points.device)
-    return (2 * points + 1) / size - 1
+    return normalise_pixels(from_integer_centres(points), size)
 
 
 def warp_image(image: torch.Tensor, warp: Warp) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,37 +1,17 @@
-"""Per-frame training augmentation of the contrastive random walk (PROTOCOLS.md section 1).
+"""Training augmentation of clips (docs/objectives.md, CRW and TimeCycle).
 
-Reading of the reference CRW code (``code/utils/augs.py``, defaults of
-``code/utils/arguments.py`` and the README training command ``--frame-aug grid``):
+CRW (reference ``code/utils/augs.py``, ``--frame-aug grid``): every frame of a clip gets its own
+``RandomResizedCrop(256, scale=(0.8, 0.95), ratio=(0.7, 1.3))``; ``grid`` mode then cuts 64x64
+windows at stride 32 (row-major, 7x7 = 49 patches), each jittered by its own
+``RandomResizedCrop(64, scale=(0.7, 0.9))``; ``dense`` mode keeps the whole frame (every feature
+cell a node). TimeCycle: one crop for all frames and a horizontal flip of the whole clip with
+probability 1/2 (``same_crop=True, flip=True``).
 
-- frame transform ``crop`` (the default; ``cj`` colour jitter and ``flip`` are opt-in and
-  unused by the published command, so neither is implemented here): every frame of a clip
-  gets its own ``RandomResizedCrop(256, scale=(0.8, 0.95), ratio=(0.7, 1.3))``, bilinear;
-- frame augmentation ``grid``: 64x64 windows at stride 32 of the 256x256 frame
-  (``skimage.util.view_as_windows``, row-major: window ``n = row * 7 + col``) -> 7x7 = 49
-  patches, each jittered by its own ``RandomResizedCrop(64, scale=(0.7, 0.9))`` with the
-  default ratio (3/4, 4/3);
-- without ``grid`` the whole 256x256 frame is the input and every feature-map cell becomes
-  a node ("dense" here);
-- normalisation: ImageNet mean/std, the numbers of :func:`datasets.transforms.normalize_frames`
-  (the reference used CIFAR-10 statistics for training; this codebase uses one normalisation).
-
-Consequence of torchvision's sampling, kept for fidelity: a crop of area fraction >= 0.8 and
-aspect <= 1.3 exists only when the frame's width / height <= 1.3 / 0.8 = 1.625. Wider frames
-(every 16:9 video) always get the same fallback centre crop (aspect 1.3), so their frames
-differ only through the patch jitter; Kinetics prepared at 340x256 (aspect 1.33) is fine.
-
-TimeCycle (Wang et al. 2019; PROTOCOLS.md section 2) augments a clip as a whole instead:
-one crop for all frames and a horizontal flip of the whole clip with probability 1/2
-(``same_crop=True, flip=True`` here; the reference resizes the short side to 256 and cuts
-one 240x240 box, which the shared RandomResizedCrop stands in for).
-
-Crop boxes follow ``torchvision.transforms.RandomResizedCrop.get_params`` (10 tries of a
-random area fraction and log-uniform aspect ratio with integer sides, else a centre crop
-clamped to the ratio range), drawn from a ``numpy.random.Generator``. Resizing is OpenCV on
-``uint8`` like the reference's PIL pipeline: bilinear, or area averaging when a frame crop
-shrinks on both sides (standing in for PIL's antialiased bilinear). Normalisation happens
-once, on the final ``uint8`` pixels, by :func:`datasets.transforms.normalize_frames`, the
-normalisation evaluation uses too.
+Crop boxes ``(top, left, h, w)`` follow ``torchvision.transforms.RandomResizedCrop.get_params``
+(10 tries, else a centre crop clamped to the ratio range), drawn from a ``numpy.random.Generator``;
+so frames wider than ``1.3 / 0.8`` always get the fallback centre crop. Resizing is OpenCV on
+``uint8`` (bilinear, area averaging when a crop shrinks on both sides); normalisation is
+:func:`datasets.transforms.normalize_frames`, once, on the final pixels.
 """
 from __future__ import annotations
 

@@ -1,26 +1,19 @@
-"""Label maps <-> the soft label channels the propagator carries.
+"""Label maps <-> the soft label channels the propagator carries (docs/propagation.md).
 
-Geometry: a feature grid of stride ``s`` has ``h = ceil(H / s)`` rows; cell ``i`` is centred
-on pixel coordinate ``s * i + (s - 1) / 2`` (pixel centres at integers). Images are padded
-(edge replicated) to ``h * s`` before downsampling and label maps are cropped after
-upsampling, so that both directions use the same cell centres.
+Geometry (:mod:`corr.geometry`): a feature grid of stride ``s`` has ``ceil(H / s)`` rows; label
+points here are integer-centre pixels (:func:`corr.geometry.to_integer_centres`), so cell ``i``
+is centred on ``s i + (s - 1) / 2``. Images are edge-padded to ``h s`` before downsampling and
+label maps cropped after upsampling, so both directions use the same cell centres.
 
-Mask labels: an id map (0 background, 1..N objects, 255 void) becomes ``K = N + 1`` one-hot
-channels (channel 0 background, channel i object ``object_ids[i - 1]``), bilinearly resized
-to the grid (PROTOCOLS.md section 4). Void pixels count as background, as in the official
-DAVIS scorer, which sets 255 to 0 in the semi-supervised task. Decoding upsamples the soft
-channels bilinearly to image size and takes the argmax. Beware: ids are palette indices,
-never RGB colours.
+Masks: an id map (0 background, 1..N objects, 255 void = background, as the DAVIS scorer does)
+becomes ``K = N + 1`` one-hot channels (channel ``i``: ``object_ids[i - 1]``) bilinearly resized
+to the grid; decoding upsamples bilinearly and takes the argmax. Ids are palette indices.
 
-Other label kinds (each section below states its encoding and decoding):
-
-* keypoints (JHMDB): one Gaussian channel per joint plus background; decoded as the
-  weighted mean of each channel's top-3 cells (:func:`keypoints_to_heatmaps`);
-* part maps (VIP): one-hot channels of class ids 0..19, decoded by argmax
-  (:func:`parts_to_labels`);
+* keypoints (JHMDB): one Gaussian channel per joint plus background, decoded as the weighted
+  mean of each channel's top-3 cells (:func:`keypoints_to_heatmaps`);
+* part maps (VIP): one-hot channels of class ids 0..19, decoded by argmax (:func:`parts_to_labels`);
 * query points (TAP-Vid): one small Gaussian per query plus background, decoded to sub-cell
-  positions; occlusion when the heatmap fades or the point fails a forward-backward
-  consistency check against the query frame (:func:`track_points`).
+  positions, with occlusion from fading or a forward-backward check (:func:`track_points`).
 """
 from __future__ import annotations
 
@@ -31,12 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from corr.geometry import (cell_centre_offset, cell_to_pixel, from_integer_centres, grid_size, normalise_cells,
+                           pixel_to_cell, to_integer_centres)
+
+__all__ = ["VOID_ID", "grid_size", "downsample_to_grid", "upsample_to_image", "masks_to_labels", "labels_to_masks",
+           "rescale_points", "KEYPOINT_SIGMA", "KEYPOINT_TOPK", "keypoints_to_heatmaps", "heatmaps_to_keypoints",
+           "VIP_NUM_CLASSES", "parts_to_labels", "labels_to_parts", "QUERY_SIGMA", "QUERY_WINDOW",
+           "OCCLUSION_THRESHOLD", "MIN_PEAK_RATIO", "queries_to_heatmaps", "heatmaps_to_points",
+           "backmatch_distance", "track_points"]
+
 VOID_ID = 255
-
-
-def grid_size(height: int, width: int, stride: int) -> tuple[int, int]:
-    """(h, w) of the feature grid of an image of ``height`` x ``width`` pixels."""
-    return math.ceil(height / stride), math.ceil(width / stride)
 
 
 def downsample_to_grid(maps: torch.Tensor, grid: tuple[int, int], stride: int) -> torch.Tensor:
@@ -73,18 +70,17 @@ def labels_to_masks(labels: torch.Tensor, object_ids: Sequence[int], size: tuple
 
 # ----------------------------------------------------------------------------- points on the grid
 #
-# Point coordinates here are (x, y) pixels with integer values at pixel centres, the
-# convention of the grid geometry above: cell (i, j) is centred on pixel (s*j + (s-1)/2,
-# s*i + (s-1)/2). TAP-Vid's corner convention is these plus 0.5 (see :func:`track_points`).
+# Points here are integer-centre (x, y) pixels; TAP-Vid's coordinates (those of corr.geometry)
+# are these plus 0.5 (see :func:`track_points`).
 
 def pixel_to_grid(points: torch.Tensor, stride: int) -> torch.Tensor:
-    """Pixel coordinates (..., 2) -> grid coordinates (..., 2): ``g = (p - (s - 1) / 2) / s``."""
-    return (points - (stride - 1) / 2) / stride
+    """Integer-centre pixels (..., 2) -> grid coordinates (..., 2): ``g = (p - (s - 1) / 2) / s``."""
+    return pixel_to_cell(points, stride, to_integer_centres(cell_centre_offset(stride)))
 
 
 def grid_to_pixel(points: torch.Tensor, stride: int) -> torch.Tensor:
-    """Grid coordinates (..., 2) -> pixel coordinates (..., 2): ``p = s * g + (s - 1) / 2``."""
-    return points * stride + (stride - 1) / 2
+    """Grid coordinates (..., 2) -> integer-centre pixels (..., 2): ``p = s g + (s - 1) / 2``."""
+    return cell_to_pixel(points, stride, to_integer_centres(cell_centre_offset(stride)))
 
 
 def rescale_points(points: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
@@ -96,7 +92,7 @@ def rescale_points(points: np.ndarray, from_size: tuple[int, int], to_size: tupl
     """
     points = np.asarray(points, dtype=np.float64)
     scale = np.array([to_size[1] / from_size[1], to_size[0] / from_size[0]])
-    out = (points + 0.5) * scale - 0.5
+    out = to_integer_centres(from_integer_centres(points) * scale)
     missing = (points < 0).any(axis=-1)
     out[missing] = -1.0
     return out
@@ -271,7 +267,7 @@ def backmatch_distance(query_feat: torch.Tensor, target_feat: torch.Tensor, targ
     """
     C, h, w = target_feat.shape
     g = pixel_to_grid(target_points.float(), stride)          # (Q, 2)
-    normalised = torch.stack([2 * g[:, 0] / max(w - 1, 1) - 1, 2 * g[:, 1] / max(h - 1, 1) - 1], dim=1)
+    normalised = torch.stack([normalise_cells(g[:, 0], w), normalise_cells(g[:, 1], h)], dim=1)
     sampled = F.grid_sample(target_feat[None].float(), normalised[None, :, None, :], mode="bilinear",
                             padding_mode="border", align_corners=True)[0, :, :, 0]  # (C, Q)
     sampled = F.normalize(sampled, dim=0)
@@ -324,8 +320,8 @@ def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, strid
         raise ValueError(f"query_points must be (Q, 3) [t, y, x], got shape {query_points.shape}")
     Q = query_points.shape[0]
     query_frames = np.clip(np.round(query_points[:, 0]).astype(np.int64), 0, T - 1)
-    centres = torch.as_tensor(query_points[:, [2, 1]] - 0.5, dtype=torch.float32)  # (Q, 2) x, y
-    tracks = np.repeat(query_points[:, None, [2, 1]], T, axis=1)  # (Q, T, 2), corner convention
+    centres = torch.as_tensor(to_integer_centres(query_points[:, [2, 1]]), dtype=torch.float32)  # (Q, 2) x, y
+    tracks = np.repeat(query_points[:, None, [2, 1]], T, axis=1)  # (Q, T, 2), TAP-Vid coordinates
     occluded = np.ones((Q, T), dtype=bool)
     for t0 in np.unique(query_frames):
         group = np.flatnonzero(query_frames == t0)
@@ -345,7 +341,7 @@ def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, strid
                     alive = peak > 0
                     points = torch.where(alive[:, None], points, previous)
                     far = backmatch_distance(feats[t0], feats[t], points, start, stride)
-                    tracks[chunk, t] = points.cpu().double().numpy() + 0.5
+                    tracks[chunk, t] = from_integer_centres(points.cpu().double().numpy())
                     faded = peak < min_peak_ratio * peak0
                     occluded[chunk, t] = (~alive | faded | (far > occlusion_threshold)).cpu().numpy()
                     previous = points

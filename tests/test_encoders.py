@@ -13,6 +13,7 @@ from corr.encoders import (
     CHECKPOINT_FORMAT,
     ENCODERS,
     build_encoder,
+    encoder_features,
     load_checkpoint,
     load_encoder_weights,
 )
@@ -124,6 +125,22 @@ def test_layer4_features_continue_layer3_features():
     x = _images(b=1)
     with torch.no_grad():
         torch.testing.assert_close(e4.layer4(e3(x)), e4(x))
+
+
+def test_stage_features_of_one_pass_equal_each_stage_as_output():
+    encoder = build_encoder("resnet18-crw", out_layer="layer4").eval()
+    x = _images(b=1)
+    with torch.no_grad():
+        stages = encoder.stage_features(x, ("layer1", "layer3"))
+        assert sorted(stages) == ["layer1", "layer3"]
+        for layer in ("layer1", "layer3"):
+            alone = build_encoder("resnet18-crw", out_layer=layer).eval()
+            alone.load_state_dict(encoder.state_dict())
+            assert torch.equal(stages[layer], alone(x))
+            assert torch.equal(encoder_features(encoder, x, layer), stages[layer])
+        assert torch.equal(encoder_features(encoder, x), encoder(x))
+    with pytest.raises(ValueError, match="subset"):
+        encoder.stage_features(x, ("layer5",))
 
 
 def test_pixel_encoder_matches_hand_computed_cell_means():

@@ -4,10 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from corr.flow_track import FlowTrackConfig, chain_tracks, flow_from_logits, track_video
-from corr.global_match import (GlobalMatchConfig, GlobalMatchNet, PairCropTransform, crop_pair_affine,
-                               global_walk_step)
-from corr.losses.global_walk import GlobalWalkLoss, apply_affine, warp_targets
+from einops import rearrange
+
+from corr.flow_track import FlowTrackConfig, chain_tracks, pair_flows, soft_argmax_targets, video_flows
+from corr.geometry import apply_affine, cell_centres, crop_box_affine
+from corr.global_match import GlobalMatchConfig, GlobalMatchNet, pair_transition_logits
+from corr.losses.global_walk import GlobalWalkLoss, warp_targets
+from datasets.transforms import normalize_frames
 
 TINY = GlobalMatchConfig(feature_dim=16, num_layers=2, num_heads=2, window=4)
 
@@ -25,32 +28,10 @@ def test_label_warp_maps_crop_a_points_onto_crop_b_exactly():
         (ta, la, ha, wa), (tb, lb, hb, wb) = box_a, box_b
         in_a = (source - [la, ta]) * [size / wa, size / ha]
         in_b = (source - [lb, tb]) * [size / wb, size / hb]
-        affine = torch.as_tensor(crop_pair_affine(box_a, box_b, size))[None]
+        affine = crop_box_affine(torch.tensor([box_a], dtype=torch.float64), torch.tensor([box_b], dtype=torch.float64),
+                                 size)
         mapped = apply_affine(affine, torch.as_tensor(in_a)[None])[0].numpy()
         np.testing.assert_allclose(mapped, in_b, atol=1e-4)
-
-
-def test_pair_crops_show_the_same_scene_point_where_the_affine_says():
-    # colour encodes the source position: red = x / 2, green = y / 2 (a smooth ramp)
-    h, w = 200, 400
-    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    frame = np.stack([(xs + 0.5) / 2, (ys + 0.5) / 2, np.full_like(xs, 128.0)], axis=-1).round().astype(np.uint8)
-    frame = frame[None].repeat(2, axis=0)
-    transform = PairCropTransform(size=64, scale=(0.2, 0.5))
-    from datasets.transforms import denormalize_frames
-
-    for seed in range(3):
-        out = transform(frame, rng=np.random.default_rng(seed))
-        crops = denormalize_frames(out["frames"]).astype(np.float64)            # 3, 64, 64, 3
-        points_a = np.array([[20.5, 30.5], [40.5, 10.5], [32.0, 32.0]])
-        mapped = apply_affine(out["affine"][None].double(), torch.as_tensor(points_a)[None])[0].numpy()
-        for (xa, ya), (xb, yb) in zip(points_a, mapped):
-            if not (1 <= xb <= 62 and 1 <= yb <= 62):
-                continue
-            colour_a = crops[0, int(ya), int(xa), :2]
-            colour_b = crops[2, int(yb), int(xb), :2]
-            # one crop pixel spans < 400 / 64 source pixels = 3.1 colour levels here
-            assert np.all(np.abs(colour_a - colour_b) <= 4.0), (seed, colour_a, colour_b)
 
 
 def test_warp_targets_bilinear_weights_and_validity():
@@ -105,12 +86,21 @@ def test_smoothness_term_ramps_and_penalises_rough_flow():
     assert smooth["smooth"] < 1e-3 < rough["smooth"]
 
 
+def _two_step_loss(model, loss_fn, frames, affine):
+    """The walk loss of ``frames (B, 3, 3, H, W) = [1a, 2a, 1b]``: pairs (1a, 2a) and (2a, 1b) through the network."""
+    b = frames.shape[0]
+    f_src, f_dst = model(torch.cat([frames[:, 0], frames[:, 1]]), torch.cat([frames[:, 1], frames[:, 2]]))
+    logits = pair_transition_logits(f_src, f_dst, model.cfg.temperature)                   # 2B, N, N
+    return loss_fn(logits[:b], logits[b:], affine, tuple(f_src.shape[-2:]), model.stride, images=frames[:, :2],
+                   step=1)
+
+
 def test_training_step_gives_finite_gradients_on_odd_sizes():
     torch.manual_seed(0)
     model = GlobalMatchNet(TINY)
     frames = torch.randn(2, 3, 3, 36, 44)                                          # 9 x 11 cells
     affine = torch.tensor([[[0.8, 0.0, 3.0], [0.0, 1.1, -2.0]]]).repeat(2, 1, 1)
-    loss, diag = global_walk_step(model, GlobalWalkLoss(0.1), frames, affine, step=1)
+    loss, diag = _two_step_loss(model, GlobalWalkLoss(0.1), frames, affine)
     loss.backward()
     assert torch.isfinite(loss) and 0 < diag["valid"] <= 1
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -143,11 +133,8 @@ def _descriptor_flows(video: torch.Tensor, tau: float = 0.01):
     t, _, h, w = video.shape
     desc = F.unfold(video, 7, padding=3)                                            # T, 147, h w
     desc = desc - desc.mean(dim=1, keepdim=True)
-    desc = F.normalize(desc, dim=1).transpose(1, 2)                                 # T, N, 147
-    logits = desc[:-1] @ desc[1:].transpose(1, 2) / tau                             # T-1, N, N
-    forward = flow_from_logits(logits, (h, w), (h, w), stride=1, local_radius=2)
-    backward = flow_from_logits(logits.transpose(1, 2), (h, w), (h, w), stride=1, local_radius=2)
-    return forward, backward
+    desc = rearrange(desc, "t c (h w) -> t c h w", h=h, w=w)
+    return pair_flows(desc[:-1], desc[1:], tau, stride=1, local_radius=2)
 
 
 @pytest.mark.parametrize("velocity", [(2.0, -1.0), (1.5, 0.5)])
@@ -180,40 +167,26 @@ def test_point_leaving_the_frame_is_occluded():
     assert occluded[1, 3] and not occluded[1, 2]
 
 
-def test_track_video_outputs_tapvid_shapes_with_the_query_frame_visible():
+def _track(model, frames, queries, cfg=FlowTrackConfig()):
+    """Tracks and occlusion of ``queries [t, y, x]`` through ``uint8 frames (T, H, W, 3)``."""
+    forward, backward = video_flows(model.eval(), normalize_frames(frames), cfg.local_radius)
+    return chain_tracks(forward, backward, queries, frames.shape[1:3], model.stride, cfg.occlusion_threshold)
+
+
+def test_video_flows_chain_to_tapvid_shapes_with_the_query_frame_visible():
     torch.manual_seed(0)
     model = GlobalMatchNet(TINY)
     frames = np.random.default_rng(0).integers(0, 255, (4, 32, 48, 3), dtype=np.uint8)
     queries = np.array([[0, 10.0, 12.0], [2, 5.5, 40.0]])
-    tracks, occluded = track_video(model, frames, queries, FlowTrackConfig(occlusion_threshold=8.0))
+    tracks, occluded = _track(model, frames, queries, FlowTrackConfig(occlusion_threshold=8.0))
     assert tracks.shape == (2, 4, 2) and occluded.shape == (2, 4)
     np.testing.assert_allclose(tracks[0, 0], [12.0, 10.0])
     np.testing.assert_allclose(tracks[1, 2], [40.0, 5.5])
     assert not occluded[0, 0] and not occluded[1, 2]
 
 
-def test_train_global_walk_runs_on_frame_folders_and_saves_a_loadable_checkpoint(tmp_path):
-    import cv2
-
-    from corr.global_match import load_global_match, train_global_walk
-
-    rng = np.random.default_rng(0)
-    for video in ("a", "b"):
-        (tmp_path / "frames" / video).mkdir(parents=True)
-        texture = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
-        for t in range(4):
-            cv2.imwrite(str(tmp_path / "frames" / video / f"{t:05d}.jpg"), texture[:, 2 * t:2 * t + 64])
-    result = train_global_walk(tmp_path / "frames", steps=2, cfg=TINY, crop_size=32, batch_size=2, frame_skip=1,
-                               log_every=0, checkpoint=tmp_path / "gw.pt")
-    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
-    model = load_global_match(tmp_path / "gw.pt")
-    assert model.cfg == TINY
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, result.model.state_dict()[name].cpu()), name
-
-
 def test_frame_loss_crops_agree_with_their_affine_exactly():
-    from corr.losses.global_walk import boxes_affine, crop_resize, random_boxes
+    from corr.losses.global_walk import crop_resize, random_boxes
 
     torch.manual_seed(0)
     height, width, size = 50, 70, 32
@@ -222,7 +195,7 @@ def test_frame_loss_crops_agree_with_their_affine_exactly():
     box_a = random_boxes(3, height, width, (0.3, 0.9), (0.75, 1.33)).double()
     box_b = random_boxes(3, height, width, (0.3, 0.9), (0.75, 1.33)).double()
     crop_a, crop_b = crop_resize(ramp, box_a, size), crop_resize(ramp, box_b, size)
-    affine = boxes_affine(box_a, box_b, size)
+    affine = crop_box_affine(box_a, box_b, size)
     centre = torch.tensor([[5.5, 7.5], [20.5, 11.5], [16.0, 16.0]], dtype=torch.float64)     # crop-a pixels (x, y)
     source_a = torch.stack([crop_a[:, :2, 7, 5], crop_a[:, :2, 11, 20]], dim=1)            # at the first two centres
     mapped = apply_affine(affine, centre[:2])                                                # crop-b pixels
@@ -264,7 +237,7 @@ def test_train_py_with_loss_global_walk_saves_a_network_the_tracker_loads(tmp_pa
     model = load_global_match(result.checkpoint)
     state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
     assert any(k.startswith("losses.global_walk.model.") for k in state["heads"]["losses"])
-    tracks, _ = track_video(model, texture[None, :, :64].repeat(2, axis=0), np.array([[0, 10.0, 10.0]]))
+    tracks, _ = _track(model, texture[None, :, :64].repeat(2, axis=0), np.array([[0, 10.0, 10.0]]))
     assert tracks.shape == (1, 2, 2)
 
 
@@ -293,7 +266,7 @@ def test_training_network_starts_as_the_seeded_random_network_evaluation_builds(
 # ------------------------------------------------------------------ soft-argmax and AMP
 
 
-def _dense_window_flow(logits, grid, stride, radius):
+def _dense_window_targets(logits, grid, stride, radius):
     """Reference: mask every cell farther than ``radius`` (Chebyshev) from the row's argmax with -inf."""
     h, w = grid
     best = logits.argmax(-1)
@@ -302,8 +275,7 @@ def _dense_window_flow(logits, grid, stride, radius):
         near = ((ty - (best // w)[..., None]).abs() <= radius) & ((tx - (best % w)[..., None]).abs() <= radius)
         logits = logits.masked_fill(~near, float("-inf"))
     centres = torch.stack([(tx + 0.5) * stride, (ty + 0.5) * stride], dim=-1).float()
-    flow = logits.softmax(-1) @ centres - centres
-    return flow.reshape(logits.shape[0], h, w, 2).permute(0, 3, 1, 2)
+    return logits.softmax(-1) @ centres
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2])
@@ -312,23 +284,24 @@ def test_windowed_soft_argmax_equals_the_dense_masked_formula(radius):
     grid = (5, 7)
     logits = torch.randn(2, 35, 35) * 3
     logits[0, 0, 34] = 50.0                                   # argmax in a corner: window cut by the edge
-    got = flow_from_logits(logits, grid, grid, stride=4, local_radius=radius)
+    got = soft_argmax_targets(logits, grid, stride=4, local_radius=radius)
     assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, _dense_window_flow(logits, grid, 4, radius), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(got, _dense_window_targets(logits, grid, 4, radius), atol=1e-4, rtol=1e-5)
 
 
 def test_pair_flows_in_row_chunks_equal_flows_of_the_transition_logits():
-    from corr.flow_track import pair_flows
-    from corr.global_match import transition_logits
-
     torch.manual_seed(0)
     f1, f2 = torch.randn(2, 8, 6, 5), torch.randn(2, 8, 6, 5)
-    logits = transition_logits(f1, f2, 0.1)
+    logits = pair_transition_logits(f1, f2, 0.1)
+    centres = rearrange(cell_centres(6, 5, 4), "h w c -> (h w) c")
+
+    def flows(rows):
+        return rearrange(soft_argmax_targets(rows, (6, 5), 4, radius) - centres, "b (h w) c -> b c h w", h=6, w=5)
+
     for radius in (0, 1):
         forward, backward = pair_flows(f1, f2, 0.1, stride=4, local_radius=radius, max_logits=2 * 30 * 7)  # 7 rows
-        torch.testing.assert_close(forward, flow_from_logits(logits, (6, 5), (6, 5), 4, radius), atol=1e-4, rtol=0)
-        torch.testing.assert_close(backward, flow_from_logits(logits.transpose(1, 2), (6, 5), (6, 5), 4, radius),
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(forward, flows(logits), atol=1e-4, rtol=0)
+        torch.testing.assert_close(backward, flows(logits.transpose(1, 2)), atol=1e-4, rtol=0)
 
 
 def test_flow_arithmetic_stays_float32_under_autocast():
@@ -340,33 +313,35 @@ def test_flow_arithmetic_stays_float32_under_autocast():
     grid = (64, 64)
     logits = torch.randn(1, 64 * 64, 64 * 64) * 4
     points = torch.rand(50, 2) * 256
-    expected = flow_from_logits(logits, grid, grid, 4, local_radius=2)
-    sampled = sample_flow(expected[0], points, 4)
+
+    def as_field(targets):                                                       # (1, h w, 2) -> (2, h, w)
+        return rearrange(targets[0], "(h w) c -> c h w", h=64, w=64)
+
+    expected = soft_argmax_targets(logits, grid, 4, local_radius=2)
+    sampled = sample_flow(as_field(expected), points, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = flow_from_logits(logits, grid, grid, 4, local_radius=2)
-        got_whole = flow_from_logits(logits, grid, grid, 4, local_radius=0)
-        got_sampled = sample_flow(got[0], points, 4)
+        got = soft_argmax_targets(logits, grid, 4, local_radius=2)
+        got_whole = soft_argmax_targets(logits, grid, 4, local_radius=0)
+        got_sampled = sample_flow(as_field(got), points, 4)
     assert got.dtype == got_sampled.dtype == torch.float32
     assert torch.equal(got, expected) and torch.equal(got_sampled, sampled)
-    torch.testing.assert_close(got_whole, flow_from_logits(logits, grid, grid, 4, local_radius=0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got_whole, soft_argmax_targets(logits, grid, 4, local_radius=0), atol=1e-4, rtol=0)
 
 
 def test_walk_loss_and_tracker_under_bfloat16_autocast():
     """The network in bfloat16, logits, softmax, the walk and the flows in float32: finite and
     close to the float32 run (loose: the features themselves are rounded)."""
-    from corr.flow_track import video_flows
-    from corr.global_match import transition_logits
     from corr.losses.global_walk import GlobalWalkFrameLoss
 
     torch.manual_seed(0)
     model = GlobalMatchNet(TINY)
     frames = torch.randn(2, 3, 3, 36, 44)
     affine = torch.tensor([[[0.8, 0.0, 3.0], [0.0, 1.1, -2.0]]]).repeat(2, 1, 1)
-    reference, _ = global_walk_step(model, GlobalWalkLoss(0.1), frames, affine, step=1)
+    reference, _ = _two_step_loss(model, GlobalWalkLoss(0.1), frames, affine)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         f1, f2 = model(frames[:, 0], frames[:, 1])
-        assert f1.dtype == torch.bfloat16 and transition_logits(f1, f2, 0.05).dtype == torch.float32
-        loss, diag = global_walk_step(model, GlobalWalkLoss(0.1), frames, affine, step=1)
+        assert f1.dtype == torch.bfloat16 and pair_transition_logits(f1, f2, 0.05).dtype == torch.float32
+        loss, diag = _two_step_loss(model, GlobalWalkLoss(0.1), frames, affine)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=0.02)
     loss.backward()
@@ -394,31 +369,12 @@ def test_walk_loss_and_tracker_under_bfloat16_autocast():
 
 
 def test_default_local_radius_is_the_recorded_held_out_choice():
-    """The default is the held-out winner of LOCAL_RADIUS_SELECTION, whose commands parse."""
-    import shlex
-    from pathlib import Path
-
-    from corr.cli import parse_config
+    """The default is the held-out winner of LOCAL_RADIUS_SELECTION, on a set other than the evaluation set."""
     from corr.flow_track import LOCAL_RADIUS_SELECTION as selection
-    from corr.train import TrainConfig
-    from propagate.evaluate import EvalConfig, parse_sweep
 
     scores = selection["scores"]
     assert sorted(scores) == [0, 1, 2, 3, 4]
     assert all(set(s) == {"AJ", "delta_avg", "OA"} and all(0 < v < 100 for v in s.values()) for s in scores.values())
     best = max(scores, key=lambda r: scores[r]["AJ"])
     assert selection["chosen"] == best == FlowTrackConfig().local_radius
-    assert selection["checkpoint"] and "seed=1" in selection["command"]
-    commands = {}
-    for command in selection["command"].split(" && "):
-        words = shlex.split(command)
-        commands[words[1]] = words[2:]
-    train = parse_config(TrainConfig, commands["train.py"])
-    assert train.loss == "global_walk" and train.steps > 0 and train.data is None   # the generated demo clips
-    evaluation = parse_config(EvalConfig, commands["evaluate.py"])
-    assert evaluation.task == "tapvid" and evaluation.tracker == "walk"
-    generate = commands["-c"][0]                                                # the held-out set, seed 1
-    assert "generate_tapvid(" in generate and "seed=1)" in generate
-    assert f"'{Path(evaluation.data_root).parent}'" in generate
-    assert evaluation.checkpoint == str(Path(train.out) / "checkpoint.pt")
-    assert parse_sweep(evaluation.sweep, tracker="walk") == [{"local_radius": r} for r in sorted(scores)]
+    assert "generate_tapvid(" in selection["held_out_set"] and "seed=1)" in selection["held_out_set"]

@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from corr.encoders import build_encoder
-from corr.losses.pixel import (FinePixelLoss, encoder_features, local_correlation, soft_cross_entropy,
-                               soft_targets, window_displacements)
+from corr.encoders import build_encoder, encoder_features
+from corr.losses.pixel import FinePixelLoss, local_correlation, soft_cross_entropy, soft_targets, window_displacements
 
 h, w = 10, 12
 

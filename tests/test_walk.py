@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from corr.encoders import build_encoder
-from corr.graph import WalkModel, affinities, drop_edges, transition_logits, transition_matrices
+from corr.graph import WalkModel, affinities, drop_edges, forward_backward_logits, transition_matrices
 from corr.losses.walk import ContrastiveRandomWalk
 
 
@@ -85,7 +85,7 @@ def test_affinities_and_transitions_are_row_stochastic():
 def test_edge_dropout_rate_and_independent_masks(p):
     torch.manual_seed(0)
     nodes = _unit(4, 5, 64, 16)
-    forward, backward = transition_logits(nodes, temperature=0.05, edge_dropout=p)   # 4, 4, 64, 64 each
+    forward, backward = forward_backward_logits(nodes, temperature=0.05, edge_dropout=p)   # 4, 4, 64, 64 each
     dropped_forward = torch.isneginf(forward)
     dropped_backward = torch.isneginf(backward).transpose(-1, -2)                    # same edge, other direction
     assert dropped_forward.float().mean().item() == pytest.approx(p, abs=0.01)
@@ -95,7 +95,7 @@ def test_edge_dropout_rate_and_independent_masks(p):
     # ... and independently for each transition.
     both_t = (dropped_forward[:, 0] & dropped_forward[:, 1]).float().mean().item()
     assert both_t == pytest.approx(p * p, abs=0.01)
-    assert not torch.isneginf(transition_logits(nodes, 0.05, 0.0)[0]).any()
+    assert not torch.isneginf(forward_backward_logits(nodes, 0.05, 0.0)[0]).any()
 
 
 def test_edge_dropout_keeps_rows_defined_and_is_off_in_eval_mode():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import corr.flow_track as flow_track
-from corr.global_match import GlobalMatchConfig, GlobalMatchNet
+from corr.global_match import TRAIN_LOSS_PREFIX, GlobalMatchConfig, GlobalMatchNet
 from corr.io import file_sha256
 from datasets.synthetic_tasks import generate_tapvid
 from datasets.tapvid import TapVidDataset
@@ -27,8 +27,9 @@ def tapvid(tmp_path_factory):
     torch.manual_seed(1)
     model = GlobalMatchNet(TINY)
     checkpoint = base / "gw.pt"
-    torch.save({"format": "corr-global-match-v1", "config": dataclasses.asdict(TINY),
-                "state_dict": model.state_dict(), "step": 0, "losses": []}, checkpoint)
+    losses = {TRAIN_LOSS_PREFIX + name: value for name, value in model.state_dict().items()}
+    torch.save({"format": "corr-checkpoint-v1", "heads": {"losses": losses}, "global_match": dataclasses.asdict(TINY),
+                "step": 0, "losses": []}, checkpoint)
     return {"path": path, "checkpoint": checkpoint}
 
 

@@ -1,83 +1,22 @@
-"""Cycle-consistency of time, after Wang, Jabri, Efros, "Learning Correspondence from the
-Cycle-Consistency of Time" (TimeCycle, CVPR 2019; PROTOCOLS.md section 2).
+"""Cycle-consistency of time (docs/objectives.md, TimeCycle; Wang, Jabri, Efros, CVPR 2019).
 
-Input: a clip ``frames (B, T, 3, H, W)`` (normalised) and the encoder. Frames ``0 .. N-1``
-are the *base* frames (oldest first), frame ``N`` the *target* frame. Two layouts:
+Input: a normalised clip ``frames (B, T, 3, H, W)`` and the encoder. Frames ``0 .. N-1`` are the
+base frames (oldest first), frame ``N`` the target; with ``motion_frame=True`` a last frame only
+serves patch placement (``T = N + 2``), else ``T = N + 1``. Features
+``x = normalize(relu(conv1x1(encoder_layer3(image))))`` (512-d, stride 8); the patch is a crop
+of the target frame cut by ``theta_0`` (placed on high-motion positions, rotated) and encoded on
+its own. Tracker, for a query ``q (B, C, p, p)`` and a frame ``x (B, C, h, w)``:
 
-- ``motion_frame=False``: ``T = N + 1`` (T >= 2); patch placement compares the target with
-  the last base frame.
-- ``motion_frame=True`` (the published layout): ``T = N + 2`` (T >= 3); the last frame only
-  serves patch placement and is not encoded. TimeCycle's clip (authors' code, VLOG frames
-  at 12 fps, ``videoLen 4, frame_gap 2, predDistance 4``) is source frames
-  ``s + (0, 2, 4, 6)`` as base frames, ``s + 15`` as the target and ``s + 17`` for motion
-  (``datasets.video`` with ``frame_offsets=(0, 2, 4, 6, 15, 17)``).
+    A = softmax over frame cells of <x(i, j), q(u, v)> / 512^-0.5            (B, h w, p, p)
+    (tx, ty, angle) = linear(lrelu(conv(lrelu(conv(A))))),  theta = [[s cos a, -s sin a, tx], [s sin a, s cos a, ty]]
 
-Features. ``x = normalize(relu(conv1x1(encoder_layer3(image))))``: 512 channels, stride 8
-(the encoder's ``layer3``, ResNet-50 in the paper; any ResNet of :mod:`corr.encoders`).
-A frame gives ``(B, 512, h, w)``; the patch, an ``H/3 x W/3`` crop of the target frame
-cut by the affine ``theta_0`` (position and angle, below) and encoded on its own, gives
-``(B, 512, p, p)`` (80 px -> 10x10 for 240 px -> 30x30 frames in the paper).
-
-Tracker. For a patch query ``q (B, C, p, p)`` and a frame ``x (B, C, h, w)``:
-
-    A[b, (i, j), (u, v)] = softmax_{(i, j)} (<x[b, :, i, j], q[b, :, u, v]> / 512^-0.5)   (B, h w, p, p)
-    (tx, ty, angle) = linear(lrelu(conv(lrelu(conv(A)))))     convs: h w -> 128 -> 64, kernel 4
-    theta = [[s cos a, -s sin a, tx], [s sin a, s cos a, ty]],  s = p / h (fixed scale; 1/3)
-
-(the frame positions are the channels of the convolutions, the patch cells their spatial
-grid, as in the reference; with patches smaller than 7 cells the kernels are 1x1.)
-``theta`` maps the patch's normalised grid to the frame's (``affine_grid``,
-``align_corners=False``); the tracked patch is ``grid_sample(relu features, theta)``,
-bilinear, L2-normalised when it is used as the next query.
-
-Losses, with ``G(theta)`` the images of a fixed 20x20 grid of points of ``[-1, 1]^2``:
-
-    d(theta, theta') = mean_points |G(theta) - G(theta')|^2        (grid-point MSE)
-    long  = mean_{c=1..min(4, N)} d(theta_c, theta_0): track the patch backward through
-            the last c base frames, forward again to the newest base frame, then into the
-            target frame (theta_c);
-    skip  = mean_t d(theta_t^skip, theta_0): track the patch directly to base frame t and
-            directly back to the target frame;
-    sim   = mean over base frames t of (1 - inlier_t) / 9        (similarity, below)
-    loss  = 0.02 * long + 1.0 * sim + 0.1 * skip          (published weights)
-
-Similarity (``similarity="inlier"``, the authors' code: a weak inlier count). For the
-patch tracked directly into base frame t, with affinity ``A_t (B, h w, p, q)`` and
-transform ``theta_t``, patch cell ``(u, v)`` (normalised centre ``g = ((2v+1)/q - 1,
-(2u+1)/p - 1)``) is predicted at frame cell ``m = ((X + 1) w / 2 - 1/2, (Y + 1) h / 2 - 1/2)``,
-``(X, Y) = theta_t [g; 1]``. The inlier mask ``M[(i, j), u, v] = sum_c beta_c [|c - (j, i)|_inf
-<= 1]`` sums the bilinear weights ``beta_c`` of the (in-frame) cells ``c`` around ``m`` that lie
-in the 3x3 neighbourhood of frame cell ``(i, j)``, and
-
-    inlier_t = 9 sum_{k, u, v} M A_t / sum_{k, u, v} M       (per clip; 1: all affinity mass of
-                                                             every cell within 3x3 cells of m)
-
-The reference minimises ``-inlier_t / 9``; ``(1 - inlier_t) / 9`` has the same gradient
-and is 0 at the optimum. It rewards affinities that are peaked where the tracker puts the
-patch, which collapsed (constant) features cannot satisfy. ``similarity="cosine"``:
-``sim = mean_t 1 - cos(x_patch(u, v), x_tracked(u, v))`` averaged over cells, the feature
-consistency of the tracked patch; constant features minimise it, so with it the features
-collapse and the tracker terms stop falling (seen on the demo data).
-
-All three are 0 for a perfect tracker on a static clip and grow with tracking errors.
-Diagnostics: ``long``, ``skip``, ``sim``, ``inlier`` (mean ``inlier_t``) and ``long/c=C``
-per cycle length.
-
-Patch placement (``theta_0``, as TimeCycle samples it): the patch centre lies on an
-``n x n`` lattice (``n = 7``) of positions ``c = (2 l - 1)(1 - s)``, ``l = 0, 1/(n-1), .., 1``
-(patches touching the frame border at the ends); the motion score of a position is the mean
-``|target - motion reference|`` (mean over colour channels) inside its patch window; one of
-the ``top_k = 10`` highest-scoring positions is drawn uniformly (``motion_patch=False``: one
-of all ``n^2``). Then ``l`` is jittered by ``U(-1/2, 1/2) / (n - 1)`` per axis (clamped to
-``[0, 1]``) and the patch is rotated by ``U(-max_rotation, max_rotation)``, ``max_rotation
-= pi/4``: ``theta_0 = [[s cos a, -s sin a, cx], [s sin a, s cos a, cy]]``.
-
-Published optimiser (set by ``corr.train`` for ``--loss cycle``, not by this module): Adam,
-lr 2e-4, betas (0.5, 0.999), gradient-norm clipping at 10.
-
-``forward(..., visuals=True)`` also returns the detached transforms of the batch, for
-figures (``theta0 (B, 2, 3)``, ``skip (B, N, 2, 3)`` the patch tracked directly into each
-base frame, ``skip_back (B, N, 2, 3)`` and ``long (B, C, 2, 3)`` the returns into the target).
+``theta`` maps the patch's normalised grid to the frame's (``affine_grid``, ``align_corners=False``;
+:mod:`corr.geometry`). With ``d`` the mean squared distance of a 20x20 grid of points mapped by
+two transforms: ``long`` (cycles back through the last ``c <= 4`` base frames and into the
+target), ``skip`` (to each base frame and straight back) and ``sim`` (the inlier similarity
+``(1 - inlier_t) / 9``, or ``1 - cos`` with ``similarity="cosine"``) give
+``loss = 0.02 long + 1.0 sim + 0.1 skip``. ``forward(..., visuals=True)`` also returns the
+detached transforms (``theta0``, ``skip``, ``skip_back``, ``long``).
 """
 from __future__ import annotations
 
@@ -88,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from corr.losses.pixel import encoder_features
+from corr.encoders import encoder_features
+from corr.geometry import cell_to_pixel, denormalise_pixels, normalise_pixels, pixel_to_cell
 
 WEIGHTS = {"long": 0.02, "sim": 1.0, "skip": 0.1}
 SIMILARITIES = ("inlier", "cosine")
@@ -214,15 +154,15 @@ class CycleConsistencyLoss(nn.Module):
         """``M (B, h*w, p, q)`` of the module docstring for ``theta (B, 2, 3)``: separable, ``M = m_y[i] m_x[j]``
         with ``m_x[j] = sum_{c in {x0, x0+1}, 0 <= c < w} beta_c [|c - j| <= 1]`` (``x0 = floor(m_x)``)."""
         (h, w), (p, q) = self.frame_size, self.patch_size
-        gy = (2 * torch.arange(p, device=theta.device, dtype=theta.dtype) + 1) / p - 1
-        gx = (2 * torch.arange(q, device=theta.device, dtype=theta.dtype) + 1) / q - 1
+        gy = normalise_pixels(cell_to_pixel(torch.arange(p, device=theta.device, dtype=theta.dtype), 1), p)
+        gx = normalise_pixels(cell_to_pixel(torch.arange(q, device=theta.device, dtype=theta.dtype), 1), q)
         grid = torch.stack([*torch.meshgrid(gx, gy, indexing="xy"), torch.ones(p, q, device=theta.device,
                                                                                  dtype=theta.dtype)], dim=-1)
         mapped = torch.einsum("bij,uvj->buvi", theta, grid)                                # B, p, q, 2 (X, Y)
         radius = NEIGHBOURHOOD // 2
 
         def axis_weights(coord: torch.Tensor, size: int) -> torch.Tensor:                  # B, p, q -> B, p, q, size
-            cell = (coord + 1) * size / 2 - 0.5
+            cell = pixel_to_cell(denormalise_pixels(coord, size), 1)
             low = cell.floor()
             frac = cell - low
             cells = torch.arange(size, device=coord.device, dtype=coord.dtype)

@@ -1,50 +1,20 @@
-"""Two-frame contrastive random walk with label warping (Shrivastava and Owens, "Self-Supervised
-Any-Point Tracking by Contrastive Random Walks", ECCV 2024).
+"""Two-frame contrastive random walk with label warping (docs/objectives.md, GMRW;
+Shrivastava and Owens, "Self-Supervised Any-Point Tracking by Contrastive Random Walks", ECCV 2024).
 
-The forward clip (frames 1, 2) is cropped with box ``a``; the reversed clip (frames 2', 1')
-gets an independent box ``b``. The walk goes 1a -> 2a -> 1b:
+The forward clip (frames 1, 2) is cut with crop box ``a``, frame 1 again with an independent
+box ``b``; the walk goes 1a -> 2a -> 1b:
 
-    A = softmax_rows(logits_forward)     (B, N, M)    cells of 1a -> cells of 2a
-    R = softmax_rows(logits_back)        (B, M, N')   cells of 2a -> cells of 1b
-    P = A R                              (B, N, N')   return distribution in 1b
-
-A cell ``i`` of 1a (centre ``c_i`` in crop-a pixels) returns where the same scene point lies
-in crop b, ``t_i = affine(c_i)`` (``affine``: crop-a pixels -> crop-b pixels, the known
-relative affine between the crops; "label warping"). Because ``t_i`` differs from ``c_i``,
-matching cells by position does not solve the walk. In cell units ``u_i = t_i / stride - 0.5``
-(cell ``(y, x)`` has its centre at pixel ``((x + 0.5) s, (y + 0.5) s)``). With bilinear
-weights ``w_ij`` of ``u_i`` over its (up to) four neighbouring cells ``j``:
-
+    A = softmax_rows(logits_forward) (B, N, M),  R = softmax_rows(logits_back) (B, M, N'),  P = A R
     loss_walk = -(1 / |V|) sum_{b, i in V} sum_j w_ij log(P_ij + eps),   eps = 1e-20
 
-i.e. the cross-entropy between the bilinearly spread target and the return distribution,
-which is ``-log`` of the return probability at the target when ``u_i`` is a cell. ``V``
-holds the cells whose target lies inside crop b's grid (``0 <= u_i <= (w-1, h-1)``).
-
-Optional edge-aware smoothness (second order) on the expected flow of each step,
-``flow_i = sum_j A_ij p_j - p_i`` (``p`` cell centres, in cells):
-
-    smooth = mean over directions d in {x, y}, cells, both flow channels of
-             exp(-edge * |d I|) * |flow(x - d) - 2 flow(x) + flow(x + d)|
-
-with ``I`` the source frame average-pooled to the cell grid (``|d I|`` the mean absolute
-channel difference between the two neighbours). Total
-``loss = loss_walk + lambda(step) * smooth``, ``lambda(step) = smoothness_weight *
-min(1, step / smoothness_ramp_steps)`` (``smoothness_ramp_steps = 0``: no ramp).
-
-Mixed precision: under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU) only the network
-runs in low precision. The logits (:func:`corr.global_match.transition_logits`), both
-softmaxes, the walk product, ``log(P + eps)``, the warped targets and the smoothness term
-run in float32 with autocast disabled: in float16, return probabilities below ~6e-8 flush
-to 0 and ``eps = 1e-20`` is 0 too, so ``log P`` would be ``-inf``; bfloat16 keeps only 8
-bits, so pixel positions near 256 would be rounded to 1-2 px. Logits are cosines over
-``tau`` (``|logit| <= 1 / tau = 20``), safe in float32. No ``-inf`` mask is used (the
-targets' validity is a multiplicative mask). The loss is float32, as
-``torch.amp.GradScaler`` expects.
-
-Diagnostics: ``walk`` (the walk term), ``acc`` (fraction of valid cells whose most likely
-return cell is the cell nearest to the target), ``valid`` (fraction of cells in ``V``) and,
-with smoothness, ``smooth`` and ``smooth_weight``.
+A cell ``i`` of 1a returns where its scene point lies in crop b, ``t_i = affine(c_i)`` (``c_i``
+its centre, ``affine`` crop-a pixels -> crop-b pixels; :mod:`corr.geometry` conventions);
+``w_ij`` are the bilinear weights of ``t_i`` over the cells of 1b, ``V`` the cells whose target
+lies inside 1b's grid of cell centres. Optional second-order edge-aware smoothness of each
+step's expected flow (:func:`edge_aware_smoothness`) is added with weight ``lambda(step)``.
+The logits, softmaxes, walk, targets and smoothness run in float32 with autocast disabled.
+Diagnostics: ``walk``, ``acc`` (most likely return cell = nearest target cell), ``valid``
+(fraction of cells in ``V``) and, with smoothness, ``smooth`` and ``smooth_weight``.
 """
 from __future__ import annotations
 
@@ -56,29 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from corr.geometry import apply_affine, cell_centres, cell_to_pixel, crop_box_affine, normalise_pixels, pixel_to_cell
+from corr.global_match import pair_transition_logits
+
 EPS = 1e-20
 
-__all__ = ["GlobalWalkLoss", "cell_centres", "apply_affine", "warp_targets", "expected_flow",
-           "edge_aware_smoothness", "GlobalWalkFrameLoss", "random_boxes", "crop_resize", "boxes_affine"]
-
-
-def cell_centres(height: int, width: int, stride: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """``(height * width, 2)`` pixel centres (x, y) of the cells in row-major (y, x) order."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=dtype),
-                            torch.arange(width, device=device, dtype=dtype), indexing="ij")
-    return torch.stack([(xs.flatten() + 0.5) * stride, (ys.flatten() + 0.5) * stride], dim=1)
-
-
-def apply_affine(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """``affine (B, 2, 3)``, ``points (B, N, 2)`` or ``(N, 2)`` (x, y) -> ``(B, N, 2)``: ``M [x, y, 1]^T``."""
-    if affine.ndim != 3 or affine.shape[1:] != (2, 3):
-        raise ValueError(f"affine must be (B, 2, 3), got {tuple(affine.shape)}")
-    if points.ndim == 2:
-        points = points.expand(affine.shape[0], *points.shape)
-    with torch.autocast(device_type=affine.device.type, enabled=False):   # pixel positions need float32
-        dtype = torch.promote_types(torch.promote_types(affine.dtype, points.dtype), torch.float32)
-        affine, points = affine.to(dtype), points.to(dtype)
-        return points @ affine[:, :, :2].transpose(1, 2) + affine[:, None, :, 2]
+__all__ = ["GlobalWalkLoss", "warp_targets", "expected_flow", "edge_aware_smoothness", "GlobalWalkFrameLoss",
+           "random_boxes", "crop_resize"]
 
 
 def warp_targets(affine: torch.Tensor, grid: tuple[int, int], target_grid: tuple[int, int], stride: int
@@ -91,8 +45,8 @@ def warp_targets(affine: torch.Tensor, grid: tuple[int, int], target_grid: tuple
     """
     h, w = grid
     th, tw = target_grid
-    centres = cell_centres(h, w, stride, device=affine.device, dtype=affine.dtype)
-    target = apply_affine(affine, centres) / stride - 0.5                          # B, N, 2 in cells
+    centres = rearrange(cell_centres(h, w, stride, device=affine.device, dtype=affine.dtype), "h w c -> (h w) c")
+    target = pixel_to_cell(apply_affine(affine, centres), stride)                 # B, N, 2 in cells
     u, v = target.unbind(-1)
     valid = (u >= 0) & (u <= tw - 1) & (v >= 0) & (v <= th - 1)
     u0 = u.floor().clamp(0, max(tw - 2, 0))
@@ -112,8 +66,9 @@ def expected_flow(transition: torch.Tensor, grid: tuple[int, int], target_grid: 
     h, w = grid
     with torch.autocast(device_type=transition.device.type, enabled=False):
         transition = transition.to(torch.promote_types(transition.dtype, torch.float32))
-        src = cell_centres(h, w, 1, device=transition.device, dtype=transition.dtype)
-        dst = cell_centres(*target_grid, 1, device=transition.device, dtype=transition.dtype)
+        src = rearrange(cell_centres(h, w, 1, device=transition.device, dtype=transition.dtype), "h w c -> (h w) c")
+        dst = rearrange(cell_centres(*target_grid, 1, device=transition.device, dtype=transition.dtype),
+                        "h w c -> (h w) c")
         flow = transition @ dst - src                                              # B, N, 2 (centres cancel)
     return rearrange(flow, "b (h w) c -> b c h w", h=h, w=w)
 
@@ -219,27 +174,15 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
     """Bilinear crops ``(B, C, size, size)`` of ``images (B, C, H, W)`` at float ``boxes (B, 4)``.
 
     Output pixel ``(i, j)`` (centre ``(j + 0.5, i + 0.5)``) samples the source point
-    ``(left + (j + 0.5) w / size, top + (i + 0.5) h / size)`` (corner convention).
+    ``(left + (j + 0.5) w / size, top + (i + 0.5) h / size)`` (:mod:`corr.geometry`).
     """
     b, _, height, width = images.shape
     top, left, h, w = boxes.unbind(1)
-    centres = (torch.arange(size, device=images.device, dtype=images.dtype) + 0.5) / size       # size
-    xs = (left[:, None] + centres[None] * w[:, None]) / width * 2 - 1                          # B, size
-    ys = (top[:, None] + centres[None] * h[:, None]) / height * 2 - 1
+    centres = cell_to_pixel(torch.arange(size, device=images.device, dtype=images.dtype), 1) / size     # size
+    xs = normalise_pixels(left[:, None] + centres[None] * w[:, None], width)                      # B, size
+    ys = normalise_pixels(top[:, None] + centres[None] * h[:, None], height)
     grid = torch.stack([xs[:, None, :].expand(b, size, size), ys[:, :, None].expand(b, size, size)], dim=-1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def boxes_affine(box_a: torch.Tensor, box_b: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, 2, 3)``: crop-a pixels -> crop-b pixels for boxes ``(B, 4)`` (top, left, h, w), both resized to ``size``.
-
-    ``x_b = x_a w_a / w_b + (left_a - left_b) size / w_b`` (same for y with tops and heights).
-    """
-    ta, la, ha, wa = box_a.unbind(1)
-    tb, lb, hb, wb = box_b.unbind(1)
-    zero = torch.zeros_like(ta)
-    return torch.stack([torch.stack([wa / wb, zero, (la - lb) * size / wb], dim=1),
-                        torch.stack([zero, ha / hb, (ta - tb) * size / hb], dim=1)], dim=1)
 
 
 class GlobalWalkFrameLoss(nn.Module):
@@ -266,8 +209,6 @@ class GlobalWalkFrameLoss(nn.Module):
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
 
     def forward(self, clip: torch.Tensor, encoder: Optional[nn.Module] = None) -> tuple[torch.Tensor, dict]:
-        from corr.global_match import transition_logits
-
         if clip.ndim != 5 or clip.shape[1] < 2 or clip.shape[2] != 3:
             raise ValueError(f"global_walk needs dense clips (B, T >= 2, 3, H, W), got {tuple(clip.shape)}")
         if self.training:
@@ -281,7 +222,7 @@ class GlobalWalkFrameLoss(nn.Module):
         second_a = crop_resize(frames[:, 1], box_a, size)
         first_b = crop_resize(frames[:, 0], box_b, size)
         f_src, f_dst = self.model(torch.cat([first_a, second_a]), torch.cat([second_a, first_b]))
-        logits = transition_logits(f_src, f_dst, self.model.cfg.temperature)                # 2B, N, N
-        affine = boxes_affine(box_a, box_b, size)
+        logits = pair_transition_logits(f_src, f_dst, self.model.cfg.temperature)           # 2B, N, N
+        affine = crop_box_affine(box_a, box_b, size)
         return self.walk(logits[:b], logits[b:], affine, tuple(f_src.shape[-2:]), self.model.stride,
                          images=torch.stack([first_a, second_a], dim=1), step=int(self.steps_seen))

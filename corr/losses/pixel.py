@@ -1,50 +1,23 @@
-"""Fine-grained pixel correspondence loss, after Li et al., "Learning Fine-Grained
-Features for Pixel-wise Video Correspondences" (ICCV 2023; PROTOCOLS.md section 3).
+"""Fine-grained pixel correspondence loss (docs/objectives.md, fine-grained pixel; Li et al.,
+"Learning Fine-Grained Features for Pixel-wise Video Correspondences", ICCV 2023).
 
-Input: a clip ``frames (B, T, 3, H, W)`` (normalised, T >= 2) and the encoder, whose
-features ``f (B, C, h, w)`` (L2-normalised along C here) should be high-resolution
-(stride ``s = H / h`` of 4, e.g. ``resnet18-s4``, or 2, ``resnet18-s2``). Three terms:
+Input: a normalised clip ``frames (B, T >= 2, 3, H, W)`` and a high-resolution encoder (stride
+4 or 2) whose unit features are ``f (B, C, h, w)``. Over displacements ``d_k``, ``|d|_inf <= R``
+(``K = (2R+1)^2``; displacements leaving the map excluded):
 
-1. Warp term (the synthetic-supervision substitute named in PROTOCOLS.md 3). Frame 0 of
-   each clip, ``I``, is warped by a random homography / affine / thin-plate warp
-   (:mod:`corr.warps`) into ``J``, which gives the exact match ``m(p)`` in ``J`` of every
-   feature cell ``p`` of ``I`` (in cell units). With displacements ``d_k`` over the local
-   window ``|d|_inf <= R`` (K = (2R+1)^2):
+1. warp term: frame 0 ``I`` warped by a random warp (:mod:`corr.warps`) into ``J`` gives the
+   true match ``m(p)`` of every cell (cell units, :mod:`corr.geometry`);
+   ``L_warp = mean_p -sum_k target_k(p) log softmax_k(<f_I(p), f_J(p + d_k)> / tau)`` with
+   ``target_k ∝ exp(-|p + d_k - m(p)|^2 / (2 sigma^2))``, over cells whose match is in view and
+   ``|m(p) - p|_inf <= R - 1``;
+2. reconstruction: frame 1's colours (pooled to the grid) rebuilt from frame 0's through
+   ``softmax_k(<f_1(p), f_0(p + d_k)> / tau)``, smooth-L1;
+3. optional domain term: a classifier tells warped from real correlation distributions through
+   a gradient-reversal layer.
 
-       corr_k(p) = <f_I(p), f_J(p + d_k)>                             (B, K, h, w)
-       target_k(p) ∝ exp(-|p + d_k - m(p)|^2 / (2 sigma^2))          soft target around the true match
-       L_warp = mean_p  -sum_k target_k(p) log softmax_k(corr(p) / tau)
-
-   over the cells ``p`` whose match is in view and inside the window (``|m(p) - p|_inf <=
-   R - 1``); displacements leaving the feature map are excluded from both softmaxes.
-   It is smallest (= the entropy of the target) when the student's distribution equals
-   the target, i.e. when the features single out the true match.
-
-2. Reconstruction term on real consecutive frames 0 and 1: frame 1's colours (the frame
-   average-pooled to the feature grid, ``c (B, 3, h, w)``) are rebuilt from frame 0's
-   through the local correlation,
-
-       a_k(p) = softmax_k(<f_1(p), f_0(p + d_k)> / tau),   c1_hat(p) = sum_k a_k(p) c0(p + d_k)
-       L_rec = mean smooth_L1(c1_hat, c1)      (beta = 1, as torch's default)
-
-3. Optional domain term (``domain_weight > 0``): a small classifier on the local
-   correlation distributions (``softmax_k(corr / tau)``, K-dim per cell) tells warped pairs
-   (label 0) from real pairs (label 1) by binary cross-entropy; its input passes a
-   gradient-reversal layer (identity forward, ``-lambda`` times the gradient backward), so
-   the encoder learns to make the two kinds of correlation alike.
-
-   loss = L_warp + rec_weight * L_rec + domain_weight * L_dom
-
-``forward(..., visuals=True)`` also returns, detached, for figures: ``warped (B, 3, H, W)``
-(frame 0 after its warp), ``in_view bool (B, H, W)`` (warped pixels whose source lies in the
-frame), ``matches (B, h, w, 2)`` (true matches of the source cells, cell units of the warped
-map), ``predicted (B, h, w, 2)`` (the most likely displacement added to each cell) and
-``used bool (B, h, w)`` (the cells the warp term counts).
-
-Diagnostics: ``warp_ce``, ``warp_kl`` (L_warp minus the target entropy, 0 at the optimum),
-``warp_acc`` (fraction of used cells whose most likely displacement is the one nearest the
-true match), ``warp_used`` (fraction of cells used), ``rec``, and ``domain`` / ``domain_acc``
-when enabled. Randomness (warps) comes from ``generator`` or torch's global generator.
+``loss = L_warp + rec_weight L_rec + domain_weight L_dom``. Diagnostics: ``warp_ce``, ``warp_kl``,
+``warp_acc``, ``warp_used``, ``rec`` (and ``domain``, ``domain_acc``); ``visuals=True`` also returns
+``warped``, ``in_view``, ``matches``, ``predicted`` and ``used``.
 """
 from __future__ import annotations
 
@@ -55,24 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from corr.encoders import encoder_features
+from corr.geometry import cell_centre_offset, pixel_to_cell, to_integer_centres
 from corr.warps import WARP_KINDS, Warp, random_warp, source_matches, warp_image
-
-STAGES = ("layer1", "layer2", "layer3", "layer4")
-
-
-def encoder_features(encoder: nn.Module, images: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
-    """``(B, 3, H, W) -> (B, C, h, w)``: the encoder's output, or the output of ResNet stage
-    ``layer`` for the ResNets of :mod:`corr.encoders` (stem, then layer1..``layer``)."""
-    if layer is None:
-        return encoder(images)
-    if layer not in STAGES or not all(hasattr(encoder, name) for name in ("conv1", *STAGES)):
-        raise ValueError(f"layer={layer!r} needs a ResNet encoder with stages {STAGES}; "
-                         f"got {type(encoder).__name__} (use layer=None for its own output)")
-    x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(images))))      # B, 64, H/4, W/4
-    for name in STAGES[: STAGES.index(layer) + 1]:
-        x = getattr(encoder, name)(x)
-    return x
-
 
 def window_displacements(radius: int, device=None) -> torch.Tensor:
     """``(K, 2)`` integer ``(dx, dy)`` with ``|dx|, |dy| <= radius``, dy-major (unfold order)."""
@@ -204,9 +162,10 @@ class FinePixelLoss(nn.Module):
     def cell_matches(warps: Sequence[Warp], height: int, width: int, stride: int, device=None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Matches of the source cells in cell units of the warped map, ``(B, h, w, 2)``, and
-        their visibility ``bool (B, h, w)``; cell ``(i, j)`` has pixel centre ``s (j, i) + (s-1)/2``."""
+        their visibility ``bool (B, h, w)`` (warps work in integer-centre pixels, :mod:`corr.geometry`)."""
         found = [source_matches(warp, height, width, stride) for warp in warps]
-        matches = torch.stack([(m - (stride - 1) / 2) / stride for m, _ in found])
+        offset = to_integer_centres(cell_centre_offset(stride))                              # (s - 1) / 2
+        matches = torch.stack([pixel_to_cell(m, stride, offset) for m, _ in found])
         visible = torch.stack([v for _, v in found])
         return matches.to(device, torch.float32), visible.to(device)
 

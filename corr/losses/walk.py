@@ -1,26 +1,17 @@
-"""Contrastive random walk loss (Jabri, Owens, Efros, "Space-Time Correspondence as a
-Contrastive Random Walk", NeurIPS 2020; PROTOCOLS.md section 1).
+"""Contrastive random walk loss (docs/objectives.md, CRW; Jabri, Owens, Efros, "Space-Time
+Correspondence as a Contrastive Random Walk", NeurIPS 2020).
 
-Input ``nodes: (B, T, N, C)``, L2-normalised along ``C``. With the transition matrices of
-:mod:`corr.graph` (``A_t``: frame t -> t+1, ``B_t``: frame t+1 -> t, both ``(B, N, N)``),
-the palindrome walk of length ``k`` starts at frame 0, goes to frame ``k`` and back:
+Input ``nodes (B, T, N, C)``, L2-normalised along ``C``. With the transition matrices of
+:mod:`corr.graph` (``A_t``: frame t -> t+1, ``B_t``: frame t+1 -> t, both ``(B, N, N)``), the
+palindrome walk of length ``k`` goes from frame 0 to frame ``k`` and back:
 
     P_k = A_0 A_1 ... A_{k-1} B_{k-1} ... B_1 B_0                 (B, N, N)
     loss_k = -mean_{b, i} log((P_k)_{ii} + eps),  eps = 1e-20
     loss   = mean over k in K of loss_k,   K = 2..T-1  (1..T-1 with include_one_step)
 
-The products are taken in probability space, as in the reference code, and the log gets
-the same ``eps = 1e-20`` the reference adds (it only matters where a return probability
-underflows to 0, which would otherwise give an infinite loss). The walk is computed in
-float32 (or float64 if given) even under autocast (``1e-20`` underflows in float16). The reference passes
-``log(P + eps)`` to a cross-entropy, which renormalises by ``1 + N eps``: a difference of
-about ``N * 1e-20``.
-
-Diagnostics per length ``k``: ``loss/k=K`` and ``acc/k=K``, the walk accuracy, i.e. the
-fraction of start nodes ``i`` whose most likely end node ``argmax_j (P_k)_{ij}`` is ``i``.
-
-Edge dropout (probability ``edge_dropout``, fresh masks per transition and direction) is
-applied in training mode only, like :class:`torch.nn.Dropout`.
+Products are taken in probability space, in float32 (or float64) even under autocast.
+Diagnostics per length: ``loss/k=K`` and ``acc/k=K`` (fraction of start nodes whose most likely
+end node is themselves). Edge dropout applies in training mode only, like ``nn.Dropout``.
 """
 from __future__ import annotations
 
