@@ -1,22 +1,17 @@
-"""Training by the contrastive random walk and the other objectives (``--loss``), from named
-presets (``--preset``; docs/objectives.md).
+"""Training of correspondence encoders: the contrastive random walk and the other objectives
+(docs/objectives.md), from named presets. ``python train.py`` is :func:`main`; ``--help``
+lists the options, presets and objectives.
 
-    python train.py --data /data/kinetics400/train --out runs/crw          # one GPU or the CPU
-    torchrun --nproc_per_node=4 train.py --data /data/kinetics400/train    # DDP, one GPU each
-    python train.py --out runs/crw --resume                                 # continue a run
-    python train.py --loss cycle --data /data/vlog                          # TimeCycle's setup
-    python train.py                                                         # the demo
+    from corr.train import TrainConfig, train
+    result = train(TrainConfig(data="/data/kinetics400/train", out="runs/crw"))   # the crw preset
 
-Run folder ``--out``: ``checkpoint.pt`` (always the latest, written atomically),
-``config.json`` (the resolved configuration), the TensorBoard event files (``tensorboard
---logdir OUT``) and, when videos could not be used, ``skipped_videos.txt`` (path and reason,
-one per line; each is also logged once). Without ``--data`` the run trains on generated
-synthetic clips in minutes on a CPU. Modules: ``config`` (options, presets), ``objectives``
-(the loss registry), ``data``, ``module`` (what is trained, DDP, optimiser), ``checkpoint``
-(exact resumption), ``figures``, ``report`` (logs, TensorBoard), ``loop``, ``command``.
+Modules, lowest first: ``figures`` (loss images), ``objectives`` (the loss registry),
+``config`` (options, presets, resolution), ``data`` (datasets, data order, the demo's clips),
+``module`` (what is trained, DDP, optimiser), ``checkpoint`` (checkpoints, exact resumption),
+``report`` (log lines, progress, TensorBoard), ``loop`` (:func:`train`), ``command`` (:func:`main`).
 """
+from corr.train.command import main
 from corr.train.config import TrainConfig
 from corr.train.loop import TrainResult, train
-from corr.train.command import main
 
 __all__ = ["TrainConfig", "TrainResult", "main", "train"]

@@ -1,7 +1,17 @@
-"""``python train.py``: the command line of :func:`corr.train.train`, one ``--option`` per field
-of :class:`corr.train.TrainConfig`; ``--help`` lists the presets and the objectives from
-their registries (:func:`corr.train.config.presets`, :data:`corr.train.objectives.OBJECTIVES`).
-Under ``torchrun`` only rank 0 logs below warnings; the process group is left at the end.
+"""Training by the contrastive random walk and the other objectives (``--loss``), from named
+presets (``--preset``; docs/objectives.md).
+
+    python train.py --data /data/kinetics400/train --out runs/crw          # one GPU or the CPU
+    torchrun --nproc_per_node=4 train.py --data /data/kinetics400/train    # DDP, one GPU each
+    python train.py --out runs/crw --resume                                 # continue a run
+    python train.py --loss cycle --data /data/vlog                          # TimeCycle's setup
+    python train.py                                                         # the demo
+
+Run folder ``--out``: ``checkpoint.pt`` (always the latest, written atomically),
+``config.json`` (the resolved configuration), the TensorBoard event files (``tensorboard
+--logdir OUT``) and, when videos could not be used, ``skipped_videos.txt`` (path and reason,
+one per line; each is also logged once). Without ``--data`` the run trains on generated
+synthetic clips in minutes on a CPU. Under ``torchrun`` only rank 0 logs below warnings.
 """
 from __future__ import annotations
 
@@ -10,7 +20,6 @@ import os
 import textwrap
 from typing import Any, Optional
 
-import corr.train as package
 from corr.cli import parse_config
 from corr.runtime import Runtime
 from corr.train.config import CRW, EPOCHS, SETUP_OPTIONS, TrainConfig, presets
@@ -37,8 +46,8 @@ def _text(name: str, value: Any) -> str:
 
 
 def help_text() -> str:
-    """The package docstring, then every preset (as its changes to the one it extends) and objective."""
-    lines = [package.__doc__.rstrip(), "", PRESET_HEADER]
+    """This module's docstring, then every preset (as its changes to the one it extends) and objective."""
+    lines = [__doc__.rstrip(), "", PRESET_HEADER]
     table = presets()
     for name, cfg in table.items():
         parent = name[:-len("-demo")] if name.endswith("-demo") else (None if cfg == CRW else "crw")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -32,11 +32,12 @@ from corr.losses.pixel import FinePixelLoss
 from corr.losses.walk import ContrastiveRandomWalk
 from corr.train.figures import cycle_image, pixel_image, walk_image
 
-if TYPE_CHECKING:
-    from corr.train.config import TrainConfig
+#: A resolved :class:`corr.train.config.TrainConfig` (that module builds on this one, so the
+#: type is not imported here).
+Config = Any
 
 #: ``figure(clip (T, ...), data of that clip, cfg, encoder stride) -> (TensorBoard tag, uint8 HWC image)``
-Figure = Callable[[torch.Tensor, dict, "TrainConfig", int], tuple[str, np.ndarray]]
+Figure = Callable[[torch.Tensor, dict, Config, int], tuple[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,13 @@ class Objective:
 
     name: str
     summary: str                                       # one line for --help
-    build: Callable[["TrainConfig"], nn.Module]
+    build: Callable[[Config], nn.Module]
     needs_frames: bool = False
     settings: Mapping[str, Any] = field(default_factory=dict)
     demo_settings: Mapping[str, Any] = field(default_factory=dict)
     figure: Optional[Figure] = None
     resume_keys: tuple[str, ...] = ()
-    check: Optional[Callable[["TrainConfig"], None]] = None   # raises ValueError for an unusable config
+    check: Optional[Callable[[Config], None]] = None   # raises ValueError for an unusable config
     trained_network: Optional[str] = None              # for the log, when the loss alone trains its own network
 
     @property
@@ -66,7 +67,7 @@ def encoder_kwargs(name: str) -> dict[str, Any]:
     return {"out_layer": "layer4"} if "out_layer" in inspect.signature(ENCODERS[name]).parameters else {}
 
 
-def build_cycle_loss(cfg: TrainConfig) -> nn.Module:
+def build_cycle_loss(cfg: Config) -> nn.Module:
     """TimeCycle (docs/objectives.md, TimeCycle) on the encoder's layer3, sized for ``crop_size``
     frames. With ``clip_offsets`` (the published layout) the clip's last frame only places the patch."""
     probe = build_encoder(cfg.encoder, **({"out_layer": "layer3"} if encoder_kwargs(cfg.encoder) else {}))
@@ -75,21 +76,21 @@ def build_cycle_loss(cfg: TrainConfig) -> nn.Module:
     return CycleConsistencyLoss(probe.out_channels, (cells, cells), layer=layer, motion_frame=cfg.clip_offsets is not None)
 
 
-def check_cycle_clip(cfg: TrainConfig) -> None:
+def check_cycle_clip(cfg: Config) -> None:
     """Base frames and a target (and the motion reference when ``clip_offsets`` are set)."""
     least = 3 if cfg.clip_offsets is not None else 2
     if cfg.clip_len < least:
         raise ValueError(f"--loss cycle needs base frames and a target: at least {least} frames, got {cfg.clip_len}")
 
 
-def build_pixel_loss(cfg: TrainConfig) -> nn.Module:
+def build_pixel_loss(cfg: Config) -> nn.Module:
     """Fine-grained pixel loss (docs/objectives.md, fine-grained pixel) on layer3; use a stride-4
     encoder (resnet18-s4)."""
     return FinePixelLoss(radius=cfg.pixel_radius, domain_weight=cfg.pixel_domain_weight,
                          layer="layer3" if encoder_kwargs(cfg.encoder) else None)
 
 
-def build_global_walk_loss(cfg: TrainConfig) -> nn.Module:
+def build_global_walk_loss(cfg: Config) -> nn.Module:
     """Two-frame global-matching walk with label warping (corr.losses.global_walk). The loss owns
     its network (corr.global_match.GlobalMatchNet, saved under heads/losses); the encoder is unused.
 
@@ -101,7 +102,7 @@ def build_global_walk_loss(cfg: TrainConfig) -> nn.Module:
     return GlobalWalkFrameLoss(seeded_global_match(cfg.seed))
 
 
-def crw_figure(clip: torch.Tensor, data: dict, cfg: TrainConfig, stride: int) -> tuple[str, np.ndarray]:
+def crw_figure(clip: torch.Tensor, data: dict, cfg: Config, stride: int) -> tuple[str, np.ndarray]:
     return f"walk/frame0_to_frame{cfg.clip_len - 1}", walk_image(clip, data["nodes"], cfg.mode, stride)
 
 
@@ -159,14 +160,14 @@ def parse_loss_spec(spec: str) -> dict[str, float]:
     return weights
 
 
-def trained_network_name(cfg: TrainConfig) -> str:
+def trained_network_name(cfg: Config) -> str:
     """What the run trains, for the log: the encoder, or the network a loss owns when only it is trained."""
     names = list(parse_loss_spec(cfg.loss))
     own = OBJECTIVES[names[0]].trained_network if len(names) == 1 else None
     return own or cfg.encoder
 
 
-def loss_images(clip: torch.Tensor, visuals: dict[str, dict], cfg: TrainConfig, stride: int
+def loss_images(clip: torch.Tensor, visuals: dict[str, dict], cfg: Config, stride: int
                 ) -> list[tuple[str, np.ndarray]]:
     """``(TensorBoard tag, uint8 HWC image)`` per loss that returned figure data for clip 0 of
     the batch (``clip`` is that clip; ``visuals`` holds the batch's data, ``{name: {key: (B, ...)}}``)."""
