@@ -38,9 +38,12 @@ from corr.cli import parse_config  # noqa: E402
 from corr.encoders import build_encoder  # noqa: E402
 from corr.graph import WalkModel  # noqa: E402
 from corr.io import atomic_write_json  # noqa: E402
-from corr.runtime import sync_device  # noqa: E402
-from corr.train import (TrainConfig, batch_stream, build_dataset, build_losses, encoder_kwargs,  # noqa: E402
-                        prepare_demo_data, resolve_config, setup_runtime)
+from corr.runtime import start_runtime, sync_device  # noqa: E402
+from corr.train import TrainConfig  # noqa: E402
+from corr.train.config import resolve_config  # noqa: E402
+from corr.train.data import batch_stream, build_dataset, prepare_demo_data  # noqa: E402
+from corr.train.module import build_losses  # noqa: E402
+from corr.train.objectives import encoder_kwargs  # noqa: E402
 
 SHARED_CLIPS = REPO.parent / "shared" / "data" / "clips"
 
@@ -84,7 +87,7 @@ def run(bench: BenchConfig) -> dict:
     cfg = resolve_config(TrainConfig(data=bench.data or str(SHARED_CLIPS), batch_size=bench.batch_size, mode=bench.mode,
                                      crop_size=bench.crop_size, clip_len=bench.clip_len, encoder=bench.encoder,
                                      device=bench.device, num_workers=bench.num_workers, progress=False))
-    runtime = setup_runtime(cfg)
+    runtime = start_runtime(cfg.device, backend="auto", amp=cfg.amp)
     if bench.data is not None:
         source = Path(bench.data)
     elif SHARED_CLIPS.is_dir():

@@ -129,7 +129,10 @@ def test_wrong_frame_size_and_bad_input_are_named():
 def test_training_config_mixes_the_losses_over_one_encoder():
     from corr.losses.pixel import FinePixelLoss
     from corr.losses.walk import ContrastiveRandomWalk
-    from corr.train import TrainConfig, build_losses, parse_loss_spec, resolve_config
+    from corr.train import TrainConfig
+    from corr.train.config import resolve_config
+    from corr.train.module import build_losses
+    from corr.train.objectives import parse_loss_spec
 
     assert parse_loss_spec("crw=1,cycle=0.5,pixel=1") == {"crw": 1.0, "cycle": 0.5, "pixel": 1.0}
     cfg = resolve_config(TrainConfig(loss="crw=1,cycle=0.5,pixel=1", encoder="resnet18-s4"))

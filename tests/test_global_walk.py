@@ -244,7 +244,8 @@ def test_train_py_with_loss_global_walk_saves_a_network_the_tracker_loads(tmp_pa
 def test_training_network_starts_as_the_seeded_random_network_evaluation_builds():
     """Label propagation with the untrained backbone (``--encoder global-match --seed s``) is the
     training run's own starting point, whatever was drawn before the loss was built."""
-    from corr.train import TrainConfig, build_global_walk_loss
+    from corr.train import TrainConfig
+    from corr.train.objectives import build_global_walk_loss
     from propagate.evaluate import EvalConfig, load_global_match_model
 
     torch.manual_seed(123)

@@ -1,6 +1,7 @@
 """The training loop: data order, resumption, DDP, corrupt videos, checkpoints, failures."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -14,8 +15,13 @@ import torch.multiprocessing as mp
 
 from corr.encoders import ENCODERS
 from corr.graph import WalkModel
-from corr.train import (NonFiniteLossError, TrainConfig, TrainModule, batches_per_epoch, build_losses, cycle_image,
-                        parse_loss_spec, pixel_image, resolve_config, train, walk_figure, walk_image)
+from corr.train import TrainConfig, train
+from corr.train.checkpoint import NonFiniteLossError
+from corr.train.config import resolve_config
+from corr.train.data import batches_per_epoch
+from corr.train.figures import cycle_image, pixel_image, walk_figure, walk_image
+from corr.train.module import TrainModule, build_losses
+from corr.train.objectives import parse_loss_spec
 
 
 class _TinyEncoder(torch.nn.Module):
@@ -186,7 +192,8 @@ def test_two_ddp_processes_keep_identical_weights(videos, tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["losses"] == ranks[1]["losses"] and sorted(ranks[0]["losses"]) == [1, 2]
     torch.manual_seed(cfg.seed)  # the initialisation train() starts from
-    initial = dict(WalkModel(_TinyEncoder(), head_dim=cfg.head_dim, mode="dense").named_parameters())
+    head_dim = resolve_config(cfg).head_dim
+    initial = dict(WalkModel(_TinyEncoder(), head_dim=head_dim, mode="dense").named_parameters())
     changed = 0
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
@@ -222,9 +229,10 @@ def test_ddp_averages_the_gradients_of_the_encoder_and_of_loss_owned_heads(video
     mp.spawn(_ddp_module_worker, args=(2, _free_port(), cfgs, str(tmp_path)), nprocs=2, join=True)
     for k, (cfg, (_, owned)) in enumerate(zip(cfgs, runs.values())):
         ranks = [torch.load(tmp_path / f"run{k}-rank{r}.pt", weights_only=True) for r in range(2)]
+        resolved = resolve_config(cfg)
         torch.manual_seed(cfg.seed)  # the initialisation train() starts from
-        initial = dict(TrainModule(WalkModel(_TinyEncoder(), head_dim=cfg.head_dim, mode="dense"),
-                                   build_losses(resolve_config(cfg))).named_parameters())
+        initial = dict(TrainModule(WalkModel(_TinyEncoder(), head_dim=resolved.head_dim, mode="dense"),
+                                   build_losses(resolved)).named_parameters())
         assert set(ranks[0]) == set(initial), cfg.loss
         for name, value in ranks[0].items():
             assert torch.equal(value, ranks[1][name]), (cfg.loss, name)
@@ -385,3 +393,62 @@ def test_training_starts_from_evaluates_seeded_random_init(videos, tmp_path, mon
     assert all(torch.equal(value, trained[name]) for name, value in initial.named_parameters())
     other, _ = load_encoder(EvalConfig(encoder="tiny", seed=4), torch.device("cpu"))
     assert not all(torch.equal(value, trained[name]) for name, value in other.named_parameters())
+
+
+def test_an_option_given_equal_to_the_dataclass_default_still_wins_over_the_demo():
+    from corr.cli import parse_config
+
+    assert resolve_config(parse_config(TrainConfig, [])).num_workers == 1                  # the demo's
+    assert resolve_config(parse_config(TrainConfig, ["--num-workers", "4"])).num_workers == 4
+    assert resolve_config(TrainConfig(checkpoint_every=500)).checkpoint_every == 500
+
+
+def test_presets_are_complete_and_only_given_options_override_them():
+    from corr.train.config import SETUP_OPTIONS, presets
+
+    table = presets()
+    assert list(table)[:2] == ["crw", "crw-demo"] and {"cycle", "pixel", "global-walk"} <= set(table)
+    for name, preset in table.items():
+        assert preset.preset == name and all(getattr(preset, k) is not None for k in SETUP_OPTIONS
+                                             if k not in ("steps", "frame_skip", "clip_offsets")), name
+    with_data = resolve_config(TrainConfig(data="/videos"))
+    assert resolve_config(TrainConfig(preset="crw", data="/videos")) == with_data and with_data.preset == "crw"
+    assert resolve_config(TrainConfig()) == resolve_config(TrainConfig(preset="crw-demo"))
+    cycle = resolve_config(TrainConfig(preset="cycle", lr=1e-3))
+    assert cycle == dataclasses.replace(resolve_config(TrainConfig(loss="cycle", data="/videos", lr=1e-3)), data=None)
+    assert (cycle.lr, cycle.betas, cycle.crop_size, cycle.preset) == (1e-3, (0.5, 0.999), 240, "cycle")
+    mix = resolve_config(TrainConfig(loss="crw=1,pixel=1", data="/videos"))
+    assert (mix.preset, mix.mode, mix.encoder) == ("crw", "dense", "resnet18-crw")          # a mix keeps the walk's
+    with pytest.raises(ValueError, match="unknown preset 'kinetics'"):
+        resolve_config(TrainConfig(preset="kinetics"))
+
+
+class _FeatureMeanLoss(torch.nn.Module):
+    """A toy frame loss: the squared mean of the encoder's features of every frame of the clip."""
+
+    def forward(self, clip, encoder):
+        from einops import rearrange
+
+        features = encoder(rearrange(clip, "b t c h w -> (b t) c h w"))
+        return features.mean() ** 2, {"feature_mean": float(features.mean().detach())}
+
+
+def test_an_objective_registered_in_one_entry_trains_through_the_command_line(videos, tmp_path, monkeypatch):
+    from corr.train import main
+    from corr.train.objectives import OBJECTIVES, Objective
+
+    monkeypatch.setitem(OBJECTIVES, "feature_mean", Objective(
+        "feature_mean", "squared mean of the encoder's features", lambda cfg: _FeatureMeanLoss(), needs_frames=True))
+    out = tmp_path / "run"
+    result = main(["--loss", "feature_mean", "--data", str(videos), "--out", str(out), "--steps", "2",
+                   "--batch-size", "2", "--clip-len", "3", "--frame-skip", "1", "--clips-per-video", "2",
+                   "--crop-size", "32", "--num-workers", "0", "--encoder", "tiny", "--device", "cpu",
+                   "--cache-dir", str(tmp_path / "index-cache"), "--no-progress"])
+    assert sorted(result.losses) == [1, 2] and all(np.isfinite(list(result.losses.values())))
+    assert (result.cfg.preset, result.cfg.mode, result.cfg.loss) == ("feature-mean", "dense", "feature_mean")
+    state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    assert state["step"] == 2 and state["losses"] == {"feature_mean": 1.0}
+    torch.manual_seed(0)
+    initial = _TinyEncoder()                                  # what train() built from seed 0
+    assert any(not torch.equal(value, state["encoder"]["state_dict"][name])
+               for name, value in initial.state_dict().items() if value.is_floating_point())

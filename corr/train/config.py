@@ -1,0 +1,187 @@
+"""Training configuration: :class:`TrainConfig` and the named presets it starts from.
+
+A preset is a complete configuration. ``crw`` is the CRW reference (docs/objectives.md, CRW):
+Adam, lr 1e-4 (constant), 4-frame clips sampled at 8 fps, up to 5 clips per video per epoch,
+tau 0.05, edge dropout 0.1, a 7x7 grid of 64x64 patches from 256x256 crops, batch 20 (per
+process: ``torchrun`` with G processes trains G x batch_size clips per step), 25 epochs
+(``steps`` none). ``crw-demo`` is the run without ``--data``: 150 steps of batch 2, dense
+nodes on 64x64 crops. Every objective ``name`` of :data:`corr.train.objectives.OBJECTIVES`
+has the preset ``name`` (``crw`` with its published settings, dense nodes for a frame loss)
+and ``name-demo`` (that with the demo's changes).
+
+:func:`resolve_config` picks the preset: ``--preset NAME``, else the single ``--loss``
+objective's (a mix keeps the walk's, so adding a term to a walk run changes only the loss),
+``-demo`` without ``--data``. Options given (not ``None``) override the preset; options left
+out (or given as ``none``) never do. Given ``clip_offsets`` set ``clip_len``; a given ``fps``
+drops the preset's ``frame_skip``; a frame loss makes the nodes dense unless ``mode`` is given.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from corr.graph import GRAPH_MODES
+from corr.train.objectives import OBJECTIVES, parse_loss_spec
+
+#: Epochs of a preset run whose ``steps`` are none (known once the dataset is indexed).
+EPOCHS = 25
+
+
+@dataclass
+class TrainConfig:
+    """Contrastive random walk training (Jabri et al. 2020) and the other objectives. Options at
+    ``None`` take the preset's value (:func:`resolve_config`)."""
+
+    preset: Optional[str] = field(default=None, metadata={
+        "help": "named configuration, listed above (none: the --loss objective's; NAME-demo without --data)"})
+    data: Optional[str] = field(default=None, metadata={
+        "help": "folder of videos, list file or frame folders; none: the demo's generated clips"})
+    out: str = field(default="runs/crw", metadata={"help": "run folder (checkpoint.pt, TensorBoard logs)"})
+    steps: Optional[int] = field(default=None, metadata={"help": f"optimisation steps (none in a preset: {EPOCHS} epochs)"})
+    batch_size: Optional[int] = field(default=None, metadata={"help": "clips per step per process"})
+    clip_len: Optional[int] = field(default=None, metadata={"help": "frames per clip (given --clip-offsets: their number)"})
+    fps: Optional[float] = field(default=None, metadata={"help": "clip frame rate, sets the frame skip"})
+    frame_skip: Optional[int] = field(default=None, metadata={
+        "help": "source frames between clip frames (overrides fps)"})
+    clip_offsets: Optional[tuple[int, ...]] = field(default=None, metadata={
+        "help": "clip frames as offsets in frame skips, e.g. 0,2,4,6,15,17 (none in a preset: evenly spaced)"})
+    same_crop: Optional[bool] = field(default=None, metadata={
+        "help": "one random crop for the whole clip (off: each frame its own)"})
+    flip: Optional[bool] = field(default=None, metadata={"help": "mirror the whole clip with probability 1/2"})
+    clips_per_video: Optional[int] = field(default=None, metadata={"help": "clips per video per epoch"})
+    mode: Optional[str] = field(default=None, metadata={
+        "help": "nodes: grid (7x7 patches) or dense (feature cells)"})
+    crop_size: Optional[int] = field(default=None, metadata={"help": "per-frame RandomResizedCrop size"})
+    loss: Optional[str] = field(default=None, metadata={
+        "help": f"loss name or name=weight,... over one encoder (known: {', '.join(OBJECTIVES)})"})
+    lr: Optional[float] = field(default=None, metadata={"help": "Adam learning rate"})
+    betas: Optional[tuple[float, ...]] = field(default=None, metadata={"help": "Adam betas"})
+    grad_clip: Optional[float] = field(default=None, metadata={"help": "clip the gradient norm to this (0: off)"})
+    temperature: Optional[float] = field(default=None, metadata={"help": "walk temperature tau"})
+    edge_dropout: Optional[float] = field(default=None, metadata={"help": "edge dropout probability"})
+    include_one_step: Optional[bool] = field(default=None, metadata={"help": "also train the one-step cycle k=1"})
+    pixel_radius: Optional[int] = field(default=None, metadata={
+        "help": "pixel loss: half-size R of the local window, in feature cells ((2R+1)^2 displacements)"})
+    pixel_domain_weight: Optional[float] = field(default=None, metadata={
+        "help": "pixel loss: weight of the gradient-reversal domain term, warped vs real pairs (0: off)"})
+    encoder: Optional[str] = field(default=None, metadata={"help": "encoder name, corr.encoders.ENCODERS"})
+    head_dim: Optional[int] = field(default=None, metadata={"help": "node embedding size"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    amp: Optional[bool] = field(default=None, metadata={"help": "mixed precision (none: on with CUDA; CUDA only)"})
+    sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm under DDP"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    num_workers: Optional[int] = field(default=None, metadata={"help": "DataLoader worker processes per process"})
+    checkpoint_every: Optional[int] = field(default=None, metadata={"help": "steps between checkpoints"})
+    log_every: Optional[int] = field(default=None, metadata={"help": "steps between TensorBoard scalars"})
+    image_every: Optional[int] = field(default=None, metadata={"help": "steps between loss images (0: never)"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint.pt"})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "folder for the video index cache"})
+    backend: str = field(default="auto", metadata={"help": "video decoder: auto, decord or opencv"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+#: Options that say where and how a run executes, not what it trains: no preset sets them.
+RUN_OPTIONS = ("preset", "data", "out", "device", "amp", "sync_bn", "seed", "resume", "cache_dir", "backend",
+               "progress")
+#: The options a preset sets (``None`` in ``TrainConfig()``).
+SETUP_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUN_OPTIONS)
+
+CRW = TrainConfig(
+    preset="crw", loss="crw", encoder="resnet18-crw", head_dim=128, mode="grid", crop_size=256,
+    clip_len=4, fps=8.0, frame_skip=None, clip_offsets=None, clips_per_video=5, same_crop=False, flip=False,
+    temperature=0.05, edge_dropout=0.1, include_one_step=False, pixel_radius=6, pixel_domain_weight=0.0,
+    steps=None, batch_size=20, lr=1e-4, betas=(0.9, 0.999), grad_clip=0.0,
+    num_workers=4, checkpoint_every=500, log_every=20, image_every=500)
+
+#: The demo's changes to a preset: finishes in minutes on a 2-core CPU.
+DEMO = {"steps": 150, "batch_size": 2, "mode": "dense", "crop_size": 64, "checkpoint_every": 50,
+        "log_every": 10, "image_every": 50, "num_workers": 1}
+
+
+def presets() -> dict[str, TrainConfig]:
+    """Every named preset: ``name`` and ``name-demo`` per objective (``crw`` and ``crw-demo`` first)."""
+    table = {}
+    for objective in OBJECTIVES.values():
+        nodes = {"mode": "dense"} if objective.needs_frames else {}
+        name = objective.preset
+        table[name] = dataclasses.replace(CRW, **{"preset": name, "loss": objective.name, **nodes,
+                                                 **objective.settings})
+        table[f"{name}-demo"] = dataclasses.replace(table[name], **{"preset": f"{name}-demo", **DEMO,
+                                                                     **objective.demo_settings})
+    return table
+
+
+def given_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The options of ``cfg`` that are set (not ``None``)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is not None}
+
+
+def preset_name(cfg: TrainConfig) -> str:
+    """``--preset``, else the single ``--loss`` objective's preset (``crw`` for a mix), ``-demo`` without data."""
+    if cfg.preset is not None:
+        return cfg.preset
+    names = list(parse_loss_spec(cfg.loss if cfg.loss is not None else "crw"))
+    name = OBJECTIVES[names[0]].preset if len(names) == 1 else "crw"
+    return name if cfg.data is not None else f"{name}-demo"
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """The preset of ``cfg`` (:func:`preset_name`) with the options ``cfg`` sets, completed and checked.
+
+    ``steps`` stays ``None`` in a preset with data (``EPOCHS`` epochs, known once the dataset is
+    indexed). ``clip_len`` is the number of ``clip_offsets`` when those are given.
+    """
+    given = given_options(cfg)
+    name = preset_name(cfg)
+    table = presets()
+    if name not in table:
+        raise ValueError(f"--preset: unknown preset {name!r}; known presets: {', '.join(table)}")
+    losses = parse_loss_spec(given.get("loss", table[name].loss))
+    cfg = dataclasses.replace(table[name], **{**given, "preset": name})
+    if "fps" in given and "frame_skip" not in given:
+        cfg = dataclasses.replace(cfg, frame_skip=None)                      # an explicit rate wins
+    if "mode" not in given and any(OBJECTIVES[loss].needs_frames for loss in losses):
+        cfg = dataclasses.replace(cfg, mode="dense")                         # frame losses read whole frames
+    cfg = _resolve_clip_frames(cfg, given, table[name].loss)
+    check_config(cfg, losses)
+    return dataclasses.replace(cfg, betas=tuple(float(b) for b in cfg.betas))
+
+
+def _resolve_clip_frames(cfg: TrainConfig, given: dict[str, Any], preset_loss: str) -> TrainConfig:
+    """``clip_len`` from ``clip_offsets`` (which must be >= 0 and strictly increasing)."""
+    if cfg.clip_offsets is None:
+        return cfg
+    offsets = tuple(int(o) for o in cfg.clip_offsets)
+    if "clip_len" in given and cfg.clip_len != len(offsets):
+        hint = "" if "clip_offsets" in given else (
+            f" (--loss {preset_loss} samples the frames {','.join(map(str, offsets))}; "
+            "give --clip-offsets instead, e.g. 0,1,2 for evenly spaced frames)")
+        raise ValueError(f"--clip-len {cfg.clip_len} does not match --clip-offsets {offsets}{hint}")
+    if not offsets or offsets[0] < 0 or any(b <= a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"--clip-offsets must be >= 0 and strictly increasing, got {offsets}")
+    return dataclasses.replace(cfg, clip_offsets=offsets, clip_len=len(offsets))
+
+
+def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
+    """Raise ``ValueError`` naming the first option out of range (then the objectives' own checks)."""
+    if cfg.mode not in GRAPH_MODES:
+        raise ValueError(f"--mode must be one of {GRAPH_MODES}, got {cfg.mode!r}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    for name in ("batch_size", "clip_len", "checkpoint_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.pixel_radius < 1 or cfg.pixel_domain_weight < 0:
+        raise ValueError(f"--pixel-radius must be >= 1 and --pixel-domain-weight >= 0, got {cfg.pixel_radius} "
+                         f"and {cfg.pixel_domain_weight}")
+    if not cfg.lr > 0 or cfg.grad_clip < 0:
+        raise ValueError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        raise ValueError(f"--betas must be two numbers in [0, 1), got {cfg.betas}")
+    for loss in losses:
+        if OBJECTIVES[loss].check is not None:
+            OBJECTIVES[loss].check(cfg)
+    frame_losses = sorted(loss for loss in losses if OBJECTIVES[loss].needs_frames)
+    if frame_losses and cfg.mode != "dense":
+        raise ValueError(f"--loss {','.join(frame_losses)} needs whole frames: use --mode dense, not {cfg.mode!r}")

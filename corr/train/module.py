@@ -1,0 +1,147 @@
+"""What a run trains and how: the weighted losses, the module that holds everything trained,
+its DDP wrapper and the optimiser.
+
+Under ``torchrun`` one ``DistributedDataParallel`` wraps :class:`TrainModule` (the walk model
+and the losses together), so every loss runs the encoder inside the wrapper and the gradients
+of every parameter (the encoder, the walk head and the weights the losses own, such as the
+TimeCycle tracker) are averaged over the processes (``find_unused_parameters`` when a frame
+loss leaves some of them out of the graph). The optimiser is Adam over all of them, in the
+order walk model then losses (the checkpoint's order), with a constant learning rate as in
+the reference, and a gradient scaler for mixed precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Optional
+
+import torch
+import torch.nn as nn
+
+from corr.encoders import build_encoder
+from corr.graph import WalkModel
+from corr.runtime import Runtime
+from corr.train.config import TrainConfig
+from corr.train.objectives import OBJECTIVES, encoder_kwargs, parse_loss_spec
+
+
+class WeightedLosses(nn.Module):
+    """Weighted sum of named losses; diagnostics prefixed ``name/`` plus ``name/loss``.
+
+    ``forward(nodes, clip, encoder) -> (loss, diagnostics)``: node losses take ``nodes (B, T, N,
+    C)``, the ``frame_losses`` the clip and the encoder. With ``visuals=True`` also a third
+    item ``{name: figure data}``: the node losses' detached ``{"nodes": nodes}`` and what each
+    of the ``figure_losses`` among the frame losses returns for its figure.
+    """
+
+    def __init__(self, losses: dict[str, nn.Module], weights: dict[str, float],
+                 frame_losses: Collection[str] = (), figure_losses: Collection[str] = ()):
+        super().__init__()
+        self.losses = nn.ModuleDict(losses)
+        self.weights = dict(weights)
+        self.frame_losses, self.figure_losses = frozenset(frame_losses), frozenset(figure_losses)
+
+    @property
+    def needs_nodes(self) -> bool:
+        return any(name not in self.frame_losses for name in self.losses)
+
+    def forward(self, nodes: Optional[torch.Tensor], clip: Optional[torch.Tensor] = None,
+                encoder: Optional[nn.Module] = None, visuals: bool = False):
+        total, diagnostics, figures = 0.0, {}, {}
+        for name, loss_fn in self.losses.items():
+            if name not in self.frame_losses:
+                value, diag = loss_fn(nodes)
+                if visuals:
+                    figures[name] = {"nodes": nodes.detach()}
+            elif visuals and name in self.figure_losses:
+                value, diag, figures[name] = loss_fn(clip, encoder, visuals=True)
+            else:
+                value, diag = loss_fn(clip, encoder)
+            total = total + self.weights[name] * value
+            diagnostics[f"{name}/loss"] = float(value.detach())
+            diagnostics.update({f"{name}/{key}": v for key, v in diag.items()})
+        return (total, diagnostics, figures) if visuals else (total, diagnostics)
+
+
+def build_losses(cfg: TrainConfig) -> WeightedLosses:
+    """The losses of ``cfg.loss``, each built by its objective from the resolved ``cfg``."""
+    weights = parse_loss_spec(cfg.loss)
+    objectives = [OBJECTIVES[name] for name in weights]
+    return WeightedLosses({o.name: o.build(cfg) for o in objectives}, weights,
+                          frame_losses=[o.name for o in objectives if o.needs_frames],
+                          figure_losses=[o.name for o in objectives if o.figure is not None])
+
+
+class TrainModule(nn.Module):
+    """Everything trained, as one module: the walk model (encoder + head) and the losses
+    (with the heads and networks they own, e.g. the TimeCycle tracker).
+
+    ``forward(clip) -> (loss, diagnostics)`` (``visuals=True``: plus the losses' figure
+    data, :class:`WeightedLosses`). ``clip`` is ``(B, T, N, 3, h, w)`` patches in grid mode
+    and ``(B, T, 3, H, W)`` frames in dense mode.
+    """
+
+    def __init__(self, model: WalkModel, losses: WeightedLosses):
+        super().__init__()
+        self.model = model
+        self.losses = losses
+
+    def forward(self, clip: torch.Tensor, visuals: bool = False):
+        nodes = self.model(clip) if self.losses.needs_nodes else None          # B, T, N, C
+        return self.losses(nodes, clip, self.model.encoder, visuals=visuals)
+
+    def unused_parameters_possible(self) -> bool:
+        """Whether some parameters can miss the graph: the frame losses use parts of the
+        encoder (layer3) and not the walk head, or their own networks only."""
+        return bool(self.losses.frame_losses)
+
+
+def build_train_module(cfg: TrainConfig, runtime: Runtime) -> TrainModule:
+    """The encoder, walk head and losses of ``cfg``, on the runtime's device (SyncBatchNorm under DDP with ``sync_bn``)."""
+    encoder = build_encoder(cfg.encoder, **encoder_kwargs(cfg.encoder))
+    module = TrainModule(WalkModel(encoder, head_dim=cfg.head_dim, mode=cfg.mode), build_losses(cfg))
+    if runtime.distributed and cfg.sync_bn:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module.to(runtime.device)
+
+
+def distribute(module: TrainModule, runtime: Runtime) -> nn.Module:
+    """``module`` in one DDP wrapper under several processes (all gradients all-reduced), else itself."""
+    if not runtime.distributed:
+        return module
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+        find_unused_parameters=module.unused_parameters_possible())
+
+
+@dataclass
+class Optimisation:
+    """Adam over ``parameters``, a constant learning-rate schedule and the AMP gradient scaler."""
+
+    parameters: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def build(cls, module: nn.Module, cfg: TrainConfig, runtime: Runtime) -> "Optimisation":
+        parameters = list(module.parameters())
+        optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant, as the reference
+        return cls(parameters, optimizer, scheduler, torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp))
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def step(self, loss: torch.Tensor, grad_clip: float) -> Optional[float]:
+        """Backward, clip the gradient norm to ``grad_clip`` (0: off), step; the norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        norm = None
+        if grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return norm

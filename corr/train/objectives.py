@@ -1,0 +1,179 @@
+"""The training objectives: one :class:`Objective` per loss name of ``--loss``, in :data:`OBJECTIVES`.
+
+An objective's loss is built from the resolved :class:`corr.train.config.TrainConfig` and
+returns ``(loss, {name: float})``. A node loss takes the walk nodes ``(B, T, N, C)``; a frame
+loss (``needs_frames``) takes the dense clip ``(B, T, 3, H, W)`` and the shared encoder, so
+its runs use ``--mode dense``. A loss with a ``figure`` also accepts ``visuals=True`` and then
+returns a third item, the figure data of the batch (node losses: the loop keeps the nodes).
+
+``settings`` are the objective's published options over the CRW reference (its preset
+``name``, with ``--data``), ``demo_settings`` its changes to the demo (preset ``name-demo``);
+``resume_keys`` are options that fix the shapes of the loss's own weights, so a resumed run
+must keep them. Adding an objective is a loss module and one entry here: it then mixes with
+the others (``--loss crw=1,name=0.5``) and has its presets, figure and resume check.
+Setups: docs/objectives.md (CRW, TimeCycle, fine-grained pixel, GMRW).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from corr.encoders import ENCODERS, build_encoder
+from corr.global_match import seeded_global_match
+from corr.losses.cycle import CycleConsistencyLoss
+from corr.losses.global_walk import GlobalWalkFrameLoss
+from corr.losses.pixel import FinePixelLoss
+from corr.losses.walk import ContrastiveRandomWalk
+from corr.train.figures import cycle_image, pixel_image, walk_image
+
+#: A resolved :class:`corr.train.config.TrainConfig` (that module builds on this one, so the
+#: type is not imported here).
+Config = Any
+
+#: ``figure(clip (T, ...), data of that clip, cfg, encoder stride) -> (TensorBoard tag, uint8 HWC image)``
+Figure = Callable[[torch.Tensor, dict, Config, int], tuple[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One training objective (module docstring)."""
+
+    name: str
+    summary: str                                       # one line for --help
+    build: Callable[[Config], nn.Module]
+    needs_frames: bool = False
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    demo_settings: Mapping[str, Any] = field(default_factory=dict)
+    figure: Optional[Figure] = None
+    resume_keys: tuple[str, ...] = ()
+    check: Optional[Callable[[Config], None]] = None   # raises ValueError for an unusable config
+    trained_network: Optional[str] = None              # for the log, when the loss alone trains its own network
+
+    @property
+    def preset(self) -> str:
+        return self.name.replace("_", "-")
+
+
+def encoder_kwargs(name: str) -> dict[str, Any]:
+    """Constructor options of the trained encoder: layer4 where it has one (docs/objectives.md, CRW)."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}")
+    return {"out_layer": "layer4"} if "out_layer" in inspect.signature(ENCODERS[name]).parameters else {}
+
+
+def build_cycle_loss(cfg: Config) -> nn.Module:
+    """TimeCycle (docs/objectives.md, TimeCycle) on the encoder's layer3, sized for ``crop_size``
+    frames. With ``clip_offsets`` (the published layout) the clip's last frame only places the patch."""
+    probe = build_encoder(cfg.encoder, **({"out_layer": "layer3"} if encoder_kwargs(cfg.encoder) else {}))
+    cells = math.ceil(cfg.crop_size / probe.stride)
+    layer = "layer3" if encoder_kwargs(cfg.encoder) else None
+    return CycleConsistencyLoss(probe.out_channels, (cells, cells), layer=layer, motion_frame=cfg.clip_offsets is not None)
+
+
+def check_cycle_clip(cfg: Config) -> None:
+    """Base frames and a target (and the motion reference when ``clip_offsets`` are set)."""
+    least = 3 if cfg.clip_offsets is not None else 2
+    if cfg.clip_len < least:
+        raise ValueError(f"--loss cycle needs base frames and a target: at least {least} frames, got {cfg.clip_len}")
+
+
+def build_pixel_loss(cfg: Config) -> nn.Module:
+    """Fine-grained pixel loss (docs/objectives.md, fine-grained pixel) on layer3; use a stride-4
+    encoder (resnet18-s4)."""
+    return FinePixelLoss(radius=cfg.pixel_radius, domain_weight=cfg.pixel_domain_weight,
+                         layer="layer3" if encoder_kwargs(cfg.encoder) else None)
+
+
+def build_global_walk_loss(cfg: Config) -> nn.Module:
+    """Two-frame global-matching walk with label warping (corr.losses.global_walk). The loss owns
+    its network (corr.global_match.GlobalMatchNet, saved under heads/losses); the encoder is unused.
+
+    The network is drawn from its own random stream seeded with ``cfg.seed`` alone
+    (:func:`corr.global_match.seeded_global_match`), so its initial weights are those of
+    ``evaluate.py --encoder global-match --seed <seed>`` (label propagation with the untrained
+    backbone) whatever else the run builds first.
+    """
+    return GlobalWalkFrameLoss(seeded_global_match(cfg.seed))
+
+
+def crw_figure(clip: torch.Tensor, data: dict, cfg: Config, stride: int) -> tuple[str, np.ndarray]:
+    return f"walk/frame0_to_frame{cfg.clip_len - 1}", walk_image(clip, data["nodes"], cfg.mode, stride)
+
+
+OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in [
+    Objective(
+        "crw", "contrastive random walk over the walk nodes (docs/objectives.md, CRW)",
+        lambda cfg: ContrastiveRandomWalk(cfg.temperature, cfg.edge_dropout, cfg.include_one_step),
+        figure=crw_figure),
+    # TimeCycle (the authors' training script and VLOG loader): ResNet-50 at stride 8 (layer3,
+    # 1024-d, under the loss's 1x1 conv to 512); Adam lr 2e-4, betas (0.5, 0.999), gradient norm
+    # clipped at 10; frames of a 12 fps source, base frames s, s+2, s+4, s+6, the target s+15
+    # and s+17 for the motion that places the patch; one crop and one flip for the whole clip;
+    # 240 px frames. The demo's generated sequences (24 frames) are too short for 12 fps steps
+    # of a 24 fps frame folder (35 frames): there each generated frame is one step.
+    Objective(
+        "cycle", "TimeCycle cycle consistency of a tracked patch (docs/objectives.md, TimeCycle)",
+        build_cycle_loss, needs_frames=True,
+        settings={"encoder": "resnet50", "lr": 2e-4, "betas": (0.5, 0.999), "grad_clip": 10.0, "fps": 12.0,
+                  "clip_offsets": (0, 2, 4, 6, 15, 17), "clip_len": 6, "same_crop": True, "flip": True,
+                  "crop_size": 240},
+        demo_settings={"frame_skip": 1},
+        figure=lambda clip, data, cfg, stride: ("cycle/tracked_patch", cycle_image(clip, data)),
+        resume_keys=("crop_size",), check=check_cycle_clip),
+    Objective(
+        "pixel", "fine-grained pixel loss on warped pairs, stride-4 features (docs/objectives.md, "
+        "fine-grained pixel)",
+        build_pixel_loss, needs_frames=True, settings={"encoder": "resnet18-s4"},
+        figure=lambda clip, data, cfg, stride: ("pixel/warped_pair", pixel_image(clip, data)),
+        resume_keys=("pixel_radius", "pixel_domain_weight")),
+    Objective(
+        "global_walk", "two-frame global-matching walk with label warping; trains its own network "
+        "(docs/objectives.md, GMRW)",
+        build_global_walk_loss, needs_frames=True,
+        trained_network="the global-match network (corr.global_match; --encoder unused)"),
+]}
+
+
+def parse_loss_spec(spec: str) -> dict[str, float]:
+    """``"crw"`` -> ``{"crw": 1.0}``; ``"crw=1,other=0.5"`` -> ``{"crw": 1.0, "other": 0.5}``."""
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if name not in OBJECTIVES:
+            raise ValueError(f"--loss: unknown loss {name!r} in {spec!r}; known losses: {', '.join(OBJECTIVES)}")
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--loss: weight of {name!r} must be a number, got {weight!r}") from None
+    if not weights:
+        raise ValueError(f"--loss: no loss named in {spec!r}; known losses: {', '.join(OBJECTIVES)}")
+    return weights
+
+
+def trained_network_name(cfg: Config) -> str:
+    """What the run trains, for the log: the encoder, or the network a loss owns when only it is trained."""
+    names = list(parse_loss_spec(cfg.loss))
+    own = OBJECTIVES[names[0]].trained_network if len(names) == 1 else None
+    return own or cfg.encoder
+
+
+def loss_images(clip: torch.Tensor, visuals: dict[str, dict], cfg: Config, stride: int
+                ) -> list[tuple[str, np.ndarray]]:
+    """``(TensorBoard tag, uint8 HWC image)`` per loss that returned figure data for clip 0 of
+    the batch (``clip`` is that clip; ``visuals`` holds the batch's data, ``{name: {key: (B, ...)}}``)."""
+    images = []
+    for name, data in visuals.items():
+        figure = OBJECTIVES[name].figure
+        if figure is not None:
+            images.append(figure(clip, {k: v[0] for k, v in data.items()}, cfg, stride))
+    return images
