@@ -150,22 +150,27 @@ def db_boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = DAVIS_BOUN
     kernel = davis_disk(davis_boundary_radius(gt.shape[-2], gt.shape[-1], bound_th))
     f = np.zeros(gt_b.shape[0], dtype=np.float64)
     for t in range(gt_b.shape[0]):
-        n_pred = int(pred_b[t].sum())
-        n_gt = int(gt_b[t].sum())
-        if n_pred == 0 and n_gt > 0:
-            precision, recall = 1.0, 0.0
-        elif n_pred > 0 and n_gt == 0:
-            precision, recall = 0.0, 1.0
-        elif n_pred == 0 and n_gt == 0:
-            precision, recall = 1.0, 1.0
-        else:
-            # cv2.dilate pads with the neutral value: nothing is dilated in from outside.
-            gt_dil = cv2.dilate(gt_b[t].astype(np.uint8), kernel).astype(bool)
-            pred_dil = cv2.dilate(pred_b[t].astype(np.uint8), kernel).astype(bool)
-            precision = int(np.sum(pred_b[t] & gt_dil)) / float(n_pred)
-            recall = int(np.sum(gt_b[t] & pred_dil)) / float(n_gt)
+        precision, recall = _boundary_precision_recall(gt_b[t], pred_b[t], kernel)
         f[t] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     return f.reshape(()) if squeeze else f
+
+
+def _boundary_precision_recall(gt_b: np.ndarray, pred_b: np.ndarray, kernel: np.ndarray) -> tuple[float, float]:
+    """(P, R) of one frame's (H, W) boundary maps, with the empty-boundary rules of :func:`db_boundary_f`."""
+    n_pred = int(pred_b.sum())
+    n_gt = int(gt_b.sum())
+    if n_pred == 0 and n_gt > 0:
+        return 1.0, 0.0
+    if n_pred > 0 and n_gt == 0:
+        return 0.0, 1.0
+    if n_pred == 0 and n_gt == 0:
+        return 1.0, 1.0
+    # cv2.dilate pads with the neutral value: nothing is dilated in from outside.
+    gt_dil = cv2.dilate(gt_b.astype(np.uint8), kernel).astype(bool)
+    pred_dil = cv2.dilate(pred_b.astype(np.uint8), kernel).astype(bool)
+    precision = int(np.sum(pred_b & gt_dil)) / float(n_pred)
+    recall = int(np.sum(gt_b & pred_dil)) / float(n_gt)
+    return precision, recall
 
 
 def db_statistics(per_frame: np.ndarray) -> tuple[float, float, float]:

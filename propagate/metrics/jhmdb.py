@@ -34,7 +34,8 @@ def jhmdb_normalised_distances(
 
     Args:
         pred: (T, 15, 2) predicted (x, y) in image pixels; x < 0 = joint not predicted.
-        gt:   (T, 15, 2) ground-truth (x, y) in image pixels, 0-based.
+        gt:   (T, 15, 2) ground-truth (x, y) in image pixels, 0-based (integer values at
+              pixel centres), joints in ``JHMDB_JOINTS`` order.
         video: name used in error messages only.
 
     Returns:

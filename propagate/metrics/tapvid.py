@@ -42,13 +42,14 @@ def tapvid_scored_frames(query_points: np.ndarray, num_frames: int, query_mode: 
     """Which (query, frame) pairs are scored, from the query frames.
 
     Args:
-        query_points: (B, N, 3) queries (t, y, x); t is rounded half to even to a frame index.
+        query_points: (B, N, 3) queries (t, y, x); q = round(t) (half to even) is the query
+            frame, in [0, T).
         num_frames: T.
-        query_mode: "first" (frames after the query frame) or "strided" (all frames but the
-            query frame).
+        query_mode: "first": frames q+1 .. T-1 (the query sits at the track's first visible
+            point, so nothing before it is scored); "strided": every frame but q.
 
     Returns:
-        (B, N, T) bool.
+        (B, N, T) bool, True = scored. The query frame itself is never scored.
     """
     if query_mode not in QUERY_MODES:
         raise ValueError(f"unknown TAP-Vid query mode {query_mode!r}; expected one of {QUERY_MODES}")
@@ -80,18 +81,31 @@ def tapvid_metrics(
     Arguments in the reference scorer's order; pixel units of the evaluation frames.
 
     Args:
-        query_points:  (B, N, 3) float, (t, y, x) of each query.
+        query_points:  (B, N, 3) float, (t, y, x) of each query; only t is used (its frame).
         gt_occluded:   (B, N, T) bool, True = occluded in the ground truth (any array is
                        cast to bool: nonzero = occluded; likewise pred_occluded).
-        gt_tracks:     (B, N, T, 2) float, ground-truth (x, y).
+        gt_tracks:     (B, N, T, 2) float, ground-truth (x, y); (0, 0) is the top-left
+                       corner of the top-left pixel.
         pred_occluded: (B, N, T) bool, True = predicted occluded.
-        pred_tracks:   (B, N, T, 2) float, predicted (x, y).
-        query_mode:    "first" or "strided" (which frames are scored, see the module notes).
+        pred_tracks:   (B, N, T, 2) float, predicted (x, y), same convention.
+        query_mode:    "first" or "strided": which frames are scored
+                       (:func:`tapvid_scored_frames`).
 
     Returns:
-        {key: (B,) float64} for every key of ``TAPVID_KEYS``: occlusion_accuracy,
-        pts_within_{1,2,4,8,16}, jaccard_{1,2,4,8,16}, average_jaccard,
-        average_pts_within_thresh. Fractions in [0, 1]; NaN where a denominator is 0.
+        {key: (B,) float64} for every key of ``TAPVID_KEYS``, one value per video, each
+        count taken over its N queries and their scored frames; visible = not gt_occluded,
+        within_d = |pred - gt|^2 < d^2, d in 1, 2, 4, 8, 16 pixels:
+
+            occlusion_accuracy        = |pred_occluded == gt_occluded| / |scored|
+            pts_within_d              = |visible & within_d| / |visible|
+            jaccard_d                 = TP_d / (|visible| + FP_d), TP_d = |visible &
+                                        within_d & predicted visible|, FP_d = |predicted
+                                        visible & (not visible or not within_d)|
+            average_jaccard (AJ)      = mean over d of jaccard_d
+            average_pts_within_thresh = mean over d of pts_within_d (<delta^x_avg>)
+
+        Fractions in [0, 1]; NaN where a denominator is 0 (no scored frame, or no visible
+        scored point), as in the reference.
     """
     gt_occluded = np.asarray(gt_occluded).astype(bool)
     pred_occluded = np.asarray(pred_occluded).astype(bool)

@@ -64,7 +64,7 @@ def vip_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASS
     Args:
         pred: (H, W) or (T, H, W) integer ids in [0, num_classes).
         gt:   same shape, integer ids; those outside [0, num_classes) are ignored.
-        num_classes: number of classes (20 for VIP).
+        num_classes: number of classes (VIP: 20, :data:`datasets.vip.NUM_CLASSES`).
 
     Returns:
         (num_classes, num_classes) int64; rows = ground truth, columns = prediction.
@@ -91,7 +91,8 @@ def vip_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASS
 def vip_iou_from_confusion(confusion: np.ndarray) -> dict:
     """{"mIoU": float, "IoU": [C] floats} from a confusion matrix (rows = ground truth).
 
-    IoU_c = C[c, c] / (row_c + column_c - C[c, c]), NaN for a class in neither;
+    IoU_c = C[c, c] / (row_c + column_c - C[c, c]) (index c = class id), NaN for a class
+    in neither ground truth nor prediction;
     mIoU = nanmean (NaN if every class is NaN).
     """
     confusion = np.asarray(confusion, dtype=np.float64)
