@@ -24,7 +24,13 @@ from .davis import (
     read_davis_png,
     score_davis_folder,
 )
-from .jhmdb import JHMDB_BOX_SCALE, JHMDB_PCK_THRESHOLDS, jhmdb_normalised_distances, jhmdb_pck, jhmdb_pck_per_joint
+from .jhmdb import (
+    JHMDB_BOX_SCALE,
+    JHMDB_PCK_THRESHOLDS,
+    jhmdb_normalised_distances,
+    jhmdb_pck,
+    jhmdb_pck_per_joint,
+)
 from .tapvid import TAPVID_KEYS, TAPVID_THRESHOLDS, tapvid_metrics, tapvid_scored_frames, tapvid_summary
 from .vip import resize_nearest, vip_confusion, vip_iou_from_confusion, vip_miou
 

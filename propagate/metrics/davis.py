@@ -155,7 +155,9 @@ def db_boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = DAVIS_BOUN
     return f.reshape(()) if squeeze else f
 
 
-def _boundary_precision_recall(gt_b: np.ndarray, pred_b: np.ndarray, kernel: np.ndarray) -> tuple[float, float]:
+def _boundary_precision_recall(
+    gt_b: np.ndarray, pred_b: np.ndarray, kernel: np.ndarray
+) -> tuple[float, float]:
     """(P, R) of one frame's (H, W) boundary maps, with the empty-boundary rules of :func:`db_boundary_f`."""
     n_pred = int(pred_b.sum())
     n_gt = int(gt_b.sum())
@@ -390,7 +392,9 @@ def _ground_truth_files(gt_dir: Path) -> list[Path]:
     return gt_files
 
 
-def _read_scored_predictions(results_root: Path, seq: str, gt_files: list[Path], size: tuple[int, int]) -> np.ndarray:
+def _read_scored_predictions(
+    results_root: Path, seq: str, gt_files: list[Path], size: tuple[int, int]
+) -> np.ndarray:
     """(T, H, W) predictions of one sequence: frames 1..T-2 read from ``<results_root>/<seq>/<frame>.png``.
 
     Frames 0 and T-1 are never read (they are not scored) and hold zeros. ``<frame>`` is the
