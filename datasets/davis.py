@@ -16,8 +16,8 @@ Opening a dataset validates the listing eagerly: frame numbering without gaps, o
 annotation per frame (or only frame 0's), and the image headers (size, annotation mode).
 Headers are a few hundred bytes per file; pixels are read only when asked for.
 
-Object ids follow the official scorer: ids ``1..N`` with ``N`` the largest id in the first
-frame's annotation, ignoring the void id 255.
+Object ids follow the official scorer (:func:`count_objects`): ids ``1..N`` with ``N`` the
+largest id in the first frame's annotation, ignoring the void id :data:`VOID_ID` = 255.
 
 Arrays: frames ``uint8 (H, W, 3)`` RGB; annotations ``uint8 (H, W)`` ids; ``size`` is
 ``(H, W)``.
@@ -35,12 +35,24 @@ from datasets.frames import (DatasetError, FrameVideo, VideoSet, find_split_file
 from datasets.palette import ID_MODES, VOID_ID, read_indexed_png, write_indexed_png
 
 __all__ = ["DatasetError", "DavisDataset", "DavisSequence", "read_indexed_png",
-           "write_indexed_png", "RESOLUTIONS"]
+           "write_indexed_png", "count_objects", "RESOLUTIONS", "VOID_ID"]
 
 RESOLUTIONS = ("480p", "Full-Resolution")
 FRAME_SUFFIX = ".jpg"
 ANNOTATION_SUFFIX = ".png"
 _NUMBERED = re.compile(r"^\d+$")
+
+
+def count_objects(first_ids: np.ndarray) -> int:
+    """N, the object count of a sequence, from frame 0's id map (any shape, integer ids).
+
+    N = the largest id other than the void id 255, 0 when there is none: the official
+    scorer's rule (docs/benchmarks.md, DAVIS). An id below N missing from frame 0 still
+    counts as an object (its masks are then empty).
+    """
+    ids = np.asarray(first_ids)
+    labels = ids[ids != VOID_ID]
+    return int(labels.max()) if labels.size else 0
 
 
 @dataclass
@@ -80,16 +92,9 @@ class DavisSequence(FrameVideo):
         return np.stack([self.read_annotation(i) for i in range(self.num_frames)])
 
     def object_ids(self) -> list[int]:
-        """``[1, ..., N]`` with ``N`` = largest id in frame 0's annotation other than 255.
-
-        This is the official DAVIS scorer's rule: an id missing from frame 0 but below N
-        still counts as an object (its masks are then empty).
-        """
+        """``[1, ..., N]`` with ``N`` = :func:`count_objects` of frame 0's annotation."""
         if self._object_ids is None:
-            ids = self.read_annotation(0)
-            labels = ids[ids != VOID_ID]
-            largest = int(labels.max()) if labels.size else 0
-            self._object_ids = list(range(1, largest + 1))
+            self._object_ids = list(range(1, count_objects(self.read_annotation(0)) + 1))
         return list(self._object_ids)
 
 

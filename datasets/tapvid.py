@@ -14,9 +14,9 @@ Coordinates (tapnet's convention): (0, 0) is the top-left corner of the top-left
 the centre of pixel (i, j) is (j + 0.5, i + 0.5); a normalised point ``p`` is at pixel
 position ``p * (W, H)``. Query points are ``[t, y, x]``, tracks ``[x, y]``.
 
-Protocol (PROTOCOLS.md section 8, tapnet ``evaluation_datasets.py``): frames are resized to
-256x256 (Lanczos, as ``mediapy.resize_video``) and points scaled to it, so metrics are in
-256x256 pixel units. ``resolution=None`` (or another size) keeps the native (or that) size
+Protocol (docs/benchmarks.md, TAP-Vid; tapnet ``evaluation_datasets.py``): frames are
+resized to 256x256 (Lanczos, as ``mediapy.resize_video``) and points scaled to it, so
+metrics are in 256x256 pixel units. ``resolution=None`` (or another size) keeps the native (or that) size
 with points in its pixels: a separate category, not comparable with 256x256 numbers.
 
 Query modes: ``first`` (one query per track, at its first visible frame; tracks never visible
@@ -41,6 +41,7 @@ __all__ = ["QUERY_MODES", "STANDARD_RESOLUTION", "QUERY_STRIDE", "TapVidVideo", 
            "TapVidDataset", "sample_queries_first", "sample_queries_strided", "resize_frames",
            "load_tapvid_pickle", "resolution_category"]
 
+#: TAP-Vid query modes: how queries are sampled, and so which frames are scored (docs/benchmarks.md).
 QUERY_MODES = ("first", "strided")
 STANDARD_RESOLUTION = (256, 256)
 QUERY_STRIDE = 5

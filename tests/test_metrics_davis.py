@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.davis import VOID_ID, count_objects
 from propagate.metrics import (
     davis_boundary_map,
     davis_boundary_radius,
@@ -211,6 +212,15 @@ def test_object_count_comes_from_frame_zero():
     gt[3, 0:2, 0:2] = 5  # ids > N later on are ignored
     scores = davis_sequence_scores(gt, np.where(gt == 1, 1, 0))
     assert list(scores["objects"]) == [1]
+
+
+def test_object_count_is_the_readers_rule():
+    frame = np.array([[0, 3, VOID_ID], [1, 0, VOID_ID]], dtype=np.uint8)
+    assert count_objects(frame) == 3  # id 2 is missing from frame 0 but still an object
+    assert count_objects(np.full((2, 2), VOID_ID, dtype=np.uint8)) == 0
+    gt = np.stack([frame] * 3)
+    scores = davis_sequence_scores(gt, np.zeros_like(gt))
+    assert scores["num_objects"] == count_objects(frame) and list(scores["objects"]) == [1, 2, 3]
 
 
 def test_void_in_ground_truth_is_background():

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.jhmdb import JHMDB_JOINTS
+from datasets.vip import VIP_CLASSES
 from propagate.metrics import (
     JHMDB_PCK_THRESHOLDS,
     TAPVID_KEYS,
@@ -352,6 +354,17 @@ def test_miou_ignores_void_ground_truth_whatever_is_predicted():
     pred = np.array([[0, 1, 1, 3]])
     np.testing.assert_array_equal(vip_confusion(pred, gt), vip_confusion(pred[:, :2], gt[:, :2]))
     assert vip_miou([pred], [gt])["mIoU"] == 1.0
+
+
+def test_vip_and_jhmdb_sizes_come_from_the_readers():
+    gt = np.zeros((2, 2), dtype=np.int64)
+    assert vip_confusion(gt, gt).shape == (len(VIP_CLASSES), len(VIP_CLASSES))
+    assert len(vip_miou([gt], [gt])["IoU"]) == len(VIP_CLASSES)
+    keypoints = np.zeros((3, len(JHMDB_JOINTS), 2))
+    dist, scored = jhmdb_normalised_distances(keypoints, keypoints)
+    assert dist.shape == scored.shape == (3, len(JHMDB_JOINTS))
+    with pytest.raises(ValueError, match=f"{len(JHMDB_JOINTS)}, 2"):
+        jhmdb_normalised_distances(keypoints[:, 1:], keypoints[:, 1:])
 
 
 def test_miou_bad_input_is_refused():
