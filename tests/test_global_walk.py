@@ -272,7 +272,8 @@ def test_training_network_starts_as_the_seeded_random_network_evaluation_builds(
     """Label propagation with the untrained backbone (``--encoder global-match --seed s``) is the
     training run's own starting point, whatever was drawn before the loss was built."""
     from corr.train import TrainConfig, build_global_walk_loss
-    from propagate.evaluate import EvalConfig, load_global_match_model
+    from propagate.encoder_loading import load_global_match_model
+    from propagate.eval_config import EvalConfig
 
     torch.manual_seed(123)
     torch.randn(1000)  # the run draws its encoder and data first
@@ -401,7 +402,8 @@ def test_default_local_radius_is_the_recorded_held_out_choice():
     from corr.cli import parse_config
     from corr.flow_track import LOCAL_RADIUS_SELECTION as selection
     from corr.train import TrainConfig
-    from propagate.evaluate import EvalConfig, parse_sweep
+    from propagate.eval_config import EvalConfig
+    from propagate.sweep import parse_sweep
 
     scores = selection["scores"]
     assert sorted(scores) == [0, 1, 2, 3, 4]
