@@ -34,7 +34,8 @@ def evaluate(cfg: EvalConfig) -> Optional[dict]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> EvalConfig:
     """The command line as an :class:`EvalConfig`; ``--task`` lists the registered tasks."""
-    parser = argparse.ArgumentParser(description=EvalConfig.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=EvalConfig.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, EvalConfig)
     task_option = next(action for action in parser._actions if action.dest == "task")
     task_option.help = f"benchmark: {'|'.join(TASKS)} (default: {EvalConfig.task})"

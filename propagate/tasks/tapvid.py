@@ -182,5 +182,6 @@ class TapVidTask(Task):
 
     def print_table(self, results: dict) -> None:
         print_video_table(results["per_sequence"], results["metrics"], list(self.headline_metrics),
-                          "all (mean of videos)", short={"average_jaccard": "AJ", "average_pts_within_thresh": "<d_avg>",
+                          "all (mean of videos)", short={"average_jaccard": "AJ",
+                                                         "average_pts_within_thresh": "<d_avg>",
                                                          "occlusion_accuracy": "OA"})
