@@ -1,7 +1,46 @@
-"""Evaluate an encoder by label propagation: ``python evaluate.py --task davis --help``."""
-from propagate.evaluate import EvalConfig, evaluate
+"""Evaluate an encoder on a benchmark: ``python evaluate.py --task davis --help``.
 
-from corr.cli import parse_config
+    python evaluate.py --task davis --data-root data/DAVIS --checkpoint ckpt.pt
+    torchrun --nproc_per_node=G evaluate.py --task jhmdb ...
+
+Looks the ``--task`` up in the registry (:data:`propagate.tasks.TASKS`) and runs it with the
+one runner (:func:`propagate.run.evaluate_task`) in this process's :class:`corr.runtime.Runtime`
+(gloo under torchrun: evaluation only synchronises), which it leaves at the end. Outputs
+under ``--out`` (default ``results/<task>``): docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from corr.cli import add_dataclass_arguments, config_from_namespace
+from corr.runtime import start_runtime
+from propagate.eval_config import EvalConfig
+from propagate.run import evaluate_task
+from propagate.tasks import TASKS, get_task
+
+
+def evaluate(cfg: EvalConfig) -> Optional[dict]:
+    """Run ``cfg.task`` (or its sweep); returns results.json's content (the sweep's summary), None
+    on ranks other than 0."""
+    task = get_task(cfg.task)
+    cfg = task.configure(cfg)
+    runtime = start_runtime(cfg.device, backend="gloo")
+    try:
+        return evaluate_task(task, cfg, runtime)
+    finally:
+        runtime.close()
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> EvalConfig:
+    """The command line as an :class:`EvalConfig`; ``--task`` lists the registered tasks."""
+    parser = argparse.ArgumentParser(description=EvalConfig.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(parser, EvalConfig)
+    task_option = next(action for action in parser._actions if action.dest == "task")
+    task_option.help = f"benchmark: {'|'.join(TASKS)} (default: {EvalConfig.task})"
+    return config_from_namespace(EvalConfig, parser.parse_args(argv))
+
 
 if __name__ == "__main__":
-    evaluate(parse_config(EvalConfig))
+    evaluate(parse_args())

@@ -2,7 +2,7 @@
 
 Propagation settings (top-k, radius, temperature, context, ...) do not change the features,
 so a sweep over them needs the encoder only once per video. An entry holds the features
-``(T, C, h, w)`` of one video, the output of :func:`propagate.evaluate.extract_features`
+``(T, C, h, w)`` of one video, the output of :func:`propagate.video.extract_features`
 (encoder applied to ImageNet-normalised frames), and is found by a key: the SHA-256 of
 
 * the encoder's identity (:func:`encoder_identity`): name, constructor kwargs, and the
@@ -63,7 +63,7 @@ from .config import PropagationConfig
 from .propagator import Matches
 
 CACHE_DTYPES = ("float32", "float16")
-#: Interpolation used to resize frames to the input size (:func:`propagate.evaluate.resize_frame`).
+#: Interpolation used to resize frames to the input size (:func:`propagate.video.resize_frame`).
 RESIZE_INTERPOLATION = "cv2.INTER_LINEAR"
 
 

@@ -9,7 +9,8 @@ from corr.adapt import AdaptConfig, adapt_encoder, sample_clip_times
 from corr.encoders import build_encoder
 from datasets.synthetic import generate_davis, render_sequence
 from datasets.transforms import normalize_frames
-from propagate.evaluate import EvalConfig, evaluate
+from evaluate import evaluate
+from propagate.eval_config import EvalConfig
 
 
 @pytest.fixture(scope="module")

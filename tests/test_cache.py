@@ -7,12 +7,16 @@ import torch
 
 from datasets.synthetic import generate_davis
 from datasets.synthetic_tasks import generate_tapvid
-from propagate import evaluate as runner
+from evaluate import evaluate
+from propagate import video as video_pipeline
 from propagate.cache import (FeatureCache, cache_key, cache_slot, encoder_identity, preprocessing_identity,
                              video_identity)
 from propagate.config import PropagationConfig
 from propagate.propagator import Matcher
-from propagate.evaluate import EvalConfig, evaluate, feature_cache, run_key
+from propagate.eval_config import EvalConfig
+from propagate.run import run_key
+from propagate.tasks import configure
+from propagate.video import feature_cache
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,8 @@ def davis_config(root, out, cache=None, **kw):
 def count_encoder(monkeypatch):
     """Counts calls of the feature extractor every task goes through."""
     calls = []
-    original = runner.extract_features
-    monkeypatch.setattr(runner, "extract_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = video_pipeline.extract_features
+    monkeypatch.setattr(video_pipeline, "extract_features", lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 
@@ -101,10 +105,10 @@ def test_float16_storage_agrees_between_cold_and_warm(davis_root, tmp_path, coun
     assert np.load(chunk).dtype == np.float16
     # Rounded features may change results: float16 runs never reuse float32 records and vice versa.
     info, identity = {"encoder": "pixel"}, {"name": "d", "listing_sha256": "0"}
-    assert run_key(cfg.with_task_defaults(), info, identity) != \
-        run_key(davis_config(davis_root, tmp_path, tmp_path / "cache16").with_task_defaults(), info, identity)
+    assert run_key(configure(cfg), info, identity) != \
+        run_key(configure(davis_config(davis_root, tmp_path, tmp_path / "cache16")), info, identity)
     with pytest.raises(ValueError, match="cache-dtype"):
-        davis_config(davis_root, tmp_path, tmp_path, cache_dtype="bfloat16").with_task_defaults()
+        configure(davis_config(davis_root, tmp_path, tmp_path, cache_dtype="bfloat16"))
 
 
 def test_cache_key_follows_encoder_preprocessing_and_video():
@@ -135,8 +139,8 @@ def test_cache_key_follows_encoder_preprocessing_and_video():
 def test_config_input_size_selects_another_entry(tmp_path):
     identity = {"name": "JHMDB", "listing_sha256": "x"}
     info = {"encoder": "pixel", "format": "random-init", "seed": 0}
-    a = feature_cache(EvalConfig(task="jhmdb", cache=str(tmp_path)).with_task_defaults(), info, identity, "v")
-    b = feature_cache(EvalConfig(task="jhmdb", cache=str(tmp_path), input_size=(256, 256)).with_task_defaults(),
+    a = feature_cache(configure(EvalConfig(task="jhmdb", cache=str(tmp_path))), info, identity, "v")
+    b = feature_cache(configure(EvalConfig(task="jhmdb", cache=str(tmp_path), input_size=(256, 256))),
                       info, identity, "v")
     assert a.key != b.key and a.material["preprocessing"]["input_size"] == [320, 320]
 

@@ -5,9 +5,11 @@ import pytest
 
 from datasets.synthetic import generate_davis
 from datasets.synthetic_tasks import generate_jhmdb
-from propagate import evaluate as runner
-from propagate.distributed import Ranks
-from propagate.evaluate import EvalConfig, evaluate, parse_sweep, setting_name
+from corr.runtime import Runtime
+from evaluate import evaluate
+from propagate import video as video_pipeline
+from propagate.eval_config import EvalConfig
+from propagate.sweep import parse_sweep, setting_name
 from torchrun import evaluate_two_processes
 
 
@@ -33,8 +35,8 @@ def test_parse_sweep_gives_the_cartesian_product():
 
 def test_sweep_writes_one_result_per_setting_and_reuses_features(davis_root, tmp_path, monkeypatch):
     calls = []
-    original = runner.extract_features
-    monkeypatch.setattr(runner, "extract_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = video_pipeline.extract_features
+    monkeypatch.setattr(video_pipeline, "extract_features", lambda *a, **k: calls.append(1) or original(*a, **k))
     cfg = EvalConfig(data_root=str(davis_root), encoder="pixel", context=2, out=str(tmp_path), batch_size=6,
                      sweep="topk=2,5 label_norm=none,minmax", normalize_features=False)
     summary = evaluate(cfg)
@@ -78,9 +80,9 @@ def test_sweep_over_presets_on_another_task(tmp_path):
 
 def test_ranks_shard_round_robin():
     names = [f"s{i}" for i in range(5)]
-    shards = [Ranks(rank=r, world_size=2).shard(names) for r in range(2)]
+    shards = [Runtime(rank=r, world_size=2).shard(names) for r in range(2)]
     assert shards == [["s0", "s2", "s4"], ["s1", "s3"]]
-    assert Ranks().shard(names) == names and Ranks(rank=1, world_size=2).owns(3)
+    assert Runtime().shard(names) == names and Runtime(rank=1, world_size=2).owns(3)
 
 
 def test_two_processes_equal_one(davis_root, tmp_path):

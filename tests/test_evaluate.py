@@ -10,8 +10,9 @@ import pytest
 from datasets.davis import DavisDataset
 from datasets.palette import read_indexed_png
 from datasets.synthetic import generate_davis
-from propagate import evaluate as runner
-from propagate.evaluate import EvalConfig, evaluate
+from evaluate import evaluate
+from propagate.eval_config import EvalConfig
+from propagate.tasks import davis as davis_task
 from propagate.metrics import DAVIS_SUMMARY_KEYS, score_davis_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,8 +58,8 @@ def test_outputs_match_the_scorer_and_formats(davis_root, tmp_path):
 def test_rerun_resumes_and_overwrite_recomputes(davis_root, tmp_path, monkeypatch):
     first = evaluate(small_config(davis_root, tmp_path))
     calls = []
-    original = runner.propagate_sequence
-    monkeypatch.setattr(runner, "propagate_sequence", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = davis_task.propagate_sequence
+    monkeypatch.setattr(davis_task, "propagate_sequence", lambda *a, **k: calls.append(1) or original(*a, **k))
     again = evaluate(small_config(davis_root, tmp_path))
     assert calls == [] and again["metrics"] == first["metrics"]
     # A lost sequence record (killed run) is recomputed, the other reused.

@@ -14,9 +14,11 @@ from datasets.palette import read_indexed_png
 from datasets.synthetic_tasks import JHMDB_SPLIT, generate_jhmdb, generate_tapvid, generate_vip
 from datasets.tapvid import TapVidDataset
 from datasets.vip import VipDataset
-from propagate import evaluate as runner
-from propagate import tasks
-from propagate.evaluate import EvalConfig, evaluate
+from evaluate import evaluate
+from propagate import video as video_pipeline
+from propagate.eval_config import EvalConfig
+from propagate.tasks import configure
+from propagate.tasks import vip as vip_task
 from propagate.metrics import TAPVID_KEYS, jhmdb_pck, resize_nearest, tapvid_metrics, tapvid_summary, vip_miou
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,13 +62,13 @@ def positional_features(encoder, frames, device):
 
 def test_task_defaults():
     for task, size in (("jhmdb", (320, 320)), ("vip", (560, 560)), ("tapvid", (256, 256)), ("davis", None)):
-        cfg = EvalConfig(task=task).with_task_defaults()
+        cfg = configure(EvalConfig(task=task))
         assert cfg.input_size == size and cfg.out == f"results/{task}" and cfg.preset == "crw"
-    assert EvalConfig(task="jhmdb", input_size=(32, 48)).with_task_defaults().input_size == (32, 48)
+    assert configure(EvalConfig(task="jhmdb", input_size=(32, 48))).input_size == (32, 48)
     with pytest.raises(ValueError, match="input-size"):
-        EvalConfig(task="davis", input_size=(32, 32)).with_task_defaults()
+        configure(EvalConfig(task="davis", input_size=(32, 32)))
     with pytest.raises(ValueError, match="unknown task"):
-        EvalConfig(task="kitti").with_task_defaults()
+        configure(EvalConfig(task="kitti"))
 
 
 def test_jhmdb_outputs_and_format(roots, tmp_path):
@@ -93,7 +95,7 @@ def test_jhmdb_outputs_and_format(roots, tmp_path):
 
 def test_jhmdb_geometry_with_positional_features(roots, tmp_path, monkeypatch):
     """Labels that stay put must decode to frame 0's joints, within a grid cell, in original pixels."""
-    monkeypatch.setattr(runner, "extract_features", positional_features)
+    monkeypatch.setattr(video_pipeline, "extract_features", positional_features)
     evaluate(config("jhmdb", roots["jhmdb"], tmp_path))
     video = JhmdbDataset(roots["jhmdb"] / JHMDB_SPLIT, root=roots["jhmdb"])[0]
     pred = np.load(tmp_path / "predictions" / f"{video.name}.npy")
@@ -126,8 +128,8 @@ def test_vip_outputs_format_and_resume(roots, tmp_path, monkeypatch):
     assert vip_miou(preds, gts)["mIoU"] == pytest.approx(metrics["mIoU"])
     # A rerun reuses the records; a lost record is recomputed; other settings are not reused.
     calls = []
-    original = tasks.predict_vip_video
-    monkeypatch.setattr(tasks, "predict_vip_video", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = vip_task.predict_vip_video
+    monkeypatch.setattr(vip_task, "predict_vip_video", lambda *a, **k: calls.append(1) or original(*a, **k))
     assert evaluate(config("vip", roots["vip"], tmp_path))["metrics"]["mIoU"] == metrics["mIoU"]
     assert calls == []
     (tmp_path / "sequences" / "synth-000.json").unlink()
@@ -138,7 +140,7 @@ def test_vip_outputs_format_and_resume(roots, tmp_path, monkeypatch):
 
 
 def test_vip_geometry_with_positional_features(roots, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "extract_features", positional_features)
+    monkeypatch.setattr(video_pipeline, "extract_features", positional_features)
     evaluate(config("vip", roots["vip"], tmp_path))
     video = VipDataset(roots["vip"])[0]
     first = video.read_annotation(0)
@@ -175,7 +177,7 @@ def test_tapvid_outputs_and_format(roots, tmp_path, query_mode):
 
 def test_tapvid_geometry_with_positional_features(roots, tmp_path, monkeypatch):
     """Labels that stay put: every track stays at its query point (corner convention), visible."""
-    monkeypatch.setattr(runner, "extract_features", positional_features)
+    monkeypatch.setattr(video_pipeline, "extract_features", positional_features)
     evaluate(config("tapvid", roots["tapvid"], tmp_path))
     sample = next(iter(TapVidDataset(roots["tapvid"], query_mode="strided", resolution=SIZE)))
     saved = np.load(tmp_path / "predictions" / f"{sample.name}.npz")

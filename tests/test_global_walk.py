@@ -246,7 +246,8 @@ def test_training_network_starts_as_the_seeded_random_network_evaluation_builds(
     training run's own starting point, whatever was drawn before the loss was built."""
     from corr.train import TrainConfig
     from corr.train.objectives import build_global_walk_loss
-    from propagate.evaluate import EvalConfig, load_global_match_model
+    from propagate.encoder_loading import load_global_match_model
+    from propagate.eval_config import EvalConfig
 
     torch.manual_seed(123)
     torch.randn(1000)  # the run draws its encoder and data first

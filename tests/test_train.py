@@ -380,7 +380,8 @@ def test_a_batch_larger_than_an_epoch_is_refused_before_training(videos, tmp_pat
 @pytest.mark.parametrize("loss", ["crw", "crw=1,cycle=1,pixel=1"])
 def test_training_starts_from_evaluates_seeded_random_init(videos, tmp_path, monkeypatch, loss):
     """``evaluate.py --encoder NAME --seed S`` scores a run's initial weights (the "before" of a run)."""
-    from propagate.evaluate import EvalConfig, load_encoder
+    from propagate.encoder_loading import load_encoder
+    from propagate.eval_config import EvalConfig
 
     class FrozenAdam(torch.optim.Adam):
         def step(self, *args, **kwargs):

@@ -12,7 +12,10 @@ from corr.global_match import TRAIN_LOSS_PREFIX, GlobalMatchConfig, GlobalMatchN
 from corr.io import file_sha256
 from datasets.synthetic_tasks import generate_tapvid
 from datasets.tapvid import TapVidDataset
-from propagate.evaluate import EvalConfig, evaluate, parse_sweep
+from evaluate import evaluate
+from propagate.eval_config import EvalConfig
+from propagate.sweep import parse_sweep
+from propagate.tasks import configure
 from propagate.metrics import TAPVID_KEYS, tapvid_metrics, tapvid_summary
 from torchrun import evaluate_two_processes
 
@@ -128,9 +131,9 @@ def test_walk_rejects_propagation_options_and_sweeps():
                             ({"encoder": "pixel"}, "encoder pixel"), ({"local_radius": -1}, "local_radius"),
                             ({"task": "davis"}, "tapvid only")]:
         with pytest.raises(ValueError, match=message):
-            EvalConfig(**{**base, **kwargs}).with_task_defaults()
+            configure(EvalConfig(**{**base, **kwargs}))
     with pytest.raises(ValueError, match="--tracker walk"):
-        EvalConfig(task="tapvid", local_radius=1).with_task_defaults()
+        configure(EvalConfig(task="tapvid", local_radius=1))
 
 
 def test_propagation_with_the_global_match_backbone(tapvid, tmp_path):

@@ -80,10 +80,9 @@ def run_case(name: str, data: Path, out: Path, run_evaluation) -> dict:
 
 def run_evaluation(argv: list[str]) -> dict:
     """Evaluate in this process, as ``python evaluate.py ARGV`` does; return results.json."""
-    from corr.cli import parse_config
-    from propagate.evaluate import EvalConfig, evaluate
+    from evaluate import evaluate, parse_args
 
-    evaluate(parse_config(EvalConfig, argv))
+    evaluate(parse_args(argv))
     out = Path(argv[argv.index("--out") + 1])
     return json.loads((out / "results.json").read_text())
 

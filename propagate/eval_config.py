@@ -1,0 +1,146 @@
+"""The options of ``evaluate.py``: one dataclass every task and the runner read.
+
+:class:`EvalConfig` holds every command-line option (``corr.cli`` turns its fields into
+``--options``); the task fills in its defaults (input size, split, output folder) with
+:meth:`propagate.task.Task.configure`, which also calls :meth:`EvalConfig.validate`.
+Derived settings: :meth:`EvalConfig.propagation` (the preset with overrides, see
+docs/propagation.md), :meth:`EvalConfig.adaptation` (test-time adaptation) and
+:meth:`EvalConfig.flow_tracking` (the TAP-Vid walk tracker, docs/benchmarks.md, TAP-Vid).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from corr.adapt import AdaptConfig
+from corr.flow_track import FlowTrackConfig
+
+from .cache import CACHE_DTYPES
+from .config import PropagationConfig
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate an encoder by label propagation on a benchmark."""
+
+    task: str = dataclasses.field(default="davis", metadata={"help": "benchmark"})
+    data_root: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "dataset: DAVIS / VIP_Fine folder, JHMDB folder or split file, TAP-Vid "
+                                        ".pkl or Kinetics folder; default data/<DAVIS|JHMDB|VIP|tapvid_davis.pkl>, "
+                                        "else a generated synthetic set"})
+    split: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "split name or path to a split .txt (default: davis/vip val, jhmdb "
+                                        "splits/test_split1.txt under the data root)"})
+    resolution: str = dataclasses.field(default="480p", metadata={"help": "DAVIS: 480p or Full-Resolution"})
+    input_size: Optional[tuple[int, ...]] = dataclasses.field(
+        default=None, metadata={"help": "H,W frames are resized to (default: jhmdb 320,320; vip 560,560; "
+                                        "tapvid 256,256; davis native only)"})
+    query_mode: str = dataclasses.field(default="strided", metadata={"help": "TAP-Vid queries: first|strided"})
+    tracker: str = dataclasses.field(
+        default="propagation", metadata={"help": "TAP-Vid tracker: propagation (label propagation of --encoder "
+                                                 "features) | walk (chained flows of a global-matching "
+                                                 "--checkpoint, corr.flow_track)"})
+    sequences: Optional[tuple[str, ...]] = dataclasses.field(
+        default=None, metadata={"help": "comma-separated subset of the split's sequences"})
+    encoder: str = dataclasses.field(default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS)"})
+    checkpoint: Optional[str] = dataclasses.field(default=None, metadata={"help": "our or the published CRW checkpoint"})
+    weights: Optional[str] = dataclasses.field(default=None, metadata={"help": "local torchvision ImageNet weights"})
+    preset: str = dataclasses.field(default="crw", metadata={"help": "propagation preset"})
+    context: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: short-memory frames"})
+    topk: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: top-k"})
+    temperature: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: softmax temperature"})
+    radius: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: radius in cells (inf = none)"})
+    pad_with_first: Optional[bool] = dataclasses.field(default=None, metadata={"help": "override: pad with frame 0"})
+    normalize_features: Optional[bool] = dataclasses.field(
+        default=None, metadata={"help": "override: L2-normalise features per position (cosine affinity)"})
+    label_norm: Optional[str] = dataclasses.field(default=None, metadata={"help": "override: none|minmax"})
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto|cpu|cuda[:i]"})
+    out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output folder (default results/<task>)"})
+    vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
+    batch_size: int = dataclasses.field(default=8, metadata={"help": "frames per feature-extraction batch"})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "redo sequences already scored in --out"})
+    tta_steps: int = dataclasses.field(default=0, metadata={"help": "test-time adaptation: walk steps per video (0: off)"})
+    tta_window: int = dataclasses.field(default=10, metadata={"help": "test-time adaptation: clip frames within W of a time"})
+    tta_lr: float = dataclasses.field(default=1e-4, metadata={"help": "test-time adaptation: Adam learning rate"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of a random-init encoder and of adaptation"})
+    cache: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "feature cache folder (propagate.cache); not used with --tta-steps"})
+    cache_dtype: str = dataclasses.field(
+        default="float32", metadata={"help": "feature cache storage: float32 (exact) | float16 (half the disk)"})
+    cache_topk: int = dataclasses.field(
+        default=0, metadata={"help": "matches per query kept in the cache (at least the setting's top-k); a sweep "
+                                     "keeps its largest top-k"})
+    local_radius: Optional[int] = dataclasses.field(
+        default=None, metadata={"help": "--tracker walk: soft-argmax window radius in cells, 0 = whole frame "
+                                        "(default: corr.flow_track.FlowTrackConfig)"})
+    occlusion_threshold: Optional[float] = dataclasses.field(
+        default=None, metadata={"help": "--tracker walk: forward-backward distance in pixels above which a point "
+                                        "is occluded (default: corr.flow_track.FlowTrackConfig)"})
+    sweep: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "evaluate every combination, e.g. 'topk=5,10,20 radius=12,24' or "
+                                        "'preset=crw,dino'; with --tracker walk 'local_radius=0,1,2' "
+                                        "(results under <out>/sweep/<setting>/)"})
+
+    def adaptation(self) -> AdaptConfig:
+        """Test-time adaptation settings (:mod:`corr.adapt`); ``steps == 0`` is off."""
+        return AdaptConfig(steps=self.tta_steps, window=self.tta_window, lr=self.tta_lr, seed=self.seed)
+
+    def propagation(self) -> PropagationConfig:
+        """The preset with this run's overrides (``--radius inf`` removes the locality limit)."""
+        overrides = {name: getattr(self, name) for name in ("context", "topk", "temperature", "pad_with_first",
+                                                            "normalize_features", "label_norm")
+                     if getattr(self, name) is not None}
+        if self.radius is not None:
+            overrides["radius"] = None if math.isinf(self.radius) else self.radius
+        return PropagationConfig.preset(self.preset, **overrides)
+
+    def flow_tracking(self) -> FlowTrackConfig:
+        """The walk tracker's settings (:class:`corr.flow_track.FlowTrackConfig` with this run's overrides)."""
+        overrides = {name: getattr(self, name) for name in WALK_SETTINGS if getattr(self, name) is not None}
+        return FlowTrackConfig(**overrides)
+
+    def validate(self) -> "EvalConfig":
+        """Check the options every task shares (the task checks its own, :meth:`propagate.task.Task.configure`)."""
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+        if self.query_mode not in ("first", "strided"):
+            raise ValueError(f"--query-mode must be first or strided, got {self.query_mode!r}")
+        if self.tracker not in ("propagation", "walk"):
+            raise ValueError(f"--tracker must be propagation or walk, got {self.tracker!r}")
+        if self.tracker == "walk":
+            self._check_walk()
+        elif any(getattr(self, name) is not None for name in WALK_SETTINGS):
+            raise ValueError(f"--{'/--'.join(n.replace('_', '-') for n in WALK_SETTINGS)} are settings of "
+                             f"--tracker walk (TAP-Vid), not of label propagation")
+        return self
+
+    def _check_walk(self) -> None:
+        """Options that have no meaning for ``--tracker walk`` are errors, not silently ignored."""
+        if self.task != "tapvid":
+            raise ValueError("--tracker walk is for --task tapvid only")
+        unused = [name for name in PROPAGATION_OVERRIDES if getattr(self, name) is not None]
+        if self.preset != EvalConfig.preset:
+            unused.insert(0, "preset")
+        if unused:
+            raise ValueError(f"--{', --'.join(n.replace('_', '-') for n in unused)}: label-propagation settings do "
+                             f"not apply to --tracker walk (its settings: --local-radius, --occlusion-threshold)")
+        if self.encoder not in (EvalConfig.encoder, GLOBAL_MATCH):
+            raise ValueError(f"--tracker walk tracks with a global-match network (--checkpoint of train.py --loss "
+                             f"global_walk); --encoder {self.encoder} does not apply")
+        for name, value in (("weights", self.weights), ("cache", self.cache)):
+            if value:
+                raise ValueError(f"--{name} is for encoder features of label propagation; --tracker walk has none")
+        if self.tta_steps > 0:
+            raise ValueError("--tta-steps adapts a propagation encoder; it is not supported with --tracker walk")
+        self.flow_tracking()  # bad values fail here
+
+
+#: The overrides of the propagation preset (:meth:`EvalConfig.propagation`).
+PROPAGATION_OVERRIDES = ("context", "topk", "temperature", "radius", "pad_with_first", "normalize_features",
+                         "label_norm")
+#: The walk tracker's own options (:meth:`EvalConfig.flow_tracking`).
+WALK_SETTINGS = ("local_radius", "occlusion_threshold")
+#: ``--encoder`` name of the convolutional backbone of :class:`corr.global_match.GlobalMatchNet`.
+GLOBAL_MATCH = "global-match"
