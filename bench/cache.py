@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.synthetic import generate_davis  # noqa: E402
-from propagate.config import PropagationConfig  # noqa: E402
 from evaluate import evaluate  # noqa: E402
+from propagate.config import PropagationConfig  # noqa: E402
 from propagate.eval_config import EvalConfig  # noqa: E402
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from propagate import Propagator, PropagationConfig  # noqa: E402
+from propagate import PropagationConfig, Propagator  # noqa: E402
 from propagate.dense import propagate_dense  # noqa: E402
 
 
@@ -146,9 +146,11 @@ def main() -> None:
         print(f"{name:<34}{run['frames']:>7}{run['s_per_frame']:>10.3f}{run['peak_mb']:>10.0f}{work:>16.0f}")
     print(f"\nspeed-up, same frames: {dense['s_per_frame'] / local_short['s_per_frame']:.1f}x")
     work_ratio = (dense["peak_mb"] - dense["base_mb"]) / max(local_short["peak_mb"] - local_short["base_mb"], 1e-9)
-    print(f"peak memory above process start, dense ({dense['frames']} frames of features held) / propagator: {work_ratio:.2f}x")
+    print(f"peak memory above process start, dense ({dense['frames']} frames of features held) / propagator: "
+          f"{work_ratio:.2f}x")
     growth = local_runs[-1]["peak_mb"] - local_runs[0]["peak_mb"]
-    print(f"propagator peak memory growth from {local_runs[0]['frames']} to {local_runs[-1]['frames']} frames: {growth:+.0f} MB")
+    print(f"propagator peak memory growth from {local_runs[0]['frames']} to {local_runs[-1]['frames']} frames: "
+          f"{growth:+.0f} MB")
     print(f"max |propagator - dense| over frames 0..{args.dense_frames}: {diff:.2e}")
 
 

@@ -127,7 +127,8 @@ class StrideEightResNet(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"depth={self.depth}, out_layer={self.out_layer!r}, padding_mode={self.padding_mode!r}, stride={self.stride}"
+        return (f"depth={self.depth}, out_layer={self.out_layer!r}, padding_mode={self.padding_mode!r}, "
+                f"stride={self.stride}")
 
 
 def resnet18_crw(out_layer: str = "layer3", padding_mode: str = "reflect") -> StrideEightResNet:
@@ -335,11 +336,14 @@ def _read_encoder_state(obj: Any, path: str | Path) -> _EncoderState:
     """Recognise one of the three layouts (module docstring) and return its encoder weights."""
     if isinstance(obj, Mapping) and "format" in obj:
         if obj["format"] != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: unsupported checkpoint format {obj['format']!r} (expected {CHECKPOINT_FORMAT!r})")
+            raise ValueError(f"{path}: unsupported checkpoint format {obj['format']!r} "
+                             f"(expected {CHECKPOINT_FORMAT!r})")
         enc = obj.get("encoder")
-        if not (isinstance(enc, Mapping) and {"name", "state_dict"} <= set(enc) and _is_tensor_dict(enc["state_dict"], allow_empty=True)):
+        if not (isinstance(enc, Mapping) and {"name", "state_dict"} <= set(enc)
+                and _is_tensor_dict(enc["state_dict"], allow_empty=True)):
             found = sorted(enc) if isinstance(enc, Mapping) else type(enc).__name__
-            raise ValueError(f"{path}: 'encoder' entry must hold 'name', 'kwargs' and a 'state_dict' of tensors; found {found}")
+            raise ValueError(f"{path}: 'encoder' entry must hold 'name', 'kwargs' and a 'state_dict' of tensors; "
+                             f"found {found}")
         info = {k: obj.get(k) for k in ("step", "config", "losses")}
         state = {_strip_module_prefix(k): v for k, v in enc["state_dict"].items()}  # DDP-wrapped saves
         return _EncoderState(CHECKPOINT_FORMAT, state, enc["name"], dict(enc.get("kwargs") or {}), info)
@@ -359,7 +363,8 @@ def _read_encoder_state(obj: Any, path: str | Path) -> _EncoderState:
         # Reference model types: "scratch" = reflect padding; the others keep zero padding.
         padding_mode = "reflect" if model_type in (None, "scratch") else "zeros"
         info = {"step": None, "epoch": obj.get("epoch"), "ignored_keys": ignored, "reference_model_type": model_type}
-        return _EncoderState("crw-reference", state, _resnet_name_from_keys(state), {"padding_mode": padding_mode}, info)
+        return _EncoderState("crw-reference", state, _resnet_name_from_keys(state), {"padding_mode": padding_mode},
+                             info)
 
     if _is_tensor_dict(obj) and "conv1.weight" in {_strip_module_prefix(k) for k in obj}:
         state = {_strip_module_prefix(k): v for k, v in obj.items()}

@@ -78,7 +78,8 @@ def denormalise_pixels(coordinates, size):
 
 
 def normalise_cells(cells, size: int):
-    """Cell coordinates on an axis of ``size`` cells -> ``grid_sample(align_corners=True)``: ``2 u / max(n - 1, 1) - 1``."""
+    """Cell coordinates on an axis of ``size`` cells -> ``grid_sample(align_corners=True)``:
+    ``2 u / max(n - 1, 1) - 1``."""
     return 2 * cells / max(size - 1, 1) - 1
 
 
@@ -98,7 +99,8 @@ def apply_affine(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def crop_box_affine(box_a: torch.Tensor, box_b: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, 2, 3)`` map from crop-a pixels to crop-b pixels, boxes ``(B, 4)`` (top, left, h, w) both resized to ``size``.
+    """``(B, 2, 3)`` map from crop-a pixels to crop-b pixels, boxes ``(B, 4)`` (top, left, h, w) both
+    resized to ``size``.
 
     ``x_b = x_a w_a / w_b + (left_a - left_b) size / w_b`` (likewise y with tops and heights).
     """

@@ -30,8 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.frames import (DatasetError, FrameVideo, VideoSet, find_split_file, image_header, listing_sha256,
-                             read_name_list)
+from datasets.frames import (
+    DatasetError,
+    FrameVideo,
+    VideoSet,
+    find_split_file,
+    image_header,
+    listing_sha256,
+    read_name_list,
+)
 from datasets.palette import ID_MODES, VOID_ID, read_indexed_png, write_indexed_png
 
 __all__ = ["DatasetError", "DavisDataset", "DavisSequence", "read_indexed_png",

@@ -54,7 +54,8 @@ def read_joint_positions(path: str | Path) -> np.ndarray:
     except Exception as error:  # scipy raises several types for a corrupt file
         raise DatasetError(f"{path}: cannot read MATLAB file ({error})") from error
     if "pos_img" not in content:
-        raise DatasetError(f"{path}: no 'pos_img' variable (has {sorted(k for k in content if not k.startswith('__'))})")
+        variables = sorted(k for k in content if not k.startswith("__"))
+        raise DatasetError(f"{path}: no 'pos_img' variable (has {variables})")
     pos = np.asarray(content["pos_img"], dtype=np.float64)
     if pos.ndim == 2 and pos.shape == (2, NUM_JOINTS):  # a one-frame video loses its last axis
         pos = pos[..., None]

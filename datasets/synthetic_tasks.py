@@ -35,8 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from datasets.synthetic import (SyntheticScene, object_sprite_map, render_scene, sequence_rng,
-                                write_generated_set)
+from datasets.synthetic import SyntheticScene, object_sprite_map, render_scene, sequence_rng, write_generated_set
 
 __all__ = ["generate_jhmdb", "generate_vip", "generate_tapvid", "scene_keypoints", "scene_part_maps",
            "scene_point_tracks", "JHMDB_SPLIT", "VIP_SPLIT", "TAPVID_KINDS"]

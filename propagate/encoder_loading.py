@@ -52,7 +52,8 @@ def load_encoder(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module
         return model.features, {**info, "part": "features (convolutional backbone, stride 4)"}
     if cfg.checkpoint:
         encoder, info = load_checkpoint(cfg.checkpoint, device)
-        return encoder, {k: v for k, v in info.items() if k in ("encoder", "kwargs", "format", "sha256", "path", "step")}
+        recorded = ("encoder", "kwargs", "format", "sha256", "path", "step")
+        return encoder, {k: v for k, v in info.items() if k in recorded}
     torch.manual_seed(cfg.seed)  # a random-init encoder is the same for the same seed
     encoder = build_encoder(cfg.encoder, weights=cfg.weights).to(device).eval()
     info = {"encoder": cfg.encoder, "format": "torchvision" if cfg.weights else "random-init"}

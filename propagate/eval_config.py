@@ -45,13 +45,15 @@ class EvalConfig:
     sequences: Optional[tuple[str, ...]] = dataclasses.field(
         default=None, metadata={"help": "comma-separated subset of the split's sequences"})
     encoder: str = dataclasses.field(default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS)"})
-    checkpoint: Optional[str] = dataclasses.field(default=None, metadata={"help": "our or the published CRW checkpoint"})
+    checkpoint: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "our or the published CRW checkpoint"})
     weights: Optional[str] = dataclasses.field(default=None, metadata={"help": "local torchvision ImageNet weights"})
     preset: str = dataclasses.field(default="crw", metadata={"help": "propagation preset"})
     context: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: short-memory frames"})
     topk: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: top-k"})
     temperature: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: softmax temperature"})
-    radius: Optional[float] = dataclasses.field(default=None, metadata={"help": "override: radius in cells (inf = none)"})
+    radius: Optional[float] = dataclasses.field(
+        default=None, metadata={"help": "override: radius in cells (inf = none)"})
     pad_with_first: Optional[bool] = dataclasses.field(default=None, metadata={"help": "override: pad with frame 0"})
     normalize_features: Optional[bool] = dataclasses.field(
         default=None, metadata={"help": "override: L2-normalise features per position (cosine affinity)"})
@@ -61,8 +63,10 @@ class EvalConfig:
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "frames per feature-extraction batch"})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "redo sequences already scored in --out"})
-    tta_steps: int = dataclasses.field(default=0, metadata={"help": "test-time adaptation: walk steps per video (0: off)"})
-    tta_window: int = dataclasses.field(default=10, metadata={"help": "test-time adaptation: clip frames within W of a time"})
+    tta_steps: int = dataclasses.field(
+        default=0, metadata={"help": "test-time adaptation: walk steps per video (0: off)"})
+    tta_window: int = dataclasses.field(
+        default=10, metadata={"help": "test-time adaptation: clip frames within W of a time"})
     tta_lr: float = dataclasses.field(default=1e-4, metadata={"help": "test-time adaptation: Adam learning rate"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of a random-init encoder and of adaptation"})
     cache: Optional[str] = dataclasses.field(

@@ -24,8 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from corr.geometry import (cell_centre_offset, cell_to_pixel, from_integer_centres, grid_size, normalise_cells,
-                           pixel_to_cell, to_integer_centres)
+from corr.geometry import (
+    cell_centre_offset,
+    cell_to_pixel,
+    from_integer_centres,
+    grid_size,
+    normalise_cells,
+    pixel_to_cell,
+    to_integer_centres,
+)
 
 __all__ = ["VOID_ID", "grid_size", "downsample_to_grid", "upsample_to_image", "masks_to_labels", "labels_to_masks",
            "rescale_points", "KEYPOINT_SIGMA", "KEYPOINT_TOPK", "keypoints_to_heatmaps", "heatmaps_to_keypoints",

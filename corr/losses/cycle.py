@@ -142,7 +142,8 @@ class CycleConsistencyLoss(nn.Module):
         raw = F.relu(self.project(encoder_features(encoder, images, self.layer)))
         return raw, F.normalize(raw, dim=1)
 
-    def track(self, query: torch.Tensor, frame_norm: torch.Tensor, frame_raw: torch.Tensor, with_affinity: bool = False):
+    def track(self, query: torch.Tensor, frame_norm: torch.Tensor, frame_raw: torch.Tensor,
+              with_affinity: bool = False):
         """Locate ``query (B, C, p, q)`` in a frame: ``(theta (B, 2, 3), tracked raw patch (B, C, p, q))``,
         plus the affinity ``(B, h*w, p, q)`` with ``with_affinity=True``."""
         affinity = patch_affinity(query, frame_norm, self.temperature)

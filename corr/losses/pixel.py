@@ -32,6 +32,7 @@ from corr.encoders import encoder_features
 from corr.geometry import cell_centre_offset, pixel_to_cell, to_integer_centres
 from corr.warps import WARP_KINDS, Warp, random_warp, source_matches, warp_image
 
+
 def window_displacements(radius: int, device=None) -> torch.Tensor:
     """``(K, 2)`` integer ``(dx, dy)`` with ``|dx|, |dy| <= radius``, dy-major (unfold order)."""
     r = torch.arange(-radius, radius + 1, device=device)

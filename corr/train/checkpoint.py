@@ -112,7 +112,8 @@ def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimize
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
     saved = {**asdict(CRW), **state.get("config", {})}
-    changed = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in resume_keys() if saved.get(k) != getattr(cfg, k)]
+    changed = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}"
+               for k in resume_keys() if saved.get(k) != getattr(cfg, k)]
     if changed:
         raise ValueError(f"{path} was trained with other settings; resuming would not continue it "
                          f"({'; '.join(changed)})")

@@ -38,9 +38,11 @@ class TrainConfig:
     data: Optional[str] = field(default=None, metadata={
         "help": "folder of videos, list file or frame folders; none: the demo's generated clips"})
     out: str = field(default="runs/crw", metadata={"help": "run folder (checkpoint.pt, TensorBoard logs)"})
-    steps: Optional[int] = field(default=None, metadata={"help": f"optimisation steps (none in a preset: {EPOCHS} epochs)"})
+    steps: Optional[int] = field(default=None, metadata={
+        "help": f"optimisation steps (none in a preset: {EPOCHS} epochs)"})
     batch_size: Optional[int] = field(default=None, metadata={"help": "clips per step per process"})
-    clip_len: Optional[int] = field(default=None, metadata={"help": "frames per clip (given --clip-offsets: their number)"})
+    clip_len: Optional[int] = field(default=None, metadata={
+        "help": "frames per clip (given --clip-offsets: their number)"})
     fps: Optional[float] = field(default=None, metadata={"help": "clip frame rate, sets the frame skip"})
     frame_skip: Optional[int] = field(default=None, metadata={
         "help": "source frames between clip frames (overrides fps)"})

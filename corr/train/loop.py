@@ -25,8 +25,14 @@ from corr.io import atomic_torch_save, atomic_write_json
 from corr.runtime import Runtime, start_runtime
 from corr.train.checkpoint import check_finite, checkpoint_dict, resume, seed_everything, step_seed
 from corr.train.config import EPOCHS, TrainConfig, resolve_config
-from corr.train.data import (SKIPPED_FILE, SkippedVideos, batch_stream, batches_per_epoch, build_dataset,
-                             prepare_demo_data)
+from corr.train.data import (
+    SKIPPED_FILE,
+    SkippedVideos,
+    batch_stream,
+    batches_per_epoch,
+    build_dataset,
+    prepare_demo_data,
+)
 from corr.train.module import Optimisation, TrainModule, WeightedLosses, build_train_module, distribute
 from corr.train.objectives import loss_images
 from corr.train.report import Reporter, log_done, log_start

@@ -96,7 +96,8 @@ class TrainModule(nn.Module):
 
 
 def build_train_module(cfg: TrainConfig, runtime: Runtime) -> TrainModule:
-    """The encoder, walk head and losses of ``cfg``, on the runtime's device (SyncBatchNorm under DDP with ``sync_bn``)."""
+    """The encoder, walk head and losses of ``cfg``, on the runtime's device (SyncBatchNorm under DDP
+    with ``sync_bn``)."""
     encoder = build_encoder(cfg.encoder, **encoder_kwargs(cfg.encoder))
     module = TrainModule(WalkModel(encoder, head_dim=cfg.head_dim, mode=cfg.mode), build_losses(cfg))
     if runtime.distributed and cfg.sync_bn:

@@ -73,7 +73,8 @@ def build_cycle_loss(cfg: Config) -> nn.Module:
     probe = build_encoder(cfg.encoder, **({"out_layer": "layer3"} if encoder_kwargs(cfg.encoder) else {}))
     cells = math.ceil(cfg.crop_size / probe.stride)
     layer = "layer3" if encoder_kwargs(cfg.encoder) else None
-    return CycleConsistencyLoss(probe.out_channels, (cells, cells), layer=layer, motion_frame=cfg.clip_offsets is not None)
+    return CycleConsistencyLoss(probe.out_channels, (cells, cells), layer=layer,
+                                motion_frame=cfg.clip_offsets is not None)
 
 
 def check_cycle_clip(cfg: Config) -> None:

@@ -5,8 +5,15 @@ import pytest
 from PIL import Image
 
 from datasets.palette import davis_palette
-from propagate.visualize import (contact_sheet, draw_skeleton, draw_tracks, overlay_mask, overlay_parts, save_png,
-                                 write_video)
+from propagate.visualize import (
+    contact_sheet,
+    draw_skeleton,
+    draw_tracks,
+    overlay_mask,
+    overlay_parts,
+    save_png,
+    write_video,
+)
 
 
 def test_overlay_mask_blends_objects_and_leaves_background():

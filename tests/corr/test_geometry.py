@@ -3,9 +3,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from corr.geometry import (apply_affine, cell_centre_offset, cell_centres, cell_to_pixel, crop_box_affine,
-                           denormalise_pixels, from_integer_centres, grid_size, normalise_cells, normalise_pixels,
-                           pixel_to_cell, to_integer_centres)
+from corr.geometry import (
+    apply_affine,
+    cell_centre_offset,
+    cell_centres,
+    cell_to_pixel,
+    crop_box_affine,
+    denormalise_pixels,
+    from_integer_centres,
+    grid_size,
+    normalise_cells,
+    normalise_pixels,
+    pixel_to_cell,
+    to_integer_centres,
+)
 
 
 def test_grid_size_is_the_ceiling_of_size_over_stride():

@@ -9,11 +9,17 @@ from datasets.synthetic import generate_davis
 from datasets.synthetic_tasks import generate_tapvid
 from evaluate import evaluate
 from propagate import video as video_pipeline
-from propagate.cache import (FeatureCache, cache_key, cache_slot, encoder_identity, preprocessing_identity,
-                             video_identity)
+from propagate.cache import (
+    FeatureCache,
+    cache_key,
+    cache_slot,
+    encoder_identity,
+    preprocessing_identity,
+    video_identity,
+)
 from propagate.config import PropagationConfig
-from propagate.propagator import Matcher
 from propagate.eval_config import EvalConfig
+from propagate.propagator import Matcher
 from propagate.run import run_key
 from propagate.tasks import configure
 from propagate.video import feature_cache
@@ -133,7 +139,8 @@ def test_cache_key_follows_encoder_preprocessing_and_video():
     assert cache_key(base, preprocessing_identity((320, 320)), {**video, "listing_sha256": "abd"}) != key
     seed0 = encoder_identity({"encoder": "resnet18-crw", "format": "random-init", "seed": 0})
     seed1 = encoder_identity({"encoder": "resnet18-crw", "format": "random-init", "seed": 1})
-    assert cache_key(seed0, preprocessing_identity(None), video) != cache_key(seed1, preprocessing_identity(None), video)
+    preprocessing = preprocessing_identity(None)
+    assert cache_key(seed0, preprocessing, video) != cache_key(seed1, preprocessing, video)
 
 
 def test_config_input_size_selects_another_entry(tmp_path):

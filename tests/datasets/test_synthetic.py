@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from datasets.davis import DavisDataset
-from datasets.synthetic import (generate_davis, object_layer, render_scene, render_sequence,
-                                sequence_rng)
+from datasets.synthetic import generate_davis, object_layer, render_scene, render_sequence, sequence_rng
 
 SIZE = (96, 128)
 

@@ -12,10 +12,15 @@ import torch
 
 import datasets.video as video
 from datasets.augment import ClipTransform
-from datasets.video import (VideoClipDataset, VideoReadError, collate_clips, frame_step,
-                            measure_decode_throughput, read_clip)
+from datasets.video import (
+    VideoClipDataset,
+    VideoReadError,
+    collate_clips,
+    frame_step,
+    measure_decode_throughput,
+    read_clip,
+)
 
-SHARED_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
 HAS_DECORD = video._decord_available()
 BACKENDS = ["opencv"] + (["decord"] if HAS_DECORD else [])
 
@@ -321,13 +326,11 @@ def test_data_loader_with_workers(tmp_path: Path):
 # ----------------------------------------------------------------------------- real data
 
 
-def test_real_clips(tmp_path: Path):
-    if not SHARED_CLIPS.is_dir():
-        pytest.skip(f"real sample clips not found at {SHARED_CLIPS}")
+def test_real_clips(tmp_path: Path, shared_clips: Path):
     expected = {"bigbuckbunny.mp4": (132, 720, 1280), "bikes.mp4": (250, 272, 640),
                 "carphone_pristine.mp4": (120, 144, 176)}
     for backend in BACKENDS:
-        ds = VideoClipDataset(SHARED_CLIPS, clip_len=4, fps=8.0, clips_per_video=1, backend=backend,
+        ds = VideoClipDataset(shared_clips, clip_len=4, fps=8.0, clips_per_video=1, backend=backend,
                               cache_dir=tmp_path / backend)
         assert ds.bad_videos == [] and len(ds.videos) == 3
         for i, info in enumerate(ds.videos):

@@ -1,7 +1,6 @@
 """CRW per-frame augmentation: shapes, per-frame randomness, normalisation, crop boxes."""
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest

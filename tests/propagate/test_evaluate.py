@@ -12,10 +12,10 @@ from datasets.palette import read_indexed_png
 from datasets.synthetic import generate_davis
 from evaluate import evaluate
 from propagate.eval_config import EvalConfig
-from propagate.tasks import davis as davis_task
 from propagate.metrics import DAVIS_SUMMARY_KEYS, score_davis_folder
+from propagate.tasks import davis as davis_task
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ def _images(h=40, w=48, b=2):
 def _our_checkpoint(encoder, name="resnet18-crw", kwargs=None, step=7):
     return {
         "format": CHECKPOINT_FORMAT,
-        "encoder": {"name": name, "kwargs": {"out_layer": "layer4"} if kwargs is None else kwargs, "state_dict": encoder.state_dict()},
+        "encoder": {"name": name, "kwargs": {"out_layer": "layer4"} if kwargs is None else kwargs,
+                    "state_dict": encoder.state_dict()},
         "heads": {"selfsim_fc": {"weight": torch.zeros(128, 512)}},
         "optimizer": {"state": {}, "param_groups": []},
         "step": step,
@@ -65,7 +66,8 @@ def test_output_shape_is_ceil_of_size_over_stride(name, size):
 
 @pytest.mark.parametrize(
     "name, layer, channels",
-    [("resnet18-crw", "layer3", 256), ("resnet18-crw", "layer4", 512), ("resnet50", "layer3", 1024), ("resnet50", "layer4", 2048)],
+    [("resnet18-crw", "layer3", 256), ("resnet18-crw", "layer4", 512), ("resnet50", "layer3", 1024),
+     ("resnet50", "layer4", 2048)],
 )
 def test_channels_per_out_layer(name, layer, channels):
     encoder = build_encoder(name, out_layer=layer).eval()
@@ -284,9 +286,11 @@ def test_mismatched_keys_are_listed_with_the_file_name(tmp_path):
     assert "1 unexpected keys: extra.weight" in message
 
     # a wrongly prefixed file: many of each, counted and truncated to the first 10
-    state = {(f"backbone.{k}" if k.startswith("layer1.") else k): v for k, v in torchvision.models.resnet18().state_dict().items()}
+    reference = torchvision.models.resnet18().state_dict()
+    state = {(f"backbone.{k}" if k.startswith("layer1.") else k): v for k, v in reference.items()}
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"(?s)20 missing keys: layer1\..*\(10 more\).*24 unexpected keys: backbone\.layer1.*\(14 more\)"):
+    with pytest.raises(ValueError, match=r"(?s)20 missing keys: layer1\..*\(10 more\).*"
+                                         r"24 unexpected keys: backbone\.layer1.*\(14 more\)"):
         build_encoder("resnet18-crw", weights=path)
 
 
@@ -294,7 +298,8 @@ def test_load_encoder_weights_reports_wrong_shapes():
     encoder = build_encoder("resnet18-crw")
     state = encoder.state_dict()
     state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
-    with pytest.raises(ValueError, match=r"(?s)in-memory.*wrong shape keys: conv1.weight \(file \(64, 3, 3, 3\), model \(64, 3, 7, 7\)\)"):
+    with pytest.raises(ValueError, match=r"(?s)in-memory.*wrong shape keys: "
+                                         r"conv1.weight \(file \(64, 3, 3, 3\), model \(64, 3, 7, 7\)\)"):
         load_encoder_weights(encoder, state, "in-memory")
 
 

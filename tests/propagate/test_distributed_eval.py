@@ -2,16 +2,15 @@
 import json
 
 import pytest
+from torchrun import evaluate_two_processes
 
+from corr.runtime import Runtime
 from datasets.synthetic import generate_davis
 from datasets.synthetic_tasks import generate_jhmdb
-from corr.runtime import Runtime
 from evaluate import evaluate
 from propagate import video as video_pipeline
 from propagate.eval_config import EvalConfig
 from propagate.sweep import parse_sweep, setting_name
-from torchrun import evaluate_two_processes
-
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from datasets.synthetic import generate_davis
 
 SIZES = [(240, 320), (200, 288), (240, 336)]
 NUM_FRAMES = 6
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -202,11 +201,8 @@ def test_palette_round_trip(tmp_path):
         read_indexed_png(tmp_path / "e.png")
 
 
-def test_real_davis_mini():
-    root = SHARED_DATA / "davis-mini"
-    if not root.is_dir():
-        pytest.skip(f"real DAVIS sample not found at {root}")
-    data = DavisDataset(root, split="val")
+def test_real_davis_mini(davis_mini):
+    data = DavisDataset(davis_mini, split="val")
     assert len(data) == 3
     palette = davis_palette()
     for sequence in data:

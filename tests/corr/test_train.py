@@ -69,7 +69,8 @@ def videos(tmp_path_factory) -> Path:
 def _config(videos: Path, out: Path, **overrides) -> TrainConfig:
     values = dict(data=str(videos), out=str(out), steps=4, batch_size=2, clip_len=3, frame_skip=1,
                   clips_per_video=2, mode="dense", crop_size=32, num_workers=0, checkpoint_every=2, log_every=1,
-                  image_every=2, device="cpu", encoder="tiny", cache_dir=str(out / "index-cache"), progress=False, seed=3)
+                  image_every=2, device="cpu", encoder="tiny", cache_dir=str(out / "index-cache"), progress=False,
+                  seed=3)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -159,7 +160,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_videos_skipped_while_loading_are_counted_and_reported_once(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="corr.train")
-    result = train(_config(tmp_path, tmp_path / "run", data=None, steps=3, crop_size=16), dataset=_Clips(skipped_every=1))
+    cfg = _config(tmp_path, tmp_path / "run", data=None, steps=3, crop_size=16)
+    result = train(cfg, dataset=_Clips(skipped_every=1))
     assert result.skipped_videos == {"/data/broken.mp4": "/data/broken.mp4: cannot decode"}
     assert sum("broken.mp4" in r.getMessage() for r in caplog.records) == 1
 

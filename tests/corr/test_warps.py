@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from corr.warps import (WARP_KINDS, Homography, inside, pixel_grid, random_warp, source_matches,
-                        warp_image)
+from corr.warps import WARP_KINDS, Homography, inside, pixel_grid, random_warp, source_matches, warp_image
 
 H, W = 48, 64
 

@@ -1,13 +1,9 @@
 """Mask <-> soft label codec: geometry, void handling, round trips."""
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from propagate.labels import downsample_to_grid, grid_size, labels_to_masks, masks_to_labels, upsample_to_image
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_grid_size_rounds_up():
@@ -47,10 +43,8 @@ def test_channel_to_object_id_mapping():
     assert (labels_to_masks(labels, [3, 7], (16, 16), 8) == 7).all()
 
 
-def test_real_davis_first_frame_round_trip():
-    ann = SHARED_DATA / "davis-mini" / "Annotations" / "480p" / "dog-agility" / "00000.png"
-    if not ann.is_file():
-        pytest.skip(f"real DAVIS sample not found at {ann}")
+def test_real_davis_first_frame_round_trip(davis_mini):
+    ann = davis_mini / "Annotations" / "480p" / "dog-agility" / "00000.png"
     from datasets.palette import read_indexed_png
 
     ids = read_indexed_png(ann)

@@ -16,7 +16,7 @@ from propagate.task import Task, TaskDefaults, TaskRun
 from propagate.tasks import TASKS
 from propagate.video import propagate_frames
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ToyDataset:

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torchrun import evaluate_two_processes
 
 import corr.flow_track as flow_track
 from corr.global_match import TRAIN_LOSS_PREFIX, GlobalMatchConfig, GlobalMatchNet
@@ -14,10 +15,9 @@ from datasets.synthetic_tasks import generate_tapvid
 from datasets.tapvid import TapVidDataset
 from evaluate import evaluate
 from propagate.eval_config import EvalConfig
+from propagate.metrics import TAPVID_KEYS, tapvid_metrics, tapvid_summary
 from propagate.sweep import parse_sweep
 from propagate.tasks import configure
-from propagate.metrics import TAPVID_KEYS, tapvid_metrics, tapvid_summary
-from torchrun import evaluate_two_processes
 
 TINY = GlobalMatchConfig(feature_dim=16, num_layers=1, num_heads=2, window=4)
 SIZE = (32, 32)  # 8 x 8 cells at stride 4
@@ -37,7 +37,8 @@ def tapvid(tmp_path_factory):
 
 
 def walk_config(tapvid, out, **kw):
-    return EvalConfig(task="tapvid", tracker="walk", data_root=str(tapvid["path"]), checkpoint=str(tapvid["checkpoint"]),
+    return EvalConfig(task="tapvid", tracker="walk", data_root=str(tapvid["path"]),
+                      checkpoint=str(tapvid["checkpoint"]),
                       input_size=SIZE, out=str(out), device="cpu", **kw)
 
 

@@ -4,9 +4,18 @@ import pytest
 import torch
 
 from propagate.config import PropagationConfig
-from propagate.labels import (backmatch_distance, grid_size, heatmaps_to_keypoints, heatmaps_to_points,
-                              keypoints_to_heatmaps, labels_to_parts, parts_to_labels, queries_to_heatmaps,
-                              rescale_points, track_points)
+from propagate.labels import (
+    backmatch_distance,
+    grid_size,
+    heatmaps_to_keypoints,
+    heatmaps_to_points,
+    keypoints_to_heatmaps,
+    labels_to_parts,
+    parts_to_labels,
+    queries_to_heatmaps,
+    rescale_points,
+    track_points,
+)
 from propagate.propagator import Propagator
 
 STRIDE = 8
@@ -117,7 +126,8 @@ def test_track_points_follows_translating_features_and_flags_occlusion():
     field = _smooth_field(rng, C, h, w + T)
     feats = torch.stack([field[:, :, T - t: T - t + w] for t in range(T)])  # content moves right
     occluder = _smooth_field(rng, C, h, w)
-    track_b = lambda t: np.array([44.0 + 8 * t, 92.0])  # (x, y), TAP-Vid corner convention
+    def track_b(t):  # (x, y), TAP-Vid corner convention
+        return np.array([44.0 + 8 * t, 92.0])
     for t in range(4, T):
         col, row = int(track_b(t)[0] // 8), int(track_b(t)[1] // 8)
         feats[t, :, row - 2: row + 3, col - 2: col + 3] = occluder[:, row - 2: row + 3, col - 2: col + 3]

@@ -127,7 +127,8 @@ def test_gradients_reach_the_encoder(mode):
     assert torch.allclose(nodes.norm(dim=-1), torch.ones(1, 3, expected_nodes), atol=1e-5)
     loss, _ = ContrastiveRandomWalk(temperature=0.1)(nodes)
     loss.backward()
-    for name in ("encoder.conv1.weight", "encoder.layer3.0.conv1.weight", "encoder.layer4.1.conv2.weight", "head.weight"):
+    for name in ("encoder.conv1.weight", "encoder.layer3.0.conv1.weight", "encoder.layer4.1.conv2.weight",
+                 "head.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from propagate import PRESETS, Propagator, PropagationConfig
-from propagate.propagator import LabelMemory, Matcher, Matches
+from propagate import PRESETS, PropagationConfig, Propagator
 from propagate.dense import context_frames, propagate_dense
+from propagate.propagator import LabelMemory, Matcher, Matches
 
 
 def smooth_features(T, C, h, w, seed=0):
@@ -107,8 +107,11 @@ def test_radius_excludes_far_short_memory_but_not_frame_zero():
     # In frame 2, x=5 can only reach frame 0 (x=1, label 1) or frame 1 within distance < 2.
     far = Propagator(PropagationConfig(context=1, topk=1, temperature=0.01, radius=None)).propagate(feats, label)
     near = out
-    torch.testing.assert_close(near, propagate_dense(feats, label, PropagationConfig(context=1, topk=1, temperature=0.01, radius=2.0)))
-    torch.testing.assert_close(far, propagate_dense(feats, label, PropagationConfig(context=1, topk=1, temperature=0.01, radius=None)))
+    def dense(radius):
+        return propagate_dense(feats, label, PropagationConfig(context=1, topk=1, temperature=0.01, radius=radius))
+
+    torch.testing.assert_close(near, dense(2.0))
+    torch.testing.assert_close(far, dense(None))
 
 
 def test_memory_does_not_grow_with_video_length():

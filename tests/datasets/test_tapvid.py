@@ -7,8 +7,14 @@ import pytest
 from datasets.davis import DatasetError
 from datasets.synthetic import render_scene, sequence_rng
 from datasets.synthetic_tasks import generate_tapvid, scene_point_tracks
-from datasets.tapvid import (TapVidDataset, TapVidVideo, load_tapvid_pickle, resolution_category,
-                             sample_queries_first, sample_queries_strided)
+from datasets.tapvid import (
+    TapVidDataset,
+    TapVidVideo,
+    load_tapvid_pickle,
+    resolution_category,
+    sample_queries_first,
+    sample_queries_strided,
+)
 
 # Hand-made tracks: 4 tracks over 12 frames; x = 10 * track + t, y = 100 + t.
 OCCLUDED = np.array([

@@ -1,5 +1,4 @@
 """DAVIS-2017 semi-supervised J&F: hand-computed cases for every rule of the official scorer."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,6 @@ from propagate.metrics import (
     db_statistics,
     score_davis_folder,
 )
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def box(shape, y0, y1, x0, x1):
@@ -310,10 +307,8 @@ def test_score_folder_refuses_rgb_predictions(tmp_path):
         score_davis_folder(tmp_path / "davis", tmp_path / "results")
 
 
-def test_real_davis_sequence_matches_official_scorer(tmp_path):
-    root = DATA / "davis-mini"
-    if not root.is_dir():
-        pytest.skip(f"real sample data not found at {root}")
+def test_real_davis_sequence_matches_official_scorer(tmp_path, davis_mini):
+    root = davis_mini
     seq = "dog-agility"
     gt_files = sorted((root / "Annotations" / "480p" / seq).glob("*.png"))
     for path in gt_files[1:-1]:  # shifted 5 px down and 7 px left

@@ -17,11 +17,11 @@ from datasets.vip import VipDataset
 from evaluate import evaluate
 from propagate import video as video_pipeline
 from propagate.eval_config import EvalConfig
+from propagate.metrics import TAPVID_KEYS, jhmdb_pck, resize_nearest, tapvid_metrics, tapvid_summary, vip_miou
 from propagate.tasks import configure
 from propagate.tasks import vip as vip_task
-from propagate.metrics import TAPVID_KEYS, jhmdb_pck, resize_nearest, tapvid_metrics, tapvid_summary, vip_miou
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (64, 64)  # input-size override: an 8 x 8 grid for the stride-8 pixel encoder
 
 

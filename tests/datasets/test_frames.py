@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.frames import (DatasetError, FrameVideo, VideoSet, find_split_file, listing_sha256,
-                             read_name_list)
+from datasets.frames import DatasetError, FrameVideo, VideoSet, find_split_file, listing_sha256, read_name_list
 
 
 def test_listing_sha256_is_the_hash_of_sorted_relative_lines(tmp_path):
