@@ -57,7 +57,7 @@ class PropagationConfig:
         return dataclasses.asdict(self)
 
 
-# Published settings, mapped onto the one algorithm (PROTOCOLS.md section 4).
+# Published settings, mapped onto the one algorithm (docs/propagation.md).
 # - crw: Jabri et al. 2020 (20 context frames, top-10, tau 0.05, radius 12, padded start):
 #   reproduces the paper's evaluation.
 # - dino: Caron et al. 2021 (7 / 5 / 0.1 / 12). DINO's own script uses a square window that

@@ -1,4 +1,4 @@
-"""The direct, dense formulation of label propagation (PROTOCOLS.md section 4).
+"""The direct, dense formulation of label propagation (docs/propagation.md).
 
 This is the executable specification that :class:`propagate.Propagator` must match: for
 every target frame it concatenates all context frames, computes the full affinity between

@@ -1,6 +1,6 @@
 """Label propagation through feature affinities: the one algorithm every task uses.
 
-For target frame t (PROTOCOLS.md section 4):
+For target frame t (docs/propagation.md):
 
 * context = frame 0 with its given labels ("long memory", every position allowed) plus the
   previous n frames with their predicted soft labels ("short memory", a key allowed for a

@@ -1,4 +1,4 @@
-"""The propagator equals the dense formulation of PROTOCOLS.md section 4, and hand-made cases."""
+"""The propagator equals the dense formulation of docs/propagation.md, and hand-made cases."""
 import math
 
 import pytest
