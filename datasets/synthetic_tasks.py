@@ -36,6 +36,7 @@ from PIL import Image
 from scipy import ndimage
 
 from datasets.synthetic import SyntheticScene, object_sprite_map, render_scene, sequence_rng, write_generated_set
+from datasets.vip import NUM_CLASSES
 
 __all__ = ["generate_jhmdb", "generate_vip", "generate_tapvid", "scene_keypoints", "scene_part_maps",
            "scene_point_tracks", "JHMDB_SPLIT", "VIP_SPLIT", "TAPVID_KINDS"]
@@ -95,7 +96,7 @@ def _part_sprites(scene: SyntheticScene, rng: np.random.Generator) -> list[np.nd
         inside = _inside_pixels(alpha, margin=0)
         count = int(rng.integers(3, 7))
         seeds = inside[rng.choice(len(inside), size=min(count, len(inside)), replace=False)]
-        classes = rng.choice(np.arange(1, 20), size=len(seeds), replace=False).astype(np.uint8)
+        classes = rng.choice(np.arange(1, NUM_CLASSES), size=len(seeds), replace=False).astype(np.uint8)
         ys, xs = np.mgrid[0:alpha.shape[0], 0:alpha.shape[1]]
         dist = (xs[None] - seeds[:, 0, None, None]) ** 2 + (ys[None] - seeds[:, 1, None, None]) ** 2
         sprites.append(np.where(alpha, classes[np.argmin(dist, axis=0)], 0).astype(np.uint8))

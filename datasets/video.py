@@ -1,47 +1,20 @@
 """Training clips from folders or lists of unlabelled videos (Kinetics and the like).
 
-Sources (``VideoClipDataset(source)``):
+Sources (``VideoClipDataset(source)``): a folder tree of videos at any depth (``.mp4 .avi
+.mkv .webm .mov .m4v``), a text file of video paths or frame folders (``#`` comments,
+relative to the list), folders of JPEG/PNG frames (natural sort order), or one video file.
+Decoding uses decord, or OpenCV where decord is not importable (``backend`` forces one).
 
-- a folder tree of video files, any depth (Kinetics: ``<root>/<class>/<id>.mp4``);
-  containers ``.mp4 .avi .mkv .webm .mov .m4v``;
-- a text file listing videos, one per line (``#`` starts a comment; relative paths are
-  resolved against the list's folder); an entry may be a video file or a frame folder;
-- folders of frames: a folder holding JPEG/PNG images is one video whose frames are the
-  images in natural sort order (``2.jpg`` before ``10.jpg``). A root may hold such frame
-  folders at any depth, e.g. DAVIS ``JPEGImages/480p`` (point at ``JPEGImages/480p``, not
-  at the DAVIS root, or the annotation PNGs become videos too);
-- a single video file.
+Index: one ``(path, num_frames, fps)`` record per video from container metadata, built
+with a thread pool and cached as ``.corr-index.json`` next to the data (or in
+``cache_dir``); changed entries (size, mtime) are probed again.
 
-Decoding uses decord (``VideoReader.get_batch``) and falls back to OpenCV
-(``cv2.VideoCapture``) when decord is not importable; ``backend`` forces one. Frame folders
-are read with OpenCV's image reader whatever the backend.
-
-Index: one ``(path, num_frames, fps)`` record per video, built once from container metadata
-(no decoding) with a thread pool and cached as JSON in ``<root>/.corr-index.json`` (a list
-file ``train.txt`` gets ``.corr-index-train.json`` next to it), or in ``cache_dir`` when
-given or when the data folder is not writable (default ``$XDG_CACHE_HOME/corr`` or
-``~/.cache/corr``). Every cached record carries the file's size and mtime (a frame folder:
-total image bytes, newest mtime, image count) and the metadata per probing backend; on the
-next start only new or changed entries are probed again. Unreadable videos are cached as
-bad too.
-
-Clip sampling: a clip is ``clip_len`` frames ``start + o_k * skip`` with frame offsets
-``o_k = k`` (``k = 0 .. clip_len-1``; evenly spaced frames) or the given ``frame_offsets``
-(e.g. TimeCycle's ``0, 2, 4, 6, 15, 17``: four frames two steps apart, then two frames
-well after them), ``skip = frame_skip`` when given, else ``max(1, round(video_fps / fps))``
-(reference CRW: 8 fps). A video needs ``o_max * skip + 1`` frames (``o_max`` the largest
-offset, ``clip_len - 1`` for evenly spaced frames); shorter ones are skipped and
-counted in ``bad_videos``. Item ``i`` is clip ``c = i % clips_per_video`` of video
-``i // clips_per_video``; its start is drawn uniformly from the ``c``-th of
-``clips_per_video`` equal parts of the valid start range (stratified, so the clips of one
-video spread over it). All randomness of item ``i`` (start, fallback videos, transform)
-comes from ``numpy.random.default_rng([seed, epoch, i])``: the same (seed, epoch, index)
-gives the same sample in any process.
-
-A video that fails to decode is never fatal: the item falls back to other videos chosen
-deterministically from the same generator and lists the failures in ``sample["skipped"]``,
-so the training loop can count and log them even when DataLoader workers do the reading.
-"""
+Clips: item ``i`` is clip ``i % clips_per_video`` of video ``i // clips_per_video``, frames
+``start + o_k * skip`` (offsets ``0 .. clip_len-1`` or ``frame_offsets``; ``skip =
+frame_skip`` or ``max(1, round(video_fps / fps))``), its start drawn from its stratum of the
+valid range. All randomness comes from ``default_rng([seed, epoch, i])``. A video that
+fails to decode is never fatal: the item falls back to other videos and lists the failures
+in ``sample["skipped"]``. Details: docs/training.md (Data)."""
 from __future__ import annotations
 
 import hashlib

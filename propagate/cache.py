@@ -1,49 +1,19 @@
-"""On-disk cache of per-video encoder features (``evaluate.py --cache DIR``).
+"""On-disk cache of per-video encoder features and propagation matches (``evaluate.py --cache DIR``).
 
-Propagation settings (top-k, radius, temperature, context, ...) do not change the features,
-so a sweep over them needs the encoder only once per video. An entry holds the features
-``(T, C, h, w)`` of one video, the output of :func:`propagate.video.extract_features`
-(encoder applied to ImageNet-normalised frames), and is found by a key: the SHA-256 of
+An entry holds one video's features ``(T, C, h, w)`` (:func:`propagate.video.extract_features`)
+under the SHA-256 of the encoder's identity (:func:`encoder_identity`: name, kwargs,
+checkpoint SHA-256 or random-init seed), the preprocessing (input size, resize,
+normalisation, DAVIS resolution) and the video's identity (dataset name, listing hash,
+video name; not its location on disk). Next to them it keeps the :class:`Matches` of each
+matching setting (``context``, ``radius``, ``pad_with_first``, ``normalize_features``) the
+video was propagated with; matches kept at top-k serve any ``topk <= k``, temperature and
+label normalisation. ``float32`` storage is bit-exact; ``float16`` halves the disk.
 
-* the encoder's identity (:func:`encoder_identity`): name, constructor kwargs, and the
-  checkpoint's SHA-256 (or, for a random-init encoder, its seed and the torch version that
-  drew the weights);
-* the preprocessing: input size (``"native"`` or ``[H, W]``), the resize interpolation, the
-  normalisation mean and std, DAVIS's resolution folder;
-* the video's identity: the dataset's name and ``listing_sha256`` (a hash of its file
-  listing, see each reader's ``identity()``) and the video's name. The dataset's location
-  on disk is not part of the key: a moved dataset still hits.
-
-Layout: ``DIR/<key>-<dtype>/chunk-<first frame>.npy`` (C-contiguous ``(n, C, h, w)``, n =
-the batch size that wrote it) and ``DIR/<key>-<dtype>/meta.json`` (the key's material,
-shape, dtype, chunks, input frame size, device).
-Every file is written atomically (:mod:`corr.io`) and ``meta.json`` is written last, so an
-entry without it (a killed run) is incomplete and is recomputed. Writing is streamed chunk
-by chunk while propagation runs, so memory does not grow with the video's length.
-
-Storage dtype: ``float32`` (default) stores the features bit-exactly, so results with a
-warm cache equal those computed without a cache. ``float16`` halves the disk space; the
-features are then rounded to float16 on every run that uses the cache (cold or warm), so a
-cold and a warm run still agree with each other, but not with a run without the cache.
-The device that computed the features is recorded in ``meta.json`` but is not part of the
-key (CPU and CUDA features differ in the last bits).
-
-Matches. Next to a video's features, an entry keeps the :class:`propagate.propagator.Matches`
-(top-k similarities and keys of every query of frames ``1 .. T-1``) of each matching
-setting it was propagated with: ``DIR/<key>-<dtype>/matches-<setting hash>/`` with
-``chunk-<first>-values.npy`` (float32 ``(n, h*w, k)``), ``chunk-<first>-source.npy``
-(int32, or int64 for very large videos) and ``meta.json``, written last. The setting is what
-the choice of keys depends on (:class:`propagate.propagator.Matcher`): ``context``,
-``radius``, ``pad_with_first`` and ``normalize_features``. An entry kept with top-k serves
-any ``topk <= k``, any temperature and any label normalisation, so a warm run skips the
-frames, the encoder and the similarity search and only combines labels; its results equal
-the cold run's. The features' entry is the only input, so rewriting it removes its matches.
-
-Not cached: features of an encoder adapted to the video (test-time adaptation,
-``--tta-steps``), which depend on the video itself; the evaluation then neither reads nor
-writes the cache. One process writes an entry at a time (the evaluation's sharding ensures
-it); a writer first removes an incomplete entry of the same key.
-"""
+Layout ``DIR/<key>-<dtype>/``: ``chunk-<first frame>.npy`` ``(n, C, h, w)``,
+``matches-<setting hash>/chunk-<first>-values.npy`` / ``-source.npy``, and ``meta.json``
+files written last (atomically, :mod:`corr.io`), so an entry without one is incomplete and
+recomputed. Writing streams chunk by chunk. Adapted encoders (``--tta-steps``) are not
+cached. Details: docs/propagation.md (Feature cache)."""
 from __future__ import annotations
 
 import hashlib

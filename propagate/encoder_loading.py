@@ -22,9 +22,9 @@ from .eval_config import GLOBAL_MATCH, EvalConfig
 
 
 def load_global_match_model(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """A :class:`corr.global_match.GlobalMatchNet` from ``--checkpoint`` (a ``train.py
-    --loss global_walk`` checkpoint, :func:`corr.global_match.load_global_match`) or randomly initialised with ``--seed``, and its
-    description (``encoder``, ``format``, ``path``/``sha256`` or ``seed``, ``config``)."""
+    """A :class:`corr.global_match.GlobalMatchNet` from ``--checkpoint`` (a ``train.py --loss
+    global_walk`` checkpoint, :func:`corr.global_match.load_global_match`) or randomly initialised
+    with ``--seed``, and its description (``encoder``, ``format``, ``path``/``sha256`` or ``seed``, ``config``)."""
     if cfg.weights:
         raise ValueError("--weights are torchvision ResNet weights; a global-match network takes --checkpoint")
     if cfg.checkpoint:

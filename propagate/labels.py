@@ -33,14 +33,15 @@ from corr.geometry import (
     pixel_to_cell,
     to_integer_centres,
 )
+from datasets.palette import VOID_ID
+from datasets.vip import NUM_CLASSES
 
-__all__ = ["VOID_ID", "grid_size", "downsample_to_grid", "upsample_to_image", "masks_to_labels", "labels_to_masks",
+__all__ = ["grid_size", "downsample_to_grid", "upsample_to_image", "masks_to_labels", "labels_to_masks",
            "rescale_points", "KEYPOINT_SIGMA", "KEYPOINT_TOPK", "keypoints_to_heatmaps", "heatmaps_to_keypoints",
-           "VIP_NUM_CLASSES", "parts_to_labels", "labels_to_parts", "QUERY_SIGMA", "QUERY_WINDOW",
+           "parts_to_labels", "labels_to_parts", "QUERY_SIGMA", "QUERY_WINDOW",
            "OCCLUSION_THRESHOLD", "MIN_PEAK_RATIO", "queries_to_heatmaps", "heatmaps_to_points",
            "backmatch_distance", "track_points"]
 
-VOID_ID = 255
 
 
 def downsample_to_grid(maps: torch.Tensor, grid: tuple[int, int], stride: int) -> torch.Tensor:
@@ -181,10 +182,9 @@ def heatmaps_to_keypoints(labels: torch.Tensor, stride: int, topk: int = KEYPOIN
 
 # ----------------------------------------------------------------------------- part maps (VIP)
 
-VIP_NUM_CLASSES = 20
 
 
-def parts_to_labels(ids: np.ndarray, grid: tuple[int, int], stride: int, num_classes: int = VIP_NUM_CLASSES,
+def parts_to_labels(ids: np.ndarray, grid: tuple[int, int], stride: int, num_classes: int = NUM_CLASSES,
                     device: torch.device | str | None = None) -> torch.Tensor:
     """Part map (H, W) of class ids 0..num_classes-1 -> soft one-hot labels (num_classes, h, w).
 

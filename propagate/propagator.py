@@ -1,42 +1,22 @@
-"""Label propagation through feature affinities: the one algorithm every task uses.
+"""Label propagation through feature affinities: the one algorithm every task uses
+(docs/propagation.md). For target frame t:
 
-For target frame t (docs/propagation.md):
+* context = frame 0 with its given labels (every position allowed) plus the previous n
+  frames with their predicted soft labels (a key allowed only within grid distance < radius);
+* affinity = cos(q, k); the top-k keys are chosen jointly over every allowed context position;
+* label_t(q) = sum_j softmax_j(affinity_j / tau) * label(key_j), kept soft and written back.
 
-* context = frame 0 with its given labels ("long memory", every position allowed) plus the
-  previous n frames with their predicted soft labels ("short memory", a key allowed for a
-  query only if their feature-grid distance is < radius);
-* affinity = cos(q, k) (features L2-normalised per position);
-* the top-k keys are chosen jointly over every allowed context position;
-* label_t(q) = sum_j softmax_j(affinity_j / tau) * label(key_j), kept soft and written back
-  as context for later frames.
-
-Implementation. The short memory is computed on local windows only: the query grid is cut
-into ``block x block`` tiles, and each tile is compared with the ``(block + 2p)^2`` window of
-every short-memory frame around it (p = ceil(radius) - 1, the largest offset inside the
-disk), with disk and border masks applied inside the window. Frame 0 is compared densely.
-The top-k of each group is taken separately and the final top-k is taken over the union,
-which is exact (the joint top-k is contained in the union of the groups' top-k). Tiles are
-processed in chunks sized by ``memory_budget`` bytes, so memory stays bounded whatever the
-video length or size, and only n frames of features and labels are kept (:meth:`step`).
-
-The algorithm has two halves, kept apart because only the first is expensive:
-
-* :class:`Matcher` (features only): for each new frame, the top-k context keys of every
-  query position, as :class:`Matches` (similarities and the keys' frames and positions).
-  Which keys are chosen depends on the features, ``context``, ``radius``,
-  ``pad_with_first`` and ``normalize_features``, never on labels, ``temperature`` or
-  ``label_norm``; and the top-k of a smaller k is the first k of a larger one's sorted list.
-* :class:`LabelMemory` (labels only): the softmax over the first ``topk`` matches, the
-  weighted sum of the matched keys' labels, ``label_norm``, and the labels written back.
-
-So matches computed once (and cached, :mod:`propagate.cache`) serve every ``topk`` up to
-the one they were computed with, every temperature and every label normalisation.
+Short-memory frames are compared on the local window of each ``block x block`` tile of
+queries only, frame 0 densely; the top-k of each group, then over their union (exact).
+Memory is bounded by ``memory_budget`` whatever the video's length. Two halves: a
+:class:`Matcher` (features -> top-k :class:`Matches`; depends on context, radius, padding
+and feature normalisation only) and a :class:`LabelMemory` (softmax over the first ``topk``
+matches, weighted sum of labels, ``label_norm``, written back).
 
     prop = Propagator(PropagationConfig.preset("crw"))
     prop.start(feat0, label0)          # (C, h, w), (K, h, w)
     for feat in later_frames:
-        label = prop.step(feat)        # (K, h, w)
-"""
+        label = prop.step(feat)        # (K, h, w)"""
 from __future__ import annotations
 
 import math

@@ -20,7 +20,7 @@ import torch
 
 from corr.runtime import REPO_ROOT
 from datasets.davis import DavisDataset, DavisSequence
-from datasets.palette import write_indexed_png
+from datasets.palette import VOID_ID, write_indexed_png
 from datasets.synthetic import generate_davis
 
 from ..cache import CacheSlot
@@ -42,7 +42,7 @@ def propagate_sequence(seq: DavisSequence, encoder: torch.nn.Module, prop_cfg: P
     first = seq.read_annotation(0)
     object_ids = seq.object_ids()
     predictions = np.zeros((seq.num_frames, H, W), np.uint8)
-    predictions[0] = np.where(first == 255, 0, first)
+    predictions[0] = np.where(first == VOID_ID, 0, first)
 
     def decode(t: int, labels: torch.Tensor) -> None:
         predictions[t] = labels_to_masks(labels, object_ids, (H, W), encoder.stride)

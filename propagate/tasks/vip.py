@@ -20,7 +20,7 @@ import torch
 from corr.runtime import REPO_ROOT
 from datasets.palette import write_indexed_png
 from datasets.synthetic_tasks import generate_vip
-from datasets.vip import VipDataset, VipVideo
+from datasets.vip import NUM_CLASSES, VipDataset, VipVideo
 
 from ..cache import CacheSlot
 from ..config import PropagationConfig
@@ -48,7 +48,7 @@ def predict_vip_video(video: VipVideo, encoder: torch.nn.Module, prop_cfg: Propa
     """
     stride = encoder.stride
     first = video.read_annotation(0)
-    confusion = np.zeros((20, 20), np.int64)
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     maps = [resize_nearest(first, video.size)] if keep_maps else []
     write_indexed_png(out / video.name / f"{video.frame_paths[0].stem}.png", first)
 
@@ -122,7 +122,7 @@ class VipTask(Task):
 
     def merge(self, run: TaskRun, records: dict[str, dict]) -> dict:
         """IoU of one confusion matrix summed over every video."""
-        confusion = np.zeros((20, 20), np.int64)
+        confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
         for record in records.values():
             confusion += np.asarray(record["confusion"], dtype=np.int64)
         scores = vip_iou_from_confusion(confusion)

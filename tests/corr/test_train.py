@@ -264,7 +264,7 @@ def test_config_defaults_for_demo_and_reference():
 
 def test_objective_defaults_resolve_as_published_and_mixes_keep_the_walks():
     cycle = resolve_config(TrainConfig(loss="cycle"))
-    assert (cycle.lr, cycle.betas, cycle.grad_clip) == (2e-4, (0.5, 0.999), 10.0)          # docs/objectives.md, TimeCycle
+    assert (cycle.lr, cycle.betas, cycle.grad_clip) == (2e-4, (0.5, 0.999), 10.0)  # docs/objectives.md
     assert (cycle.clip_offsets, cycle.clip_len, cycle.fps) == ((0, 2, 4, 6, 15, 17), 6, 12.0)
     assert (cycle.same_crop, cycle.flip, cycle.mode, cycle.encoder) == (True, True, "dense", "resnet50")
     assert cycle.frame_skip == 1                           # the demo's short generated sequences
