@@ -153,9 +153,14 @@ class Task(ABC):
     def describe(self, run: TaskRun) -> str:
         """The opening line printed by rank 0 (the videos, the input, :meth:`TaskRun.describe`)."""
 
-    @abstractmethod
+    def names(self, run: TaskRun) -> list[str]:
+        """The names of the selected videos, in order; unknown ``--sequences`` are an error."""
+        raise NotImplementedError(f"task {self.name!r} lists its videos with names() or videos()")
+
     def videos(self, run: TaskRun) -> Iterable[VideoEntry]:
-        """The selected videos in order, as ``(name, open_video)``; unknown ``--sequences`` are an error."""
+        """The selected videos in order, as ``(name, open_video)``: by default :meth:`names`,
+        each opened as ``run.dataset[name]``. A task whose dataset streams overrides this."""
+        return [(name, lambda name=name: run.dataset[name]) for name in self.names(run)]
 
     @abstractmethod
     def predict(self, run: TaskRun, video: object) -> dict:

@@ -87,15 +87,12 @@ class DavisTask(Task):
                               split="val")
         return DavisDataset(root, split="val", resolution="480p")
 
-    def _names(self, run: TaskRun) -> list[str]:
+    def names(self, run: TaskRun) -> list[str]:
         return list(run.cfg.sequences) if run.cfg.sequences else run.dataset.sequences
 
     def describe(self, run: TaskRun) -> str:
-        return (f"{len(self._names(run))} sequences from {run.identity['root']} ({run.identity['split']}); "
+        return (f"{len(self.names(run))} sequences from {run.identity['root']} ({run.identity['split']}); "
                 f"{run.describe()}")
-
-    def videos(self, run: TaskRun) -> list:
-        return [(name, lambda name=name: run.dataset[name]) for name in self._names(run)]
 
     def predict(self, run: TaskRun, seq: DavisSequence) -> dict:
         cfg, device = run.cfg, run.device

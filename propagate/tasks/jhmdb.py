@@ -99,16 +99,13 @@ class JhmdbTask(Task):
     def settings(self, cfg: EvalConfig, dataset: JhmdbDataset) -> dict:
         return {"input_size": list(cfg.input_size), "sigma": KEYPOINT_SIGMA, "topk": KEYPOINT_TOPK}
 
-    def _names(self, run: TaskRun) -> list[str]:
+    def names(self, run: TaskRun) -> list[str]:
         return select_names([video.name for video in run.dataset], run.cfg)
 
     def describe(self, run: TaskRun) -> str:
         size = run.cfg.input_size
-        return (f"JHMDB: {len(self._names(run))} videos from {run.identity['split_file']}; input {size[0]}x"
+        return (f"JHMDB: {len(self.names(run))} videos from {run.identity['split_file']}; input {size[0]}x"
                 f"{size[1]}; {run.describe()}")
-
-    def videos(self, run: TaskRun) -> list:
-        return [(name, lambda name=name: run.dataset[name]) for name in self._names(run)]
 
     def predict(self, run: TaskRun, video: JhmdbVideo) -> dict:
         cfg, device, file = run.cfg, run.device, prediction_file(video.name)

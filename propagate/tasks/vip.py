@@ -94,16 +94,13 @@ class VipTask(Task):
     def settings(self, cfg: EvalConfig, dataset: VipDataset) -> dict:
         return {"input_size": list(cfg.input_size)}
 
-    def _names(self, run: TaskRun) -> list[str]:
+    def names(self, run: TaskRun) -> list[str]:
         return select_names(list(run.dataset.names), run.cfg)
 
     def describe(self, run: TaskRun) -> str:
         size = run.cfg.input_size
-        return (f"VIP: {len(self._names(run))} videos from {run.identity['root']} ({run.identity['split']}); input "
+        return (f"VIP: {len(self.names(run))} videos from {run.identity['root']} ({run.identity['split']}); input "
                 f"{size[0]}x{size[1]}; {run.describe()}")
-
-    def videos(self, run: TaskRun) -> list:
-        return [(name, lambda name=name: run.dataset[name]) for name in self._names(run)]
 
     def predict(self, run: TaskRun, video: VipVideo) -> dict:
         cfg, device = run.cfg, run.device
