@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -57,8 +57,12 @@ def _parser_for(tp: Any, name: str):
     return parse
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--option`` per field of dataclass ``cls`` to ``parser``."""
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
+                            shown_defaults: Optional[Mapping[str, str]] = None) -> None:
+    """Add one ``--option`` per field of dataclass ``cls`` to ``parser``.
+
+    ``shown_defaults`` replaces the default ``--help`` shows for the fields it names (e.g. a
+    value that a preset fills in when the field is left at ``None``)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if not field.init:
@@ -68,6 +72,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         help_text = field.metadata.get("help", "")
+        if shown_defaults and field.name in shown_defaults:
+            default = shown_defaults[field.name]
         if tp is bool or tp == Optional[bool]:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
@@ -85,9 +91,11 @@ def config_from_namespace(cls: type[T], namespace: argparse.Namespace, **extra: 
     return cls(**values)
 
 
-def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
-    """Parse ``argv`` into an instance of dataclass ``cls``."""
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None,
+                 shown_defaults: Optional[Mapping[str, str]] = None) -> T:
+    """Parse ``argv`` into an instance of dataclass ``cls`` (``shown_defaults``: as for
+    :func:`add_dataclass_arguments`)."""
     parser = argparse.ArgumentParser(description=description or cls.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, cls)
+    add_dataclass_arguments(parser, cls, shown_defaults)
     return config_from_namespace(cls, parser.parse_args(argv))

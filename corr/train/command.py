@@ -63,7 +63,8 @@ def help_text() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> TrainResult:
-    cfg = parse_config(TrainConfig, argv, description=help_text())
+    shown = {name: f"the preset's; crw: {_text(name, getattr(CRW, name))}" for name in SETUP_OPTIONS}
+    cfg = parse_config(TrainConfig, argv, description=help_text(), shown_defaults=shown)
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:

@@ -49,3 +49,10 @@ def test_help_shows_help_text_and_default(capsys):
         parse_config(Example, ["--help"])
     out = capsys.readouterr().out
     assert "random seed (default: 3)" in out and "--no-amp" in out
+
+
+def test_help_can_show_another_default_without_changing_the_value(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Example, ["--help"], shown_defaults={"seed": "the preset's"})
+    assert "random seed (default: the preset's)" in capsys.readouterr().out
+    assert parse_config(Example, [], shown_defaults={"seed": "the preset's"}).seed == 3
