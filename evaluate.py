@@ -10,10 +10,9 @@ under ``--out`` (default ``results/<task>``): docs/evaluation.md.
 """
 from __future__ import annotations
 
-import argparse
 from typing import Optional, Sequence
 
-from corr.cli import add_dataclass_arguments, config_from_namespace
+from corr.cli import parse_config
 from corr.runtime import start_runtime
 from propagate.eval_config import EvalConfig
 from propagate.run import evaluate_task
@@ -34,12 +33,7 @@ def evaluate(cfg: EvalConfig) -> Optional[dict]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> EvalConfig:
     """The command line as an :class:`EvalConfig`; ``--task`` lists the registered tasks."""
-    parser = argparse.ArgumentParser(description=EvalConfig.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, EvalConfig)
-    task_option = next(action for action in parser._actions if action.dest == "task")
-    task_option.help = f"benchmark: {'|'.join(TASKS)} (default: {EvalConfig.task})"
-    return config_from_namespace(EvalConfig, parser.parse_args(argv))
+    return parse_config(EvalConfig, argv, help_texts={"task": f"benchmark: {'|'.join(TASKS)}"})
 
 
 if __name__ == "__main__":

@@ -58,11 +58,13 @@ def _parser_for(tp: Any, name: str):
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
-                            shown_defaults: Optional[Mapping[str, str]] = None) -> None:
+                            shown_defaults: Optional[Mapping[str, str]] = None,
+                            help_texts: Optional[Mapping[str, str]] = None) -> None:
     """Add one ``--option`` per field of dataclass ``cls`` to ``parser``.
 
     ``shown_defaults`` replaces the default ``--help`` shows for the fields it names (e.g. a
-    value that a preset fills in when the field is left at ``None``)."""
+    value that a preset fills in when the field is left at ``None``); ``help_texts`` replaces
+    the help text of the fields it names (e.g. one listing what a registry holds)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if not field.init:
@@ -71,7 +73,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
         tp = hints[field.name]
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
-        help_text = field.metadata.get("help", "")
+        help_text = (help_texts or {}).get(field.name, field.metadata.get("help", ""))
         if shown_defaults and field.name in shown_defaults:
             default = shown_defaults[field.name]
         if tp is bool or tp == Optional[bool]:
@@ -92,10 +94,11 @@ def config_from_namespace(cls: type[T], namespace: argparse.Namespace, **extra: 
 
 
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None,
-                 shown_defaults: Optional[Mapping[str, str]] = None) -> T:
-    """Parse ``argv`` into an instance of dataclass ``cls`` (``shown_defaults``: as for
-    :func:`add_dataclass_arguments`)."""
+                 shown_defaults: Optional[Mapping[str, str]] = None,
+                 help_texts: Optional[Mapping[str, str]] = None) -> T:
+    """Parse ``argv`` into an instance of dataclass ``cls`` (``shown_defaults``, ``help_texts``:
+    as for :func:`add_dataclass_arguments`)."""
     parser = argparse.ArgumentParser(description=description or cls.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, cls, shown_defaults)
+    add_dataclass_arguments(parser, cls, shown_defaults, help_texts)
     return config_from_namespace(cls, parser.parse_args(argv))

@@ -56,3 +56,9 @@ def test_help_can_show_another_default_without_changing_the_value(capsys):
         parse_config(Example, ["--help"], shown_defaults={"seed": "the preset's"})
     assert "random seed (default: the preset's)" in capsys.readouterr().out
     assert parse_config(Example, [], shown_defaults={"seed": "the preset's"}).seed == 3
+
+
+def test_help_text_can_be_replaced(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Example, ["--help"], help_texts={"name": "one of: crw|cycle"})
+    assert "one of: crw|cycle (default: crw)" in capsys.readouterr().out
