@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import math
 import pathlib
 import pickle
@@ -35,6 +36,7 @@ import torch.nn as nn
 import torchvision
 from einops import reduce
 
+from corr.errors import CheckpointError, OptionError
 from corr.io import file_sha256
 
 __all__ = [
@@ -250,7 +252,7 @@ def load_encoder_weights(encoder: nn.Module, state_dict: Mapping[str, Any], sour
             if keys:
                 more = f", ... ({len(keys) - 10} more)" if len(keys) > 10 else ""
                 lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:10])}{more}")
-        raise ValueError("\n".join(lines))
+        raise CheckpointError("\n".join(lines))
     encoder.load_state_dict(state, strict=True)
 
 
@@ -263,12 +265,12 @@ def build_encoder(name: str, weights: str | Path | None = None, **kwargs: Any) -
     used). Nothing is downloaded.
     """
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}")
+        raise OptionError(f"unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}")
     encoder = ENCODERS[name](**kwargs)
     if weights is not None:
         if not any(True for _ in encoder.parameters()):
-            raise ValueError(f"encoder {name!r} has no weights to load (got weights={weights})")
-        found = _read_encoder_state(_torch_load(weights), weights)
+            raise OptionError(f"encoder {name!r} has no weights to load (got weights={weights})")
+        found = _read_encoder_state(read_torch_file(weights), weights)
         load_encoder_weights(encoder, found.state_dict, str(weights))
     return encoder
 
@@ -293,10 +295,16 @@ _SAFE_GLOBALS = [argparse.Namespace, collections.Counter, collections.OrderedDic
                  pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 
 
-def _torch_load(path: str | Path, allow_pickle: bool = False) -> Any:
+def read_torch_file(path: str | Path, allow_pickle: bool = False) -> Any:
+    """The object a ``torch.save`` file holds, read weights-only (plus :data:`_SAFE_GLOBALS`).
+
+    A missing file is a ``FileNotFoundError``; a truncated, corrupt or foreign file, or one
+    holding other Python objects, a :class:`corr.errors.CheckpointError` naming the file.
+    ``allow_pickle`` (trusted files only) unpickles anything; no message ever suggests it.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise FileNotFoundError(errno.ENOENT, "checkpoint file not found", str(path))
     if allow_pickle:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
@@ -304,12 +312,13 @@ def _torch_load(path: str | Path, allow_pickle: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
-        raise ValueError(
-            f"{path} holds Python objects that a weights-only load refuses"
-            f"{' (' + lines[0] + ')' if lines else ''}; if you trust the file, pass allow_pickle=True"
-        ) from error
+        if not lines:
+            raise CheckpointError(f"{path}: not a readable PyTorch file (corrupt, or another kind of file)") from error
+        raise CheckpointError(f"{path} holds Python objects a weights-only load refuses ({lines[0]}); save its "
+                              "tensors as a plain state dict") from error
     except Exception as error:  # truncated or foreign files fail in many ways inside the unpickler
-        raise ValueError(f"cannot read {path} as a torch file ({type(error).__name__}: {error})") from error
+        raise CheckpointError(f"{path}: not a readable PyTorch file (truncated, corrupt, or another kind of file; "
+                              f"{type(error).__name__})") from error
 
 
 def _strip_module_prefix(key: str) -> str:
@@ -336,13 +345,13 @@ def _read_encoder_state(obj: Any, path: str | Path) -> _EncoderState:
     """Recognise one of the three layouts (module docstring) and return its encoder weights."""
     if isinstance(obj, Mapping) and "format" in obj:
         if obj["format"] != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: unsupported checkpoint format {obj['format']!r} "
+            raise CheckpointError(f"{path}: unsupported checkpoint format {obj['format']!r} "
                              f"(expected {CHECKPOINT_FORMAT!r})")
         enc = obj.get("encoder")
         if not (isinstance(enc, Mapping) and {"name", "state_dict"} <= set(enc)
                 and _is_tensor_dict(enc["state_dict"], allow_empty=True)):
             found = sorted(enc) if isinstance(enc, Mapping) else type(enc).__name__
-            raise ValueError(f"{path}: 'encoder' entry must hold 'name', 'kwargs' and a 'state_dict' of tensors; "
+            raise CheckpointError(f"{path}: 'encoder' entry must hold 'name', 'kwargs' and a 'state_dict' of tensors; "
                              f"found {found}")
         info = {k: obj.get(k) for k in ("step", "config", "losses")}
         state = {_strip_module_prefix(k): v for k, v in enc["state_dict"].items()}  # DDP-wrapped saves
@@ -376,12 +385,12 @@ def _read_encoder_state(obj: Any, path: str | Path) -> _EncoderState:
         keys = list(obj)
         shown = ", ".join(f"{k!r}: {type(obj[k]).__name__}" for k in keys[:20])
         more = f", ... ({len(keys) - 20} more)" if len(keys) > 20 else ""
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: unrecognised checkpoint layout; expected a {CHECKPOINT_FORMAT!r} dict, a CRW dict with 'model' "
             f"holding 'encoder.model.*' keys, or a ResNet state dict with 'conv1.weight'. Found {len(keys)} "
             f"top-level keys: {{{shown}{more}}}"
         )
-    raise ValueError(f"{path}: unrecognised checkpoint layout; found a {type(obj).__name__}, expected a dict")
+    raise CheckpointError(f"{path}: unrecognised checkpoint layout; found a {type(obj).__name__}, expected a dict")
 
 
 def load_checkpoint(
@@ -415,12 +424,13 @@ def load_checkpoint(
     ``info["layer4_loaded"]`` is False.
     """
     path = Path(path)
-    found = _read_encoder_state(_torch_load(path, allow_pickle), path)
+    found = _read_encoder_state(read_torch_file(path, allow_pickle), path)
     if name is not None and found.name is not None and name != found.name:
-        raise ValueError(f"{path} holds a {found.name!r} encoder, but name={name!r} was requested")
+        raise CheckpointError(f"{path} holds a {found.name!r} encoder, not the {name!r} asked for (--encoder); "
+                              "leave the encoder name out to use the checkpoint's")
     encoder_name = found.name or name or _resnet_name_from_keys(found.state_dict)
     if encoder_name not in ENCODERS:
-        raise ValueError(f"{path}: unknown encoder {encoder_name!r}; known encoders: {', '.join(ENCODERS)}")
+        raise CheckpointError(f"{path}: unknown encoder {encoder_name!r}; known encoders: {', '.join(ENCODERS)}")
     kwargs = {**found.kwargs, **EVALUATION_DEFAULTS.get(encoder_name, {}), **overrides}
     encoder = ENCODERS[encoder_name](**kwargs)
 

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 
+from corr.errors import OptionError, UserError
 from corr.io import atomic_write_bytes
 
 logger = logging.getLogger("corr.data")
@@ -45,7 +46,7 @@ MAX_FALLBACK_VIDEOS = 16  # videos tried per item before giving up with an error
 _logged_backends: set[str] = set()
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError, RuntimeError):
     """A video (or frame folder) could not be read; the message names the file."""
 
 
@@ -71,7 +72,7 @@ def _decord_available() -> bool:
 def resolve_backend(backend: str = "auto") -> str:
     """``"auto"`` -> ``"decord"`` if importable else ``"opencv"``; checks forced choices."""
     if backend not in ("auto", "decord", "opencv"):
-        raise ValueError(f"backend must be 'auto', 'decord' or 'opencv', got {backend!r}")
+        raise OptionError(f"backend must be 'auto', 'decord' or 'opencv', got {backend!r}")
     if backend == "auto":
         backend = "decord" if _decord_available() else "opencv"
     elif backend == "decord" and not _decord_available():
