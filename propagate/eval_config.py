@@ -38,6 +38,9 @@ class EvalConfig:
         default=None, metadata={"help": "split name or path to a split .txt (default: davis/vip val, jhmdb "
                                         "splits/test_split1.txt under the data root)"})
     resolution: str = dataclasses.field(default="480p", metadata={"help": "DAVIS: 480p or Full-Resolution"})
+    binary_masks: bool = dataclasses.field(
+        default=False, metadata={"help": "DAVIS: annotations are binary masks saved as 0/255; read 255 as object 1 "
+                                         "(not void)"})
     input_size: Optional[tuple[int, ...]] = dataclasses.field(
         default=None, metadata={"help": "H,W frames are resized to (default: jhmdb 320,320; vip 560,560; "
                                         "tapvid 256,256; davis native only)"})

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-import datasets.video as video
+import datasets.video_decode as video_decode
+import datasets.video_index as video_index
 from datasets.augment import ClipTransform
 from datasets.video import (
     VideoClipDataset,
-    VideoReadError,
     collate_clips,
     frame_step,
     measure_decode_throughput,
-    read_clip,
 )
+from datasets.video_decode import VideoReadError, read_clip
 
-HAS_DECORD = video._decord_available()
+HAS_DECORD = video_decode._decord_available()
 BACKENDS = ["opencv"] + (["decord"] if HAS_DECORD else [])
 
 
@@ -90,13 +90,13 @@ def test_folder_tree_is_indexed_and_cache_written(tree: Path):
 def test_cache_is_reused_then_invalidated_by_a_change(tree: Path, monkeypatch):
     VideoClipDataset(tree, clip_len=4, frame_skip=1, backend="opencv")
     calls: list[str] = []
-    real_probe = video.probe_video
+    real_probe = video_index.probe_video
 
     def counting_probe(path, backend):
         calls.append(path)
         return real_probe(path, backend)
 
-    monkeypatch.setattr(video, "probe_video", counting_probe)
+    monkeypatch.setattr(video_index, "probe_video", counting_probe)
     again = VideoClipDataset(tree, clip_len=4, frame_skip=1, backend="opencv")
     assert calls == [] and again.num_probed == 0 and len(again.videos) == 2
 
@@ -125,14 +125,14 @@ def test_cache_dir_used_when_given(tree: Path, tmp_path: Path):
 
 def test_unwritable_data_folder_falls_back_to_user_cache(tree: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    real_write = video.atomic_write_bytes
+    real_write = video_index.atomic_write_bytes
 
     def refuse_data_folder(path, data):
         if Path(path).parent == tree:
             raise PermissionError(13, "Permission denied", str(path))
         return real_write(path, data)
 
-    monkeypatch.setattr(video, "atomic_write_bytes", refuse_data_folder)
+    monkeypatch.setattr(video_index, "atomic_write_bytes", refuse_data_folder)
     ds = VideoClipDataset(tree, backend="opencv", frame_skip=1)
     assert not (tree / ".corr-index.json").exists()
     assert ds.index_cache_path.parent == tmp_path / "xdg" / "corr" and ds.index_cache_path.is_file()
