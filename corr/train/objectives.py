@@ -104,6 +104,14 @@ def build_global_walk_loss(cfg: Config) -> nn.Module:
     return GlobalWalkFrameLoss(seeded_global_match(cfg.seed))
 
 
+def check_walk_clip(cfg: Config) -> None:
+    """A palindrome walk needs 3 frames (2 with the one-step cycle)."""
+    least = 2 if cfg.include_one_step else 3
+    if cfg.clip_len < least:
+        raise OptionError(f"--loss crw walks there and back along the clip: at least {least} frames, got "
+                          f"--clip-len {cfg.clip_len}")
+
+
 def crw_figure(clip: torch.Tensor, data: dict, cfg: Config, stride: int) -> tuple[str, np.ndarray]:
     return f"walk/frame0_to_frame{cfg.clip_len - 1}", walk_image(clip, data["nodes"], cfg.mode, stride)
 
@@ -112,7 +120,7 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in [
     Objective(
         "crw", "contrastive random walk over the walk nodes (docs/objectives.md, CRW)",
         lambda cfg: ContrastiveRandomWalk(cfg.temperature, cfg.edge_dropout, cfg.include_one_step),
-        figure=crw_figure),
+        figure=crw_figure, check=check_walk_clip),
     # TimeCycle (the authors' training script and VLOG loader): ResNet-50 at stride 8 (layer3,
     # 1024-d, under the loss's 1x1 conv to 512); Adam lr 2e-4, betas (0.5, 0.999), gradient norm
     # clipped at 10; frames of a 12 fps source, base frames s, s+2, s+4, s+6, the target s+15
