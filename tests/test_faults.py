@@ -11,8 +11,10 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,25 @@ def test_kill_during_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(
     assert temporaries(killed) == []
     assert read_loss_log(killed / "losses.jsonl") == read_loss_log(whole / "losses.jsonl")
     assert [e["step"] for e in read_loss_log(killed / "losses.jsonl")] == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(clips, tmp_path):
+    """A real ``kill -9`` of ``train.py`` at whatever point it has reached (checkpoint every step)."""
+    args = ["--data", str(clips), *TINY, "--steps", "8", "--checkpoint-every", "1"]
+    whole = tmp_path / "whole"
+    train_main([*args, "--out", str(whole)])
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "train.py", *args, "--out", str(killed)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(read_loss_log(killed / "losses.jsonl")) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    train_main([*args, "--out", str(killed), "--resume"])
+    assert temporaries(killed) == []
+    assert read_loss_log(killed / "losses.jsonl") == read_loss_log(whole / "losses.jsonl")
 
 
 # --------------------------------------------------------------------------- evaluation

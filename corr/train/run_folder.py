@@ -95,10 +95,15 @@ class LossLog:
             self.file = open(path, "a")
 
     def append(self, step: int, loss: float, lr: float, diagnostics: dict[str, float]) -> None:
-        if self.file is not None:
+        if self.file is None:
+            return
+        try:
             self.file.write(json.dumps({"step": step, "loss": loss, "lr": lr,
                                         **{k: float(v) for k, v in diagnostics.items()}}) + "\n")
             self.file.flush()
+        except OSError as error:
+            raise OutputError(f"{self.path}: cannot write ({error.strerror or error}); free space or choose "
+                              "another --out, then continue with --resume") from error
 
     def close(self) -> None:
         if self.file is not None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from corr.errors import OptionError
 from corr.io import atomic_write
 from corr.runtime import REPO_ROOT, sync_device
 from datasets.frames import DatasetError
@@ -152,7 +153,7 @@ class TapVidTask(Task):
             yield video.name, lambda video=video: video
         missing = sorted(wanted - set(names))
         if missing:
-            raise KeyError(f"--sequences names {missing} not in {dataset.path}")
+            raise OptionError(f"--sequences names {missing} not in {dataset.path}")
         if not names:
             raise DatasetError(f"{dataset.path}: no video to evaluate")
 
