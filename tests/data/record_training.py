@@ -36,6 +36,7 @@ CASES: dict[str, list[str]] = {
 }
 OLD_CHECKPOINT = HERE / "global-walk-2steps.pt"
 RUN_ONLY = ("out", "preset", "overwrite", "debug")
+PLATFORM = "_platform"    # the record's key for where it was taken (record_platform.platform_key)
 
 
 def tensor_fingerprint(state: dict) -> str:
@@ -87,12 +88,18 @@ def run_training(argv: list[str]) -> dict[int, float]:
 
 def main(names: list[str]) -> None:
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(HERE))
+    from record_platform import platform_key
+
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    if names and record.get(PLATFORM, platform_key()) != platform_key():
+        raise SystemExit(f"the record was taken on {record[PLATFORM]}, this is {platform_key()}: regenerate every case")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names or list(CASES):
             start = time.perf_counter()
             record[name] = run_case(name, Path(tmp) / name, run_training)
             print(f"{name}: {time.perf_counter() - start:.1f} s, losses {record[name]['losses']}")
+    record[PLATFORM] = platform_key()
     RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
