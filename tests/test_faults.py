@@ -161,6 +161,26 @@ def test_kill_during_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(
     assert [e["step"] for e in read_loss_log(killed / "losses.jsonl")] == [1, 2, 3, 4]
 
 
+def tensorboard_scalars(out: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: dict[int, float] = {}
+    for events in sorted(out.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        values.update({event.step: event.value for event in accumulator.Scalars(tag)})
+    return values
+
+
+def test_a_resumed_runs_windowed_tensorboard_loss_equals_an_uninterrupted_runs(clips, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(clips, whole, "--steps", "4", "--log-every", "4")
+    train(clips, resumed, "--steps", "2", "--log-every", "4")
+    train(clips, resumed, "--steps", "4", "--log-every", "4", "--resume")
+    want = tensorboard_scalars(whole, "train/loss")
+    assert list(want) == [4] and tensorboard_scalars(resumed, "train/loss")[4] == pytest.approx(want[4], rel=1e-6)
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(clips, tmp_path):
     """A real ``kill -9`` of ``train.py`` at whatever point it has reached (checkpoint every step)."""
