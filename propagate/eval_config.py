@@ -44,10 +44,17 @@ class EvalConfig:
                                                  "--checkpoint, corr.flow_track)"})
     sequences: Optional[tuple[str, ...]] = dataclasses.field(
         default=None, metadata={"help": "comma-separated subset of the split's sequences"})
-    encoder: str = dataclasses.field(default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS)"})
+    encoder: str = dataclasses.field(
+        default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS, e.g. dino-vits16) or "
+                                                  "package.module:function returning an nn.Module with a stride"})
     checkpoint: Optional[str] = dataclasses.field(
-        default=None, metadata={"help": "our or the published CRW checkpoint"})
-    weights: Optional[str] = dataclasses.field(default=None, metadata={"help": "local torchvision ImageNet weights"})
+        default=None, metadata={"help": "our checkpoint or a published one (docs/model-zoo.md); the encoder is "
+                                        "read from the file"})
+    checkpoint_format: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "layout of --checkpoint / --weights (corr.encoders.CHECKPOINT_FORMATS); "
+                                        "default: recognised from the file"})
+    weights: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "local weights for --encoder: torchvision ImageNet, DINO / DINOv2 files"})
     preset: str = dataclasses.field(default="crw", metadata={"help": "propagation preset"})
     context: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: short-memory frames"})
     topk: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: top-k"})

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from .contract import check_encoder, check_images
 from .formats import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS
-from .loading import build_encoder, load_checkpoint, load_encoder_weights
+from .loading import build_encoder, load_checkpoint, load_encoder_weights, load_weights_file
 from .pixel import PixelEncoder
 from .registry import ENCODERS, EVALUATION_DEFAULTS, VIT_ENCODERS, encoder_features, is_import_spec, resolve_encoder
 from .resnet import STAGES, StrideEightResNet
@@ -46,6 +46,7 @@ __all__ = [
     "is_import_spec",
     "load_checkpoint",
     "load_encoder_weights",
+    "load_weights_file",
     "encoder_features",
     "resolve_encoder",
 ]

@@ -15,10 +15,10 @@ import torch.nn as nn
 from corr.io import file_sha256
 
 from .contract import check_encoder
-from .formats import EncoderState, read_encoder_state, resnet_name_from_keys, torch_load
+from .formats import CHECKPOINT_FORMATS, EncoderState, read_encoder_state, resnet_name_from_keys, torch_load
 from .registry import ENCODERS, EVALUATION_DEFAULTS, is_import_spec, resolve_encoder
 
-__all__ = ["load_encoder_weights", "build_encoder", "load_checkpoint"]
+__all__ = ["load_encoder_weights", "load_weights_file", "build_encoder", "load_checkpoint"]
 
 
 def load_encoder_weights(encoder: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
@@ -68,18 +68,25 @@ def build_encoder(name: str, weights: str | Path | None = None, *, format: str |
     if is_import_spec(name):
         check_encoder(encoder, f"encoder {name!r}")
     if weights is not None:
-        if not any(True for _ in encoder.parameters()):
-            raise ValueError(f"encoder {name!r} has no weights to load (got weights={weights})")
-        found = _weights_in(torch_load(weights), weights, format, user=is_import_spec(name))
-        load_encoder_weights(encoder, found.state_dict, str(weights))
+        load_weights_file(encoder, weights, format, plain_ok=is_import_spec(name))
     return encoder
 
 
-def _weights_in(obj: Any, path: str | Path, format: str | None, user: bool) -> EncoderState:
-    """A known layout, or for a user encoder (no format named) a plain state dict as it is."""
-    if user and format is None and isinstance(obj, Mapping) and obj and all(torch.is_tensor(v) for v in obj.values()):
-        return EncoderState("state-dict", dict(obj))
-    return read_encoder_state(obj, path, format)
+def load_weights_file(encoder: nn.Module, path: str | Path, format: str | None = None,
+                      plain_ok: bool = False) -> str:
+    """Load the encoder weights of the file ``path`` (layout ``format`` or recognised) into
+    ``encoder`` strictly; returns the layout's name. ``plain_ok``: a plain state dict that no
+    layout recognises loads as it is (``"state-dict"``; user encoders)."""
+    if not any(True for _ in encoder.parameters()):
+        raise ValueError(f"the {type(encoder).__name__} encoder has no weights to load (got {path})")
+    obj = torch_load(path)
+    if plain_ok and format is None and isinstance(obj, Mapping) and obj and all(
+            torch.is_tensor(v) for v in obj.values()) and not any(f.detect(obj) for f in CHECKPOINT_FORMATS.values()):
+        found = EncoderState("state-dict", dict(obj))
+    else:
+        found = read_encoder_state(obj, path, format)
+    load_encoder_weights(encoder, found.state_dict, str(path))
+    return found.format
 
 
 def load_checkpoint(
