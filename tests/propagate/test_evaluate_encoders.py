@@ -62,8 +62,8 @@ def test_evaluate_a_converted_vfs_checkpoint(davis_mini, tmp_path):
     path = tmp_path / "vfs.pth"
     torch.save({"meta": {}, "state_dict": state}, path)
     out = tmp_path / "out"
-    evaluate(parse_args(["--data-root", str(root), "--checkpoint", str(path), "--checkpoint-format", "vfs", "--context", "1",
-                         "--device", "cpu", "--out", str(out)]))
+    evaluate(parse_args(["--data-root", str(root), "--checkpoint", str(path), "--checkpoint-format", "vfs",
+                         "--context", "1", "--device", "cpu", "--out", str(out)]))
     checkpoint = json.loads((out / "results.json").read_text())["checkpoint"]
     assert checkpoint["format"] == "vfs" and checkpoint["sha256"] == file_sha256(path)
     assert checkpoint["kwargs"]["padding_mode"] == "zeros"
