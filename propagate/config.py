@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from corr.errors import OptionError
+
 
 @dataclass(frozen=True)
 class PropagationConfig:
@@ -36,21 +38,21 @@ class PropagationConfig:
 
     def __post_init__(self):
         if self.context < 0:
-            raise ValueError(f"context must be >= 0, got {self.context}")
+            raise OptionError(f"context must be >= 0, got {self.context}")
         if self.topk < 1:
-            raise ValueError(f"topk must be >= 1, got {self.topk}")
+            raise OptionError(f"topk must be >= 1, got {self.topk}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise OptionError(f"temperature must be > 0, got {self.temperature}")
         if self.radius is not None and not self.radius > 0:
-            raise ValueError(f"radius must be > 0 or None, got {self.radius}")
+            raise OptionError(f"radius must be > 0 or None, got {self.radius}")
         if self.label_norm not in ("none", "minmax"):
-            raise ValueError(f"label_norm must be 'none' or 'minmax', got {self.label_norm!r}")
+            raise OptionError(f"label_norm must be 'none' or 'minmax', got {self.label_norm!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "PropagationConfig":
         """A published setting by name (``crw``, ``dino``, ``spa_then_temp``, ``timecycle``), with overrides."""
         if name not in PRESETS:
-            raise KeyError(f"unknown propagation preset {name!r}; known: {', '.join(PRESETS)}")
+            raise OptionError(f"--preset: unknown propagation preset {name!r}; known: {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
     def to_dict(self) -> dict:

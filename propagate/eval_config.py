@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 from corr.adapt import AdaptConfig
+from corr.errors import OptionError
 from corr.flow_track import FlowTrackConfig
 
 from .cache import CACHE_DTYPES
 from .config import PropagationConfig
+
+#: The encoder of a run without ``--encoder`` and ``--checkpoint``.
+DEFAULT_ENCODER = "resnet18-crw"
 
 
 @dataclass
@@ -34,6 +38,9 @@ class EvalConfig:
         default=None, metadata={"help": "split name or path to a split .txt (default: davis/vip val, jhmdb "
                                         "splits/test_split1.txt under the data root)"})
     resolution: str = dataclasses.field(default="480p", metadata={"help": "DAVIS: 480p or Full-Resolution"})
+    binary_masks: bool = dataclasses.field(
+        default=False, metadata={"help": "DAVIS: annotations are binary masks saved as 0/255; read 255 as object 1 "
+                                         "(not void)"})
     input_size: Optional[tuple[int, ...]] = dataclasses.field(
         default=None, metadata={"help": "H,W frames are resized to (default: jhmdb 320,320; vip 560,560; "
                                         "tapvid 256,256; davis native only)"})
@@ -44,9 +51,11 @@ class EvalConfig:
                                                  "--checkpoint, corr.flow_track)"})
     sequences: Optional[tuple[str, ...]] = dataclasses.field(
         default=None, metadata={"help": "comma-separated subset of the split's sequences"})
-    encoder: str = dataclasses.field(
-        default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS, e.g. dino-vits16) or "
-                                                  "package.module:function returning an nn.Module with a stride"})
+    encoder: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "encoder name (corr.encoders.ENCODERS, e.g. dino-vits16) or "
+                                        "package.module:function returning an nn.Module with a stride (default: the "
+                                        f"one --checkpoint holds, else {DEFAULT_ENCODER}; one that differs from the "
+                                        "checkpoint's is an error)"})
     checkpoint: Optional[str] = dataclasses.field(
         default=None, metadata={"help": "our checkpoint or a published one (docs/model-zoo.md); the encoder is "
                                         "read from the file"})
@@ -69,7 +78,9 @@ class EvalConfig:
     out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output folder (default results/<task>)"})
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "frames per feature-extraction batch"})
-    overwrite: bool = dataclasses.field(default=False, metadata={"help": "redo sequences already scored in --out"})
+    overwrite: bool = dataclasses.field(default=False, metadata={
+        "help": "redo sequences already scored in --out; replace results of other settings there"})
+    debug: bool = dataclasses.field(default=False, metadata={"help": "show the traceback of an error"})
     tta_steps: int = dataclasses.field(
         default=0, metadata={"help": "test-time adaptation: walk steps per video (0: off)"})
     tta_window: int = dataclasses.field(
@@ -114,37 +125,45 @@ class EvalConfig:
 
     def validate(self) -> "EvalConfig":
         """Check the options every task shares (the task checks its own, :meth:`propagate.task.Task.configure`)."""
+        at_least = {"batch_size": 1, "tta_steps": 0, "tta_window": 1, "cache_topk": 0}
+        for name, least in at_least.items():
+            if getattr(self, name) < least:
+                raise OptionError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
+        if not self.tta_lr > 0:
+            raise OptionError(f"--tta-lr must be > 0, got {self.tta_lr}")
         if self.cache_dtype not in CACHE_DTYPES:
-            raise ValueError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+            raise OptionError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
         if self.query_mode not in ("first", "strided"):
-            raise ValueError(f"--query-mode must be first or strided, got {self.query_mode!r}")
+            raise OptionError(f"--query-mode must be first or strided, got {self.query_mode!r}")
         if self.tracker not in ("propagation", "walk"):
-            raise ValueError(f"--tracker must be propagation or walk, got {self.tracker!r}")
+            raise OptionError(f"--tracker must be propagation or walk, got {self.tracker!r}")
         if self.tracker == "walk":
             self._check_walk()
         elif any(getattr(self, name) is not None for name in WALK_SETTINGS):
-            raise ValueError(f"--{'/--'.join(n.replace('_', '-') for n in WALK_SETTINGS)} are settings of "
+            raise OptionError(f"--{'/--'.join(n.replace('_', '-') for n in WALK_SETTINGS)} are settings of "
                              f"--tracker walk (TAP-Vid), not of label propagation")
+        else:
+            self.propagation()  # bad values fail here
         return self
 
     def _check_walk(self) -> None:
         """Options that have no meaning for ``--tracker walk`` are errors, not silently ignored."""
         if self.task != "tapvid":
-            raise ValueError("--tracker walk is for --task tapvid only")
+            raise OptionError("--tracker walk is for --task tapvid only")
         unused = [name for name in PROPAGATION_OVERRIDES if getattr(self, name) is not None]
         if self.preset != EvalConfig.preset:
             unused.insert(0, "preset")
         if unused:
-            raise ValueError(f"--{', --'.join(n.replace('_', '-') for n in unused)}: label-propagation settings do "
+            raise OptionError(f"--{', --'.join(n.replace('_', '-') for n in unused)}: label-propagation settings do "
                              f"not apply to --tracker walk (its settings: --local-radius, --occlusion-threshold)")
-        if self.encoder not in (EvalConfig.encoder, GLOBAL_MATCH):
-            raise ValueError(f"--tracker walk tracks with a global-match network (--checkpoint of train.py --loss "
+        if self.encoder not in (None, GLOBAL_MATCH):
+            raise OptionError(f"--tracker walk tracks with a global-match network (--checkpoint of train.py --loss "
                              f"global_walk); --encoder {self.encoder} does not apply")
         for name, value in (("weights", self.weights), ("cache", self.cache)):
             if value:
-                raise ValueError(f"--{name} is for encoder features of label propagation; --tracker walk has none")
+                raise OptionError(f"--{name} is for encoder features of label propagation; --tracker walk has none")
         if self.tta_steps > 0:
-            raise ValueError("--tta-steps adapts a propagation encoder; it is not supported with --tracker walk")
+            raise OptionError("--tta-steps adapts a propagation encoder; it is not supported with --tracker walk")
         self.flow_tracking()  # bad values fail here
 
 

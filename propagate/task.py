@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from corr.errors import OptionError
 from corr.runtime import Runtime
 
 from .config import PropagationConfig
@@ -119,9 +120,9 @@ class Task(ABC):
         if size is not None:
             size = tuple(int(v) for v in size)
             if len(size) != 2 or min(size) < 1:
-                raise ValueError(f"--input-size must be H,W (two positive integers), got {cfg.input_size}")
+                raise OptionError(f"--input-size must be H,W (two positive integers), got {cfg.input_size}")
         if self.defaults.input_size is None and cfg.input_size is not None:
-            raise ValueError(f"--input-size is not supported by the {self.title} task (native resolution; "
+            raise OptionError(f"--input-size is not supported by the {self.title} task (native resolution; "
                              f"see --resolution)")
         cfg.validate()
         return dataclasses.replace(cfg, out=cfg.out or f"results/{cfg.task}",
@@ -193,7 +194,7 @@ def select_names(names: list[str], cfg: EvalConfig) -> list[str]:
         return names
     unknown = [name for name in cfg.sequences if name not in names]
     if unknown:
-        raise KeyError(f"--sequences names {unknown} not in the dataset ({len(names)} videos)")
+        raise OptionError(f"--sequences names {unknown} not in the dataset ({len(names)} videos)")
     return list(cfg.sequences)
 
 

@@ -22,7 +22,7 @@ DINOv2 files, torchvision state dicts).
 from __future__ import annotations
 
 from .contract import check_encoder, check_images
-from .formats import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS
+from .formats import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS, read_torch_file
 from .loading import build_encoder, load_checkpoint, load_encoder_weights, load_weights_file
 from .pixel import PixelEncoder
 from .registry import ENCODERS, EVALUATION_DEFAULTS, VIT_ENCODERS, encoder_features, is_import_spec, resolve_encoder
@@ -47,6 +47,7 @@ __all__ = [
     "load_checkpoint",
     "load_encoder_weights",
     "load_weights_file",
+    "read_torch_file",
     "encoder_features",
     "resolve_encoder",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import pathlib
 import pickle
 import re
@@ -36,7 +37,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMATS", "EncoderState", "torch_load", "read_encoder_state",
+from corr.errors import CheckpointError
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMATS", "EncoderState", "read_torch_file", "read_encoder_state",
            "resnet_name_from_keys"]
 
 CHECKPOINT_FORMAT = "corr-checkpoint-v1"
@@ -54,16 +57,21 @@ class EncoderState:
 
 
 # Classes that appear in reference checkpoints (argparse args, LR-scheduler milestones,
-# paths in configs) and are safe to rebuild; anything else needs allow_pickle=True.
+# paths in configs) and are safe to rebuild; anything else is refused.
 _SAFE_GLOBALS = [argparse.Namespace, collections.Counter, collections.OrderedDict,
                  pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 
 
-def torch_load(path: str | Path, allow_pickle: bool = False) -> Any:
-    """The object in a torch file (weights-only unpickling unless ``allow_pickle``), on the CPU."""
+def read_torch_file(path: str | Path, allow_pickle: bool = False) -> Any:
+    """The object a ``torch.save`` file holds, read weights-only (plus :data:`_SAFE_GLOBALS`), on the CPU.
+
+    A missing file is a ``FileNotFoundError``; a truncated, corrupt or foreign file, or one
+    holding other Python objects, a :class:`corr.errors.CheckpointError` naming the file.
+    ``allow_pickle`` (trusted files only) unpickles anything; no message ever suggests it.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise FileNotFoundError(errno.ENOENT, "checkpoint file not found", str(path))
     if allow_pickle:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
@@ -71,12 +79,13 @@ def torch_load(path: str | Path, allow_pickle: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
-        raise ValueError(
-            f"{path} holds Python objects that a weights-only load refuses"
-            f"{' (' + lines[0] + ')' if lines else ''}; if you trust the file, pass allow_pickle=True"
-        ) from error
+        if not lines:
+            raise CheckpointError(f"{path}: not a readable PyTorch file (corrupt, or another kind of file)") from error
+        raise CheckpointError(f"{path} holds Python objects a weights-only load refuses ({lines[0]}); save its "
+                              "tensors as a plain state dict") from error
     except Exception as error:  # truncated or foreign files fail in many ways inside the unpickler
-        raise ValueError(f"cannot read {path} as a torch file ({type(error).__name__}: {error})") from error
+        raise CheckpointError(f"{path}: not a readable PyTorch file (truncated, corrupt, or another kind of file; "
+                              f"{type(error).__name__})") from error
 
 
 def _strip_prefixes(key: str, prefixes: tuple[str, ...] = ("module.",)) -> str:
@@ -107,12 +116,13 @@ def _is_ours(obj: Any) -> bool:
 
 def _ours(obj: Mapping, path: str | Path) -> EncoderState:
     if obj["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {obj['format']!r} (expected {CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(f"{path}: unsupported checkpoint format {obj['format']!r} "
+                              f"(expected {CHECKPOINT_FORMAT!r})")
     enc = obj.get("encoder")
     if not (isinstance(enc, Mapping) and {"name", "state_dict"} <= set(enc)
             and _is_tensor_dict(enc["state_dict"], allow_empty=True)):
         found = sorted(enc) if isinstance(enc, Mapping) else type(enc).__name__
-        raise ValueError(f"{path}: 'encoder' entry must hold 'name', 'kwargs' and a 'state_dict' of tensors; "
+        raise CheckpointError(f"{path}: 'encoder' entry must hold 'name', 'kwargs' and a 'state_dict' of tensors; "
                          f"found {found}")
     info = {k: obj.get(k) for k in ("step", "config", "losses")}
     state = {_strip_prefixes(k): v for k, v in enc["state_dict"].items()}  # DDP-wrapped saves
@@ -178,7 +188,7 @@ def _mmcv_to_torchvision(key: str) -> str:
         return f"{m[1]}.{name}." + key[m.end():]
     if m := _MM_DOWN.match(key):
         return f"{m[1]}.downsample.{0 if m[2] == 'conv' else 1}." + key[m.end():]
-    raise ValueError(f"unexpected mmaction2 ResNet key {key!r}")
+    raise CheckpointError(f"unexpected mmaction2 ResNet key {key!r}")
 
 
 def _vfs(obj: Mapping, path: str | Path) -> EncoderState:
@@ -219,7 +229,7 @@ def _timecycle(obj: Mapping, path: str | Path) -> EncoderState:
             continue
         if torch.is_tensor(value) and value.ndim == 5:
             if value.shape[2] != 1:
-                raise ValueError(f"{path}: {key} has temporal kernel size {value.shape[2]}; only size 1 "
+                raise CheckpointError(f"{path}: {key} has temporal kernel size {value.shape[2]}; only size 1 "
                                  f"(a 2-D kernel inflated to 3-D) converts to a 2-D ResNet")
             value = value[:, :, 0]
         state[k[len("encoderVideo."):]] = value
@@ -261,7 +271,7 @@ def _vit(family: str) -> Callable[[Any, str | Path], EncoderState]:
         width, _, patch, _ = keys["patch_embed.proj.weight"].shape
         arch = {384: "vits", 768: "vitb"}.get(width)
         if arch is None:
-            raise ValueError(f"{path}: a {family} ViT of width {width}; supported: 384 (ViT-S), 768 (ViT-B)")
+            raise CheckpointError(f"{path}: a {family} ViT of width {width}; supported: 384 (ViT-S), 768 (ViT-B)")
         name = f"{family}-{arch}{patch}" + ("-reg" if "register_tokens" in keys else "")
         return EncoderState(family, keys, name, {}, {"step": None, "entry": entry, "ignored_keys": ignored})
 
@@ -294,10 +304,10 @@ def read_encoder_state(obj: Any, path: str | Path, format: Optional[str] = None)
     recognises it (``CHECKPOINT_FORMATS`` order)."""
     if format is not None:
         if format not in CHECKPOINT_FORMATS:
-            raise ValueError(f"unknown checkpoint format {format!r}; known: {', '.join(CHECKPOINT_FORMATS)}")
+            raise CheckpointError(f"unknown checkpoint format {format!r}; known: {', '.join(CHECKPOINT_FORMATS)}")
         layout = CHECKPOINT_FORMATS[format]
         if not layout.detect(obj):
-            raise ValueError(f"{path} is not in the {format!r} layout ({layout.description})")
+            raise CheckpointError(f"{path} is not in the {format!r} layout ({layout.description})")
         return layout.convert(obj, path)
     for layout in CHECKPOINT_FORMATS.values():
         if layout.detect(obj):
@@ -306,9 +316,9 @@ def read_encoder_state(obj: Any, path: str | Path, format: Optional[str] = None)
         keys = list(obj)
         shown = ", ".join(f"{k!r}: {type(obj[k]).__name__}" for k in keys[:20])
         more = f", ... ({len(keys) - 20} more)" if len(keys) > 20 else ""
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: unrecognised checkpoint layout; expected one of {', '.join(CHECKPOINT_FORMATS)} "
             f"(a {CHECKPOINT_FORMAT!r} dict, a CRW dict with 'model' holding 'encoder.model.*' keys, a ResNet "
             f"state dict with 'conv1.weight', ...). Found {len(keys)} top-level keys: {{{shown}{more}}}"
         )
-    raise ValueError(f"{path}: unrecognised checkpoint layout; found a {type(obj).__name__}, expected a dict")
+    raise CheckpointError(f"{path}: unrecognised checkpoint layout; found a {type(obj).__name__}, expected a dict")

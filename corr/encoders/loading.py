@@ -12,10 +12,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from corr.errors import CheckpointError, OptionError
 from corr.io import file_sha256
 
 from .contract import check_encoder
-from .formats import CHECKPOINT_FORMATS, EncoderState, read_encoder_state, resnet_name_from_keys, torch_load
+from .formats import CHECKPOINT_FORMATS, EncoderState, read_encoder_state, read_torch_file, resnet_name_from_keys
 from .registry import ENCODERS, EVALUATION_DEFAULTS, is_import_spec, resolve_encoder
 
 __all__ = ["load_encoder_weights", "load_weights_file", "build_encoder", "load_checkpoint"]
@@ -26,7 +27,7 @@ def load_encoder_weights(encoder: nn.Module, state_dict: Mapping[str, Any], sour
 
     The only tolerance: BatchNorm ``num_batches_tracked`` counters absent from old
     torchvision files keep the encoder's values. Any missing, unexpected or mis-shaped key
-    raises ``ValueError`` listing them (first 10 of each, with counts) and naming ``source``.
+    raises :class:`corr.errors.CheckpointError` listing them (first 10 of each, with counts) and naming ``source``.
     """
     expected = encoder.state_dict()
     state = dict(state_dict)
@@ -47,7 +48,7 @@ def load_encoder_weights(encoder: nn.Module, state_dict: Mapping[str, Any], sour
             if keys:
                 more = f", ... ({len(keys) - 10} more)" if len(keys) > 10 else ""
                 lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:10])}{more}")
-        raise ValueError("\n".join(lines))
+        raise CheckpointError("\n".join(lines))
     encoder.load_state_dict(state, strict=True)
 
 
@@ -78,8 +79,8 @@ def load_weights_file(encoder: nn.Module, path: str | Path, format: str | None =
     ``encoder`` strictly; returns the layout's name. ``plain_ok``: a plain state dict that no
     layout recognises loads as it is (``"state-dict"``; user encoders)."""
     if not any(True for _ in encoder.parameters()):
-        raise ValueError(f"the {type(encoder).__name__} encoder has no weights to load (got {path})")
-    obj = torch_load(path)
+        raise OptionError(f"the {type(encoder).__name__} encoder has no weights to load (got {path})")
+    obj = read_torch_file(path)
     if plain_ok and format is None and isinstance(obj, Mapping) and obj and all(
             torch.is_tensor(v) for v in obj.values()) and not any(f.detect(obj) for f in CHECKPOINT_FORMATS.values()):
         found = EncoderState("state-dict", dict(obj))
@@ -122,12 +123,13 @@ def load_checkpoint(
     ``info["layer4_loaded"]`` is False.
     """
     path = Path(path)
-    found = read_encoder_state(torch_load(path, allow_pickle), path, format)
+    found = read_encoder_state(read_torch_file(path, allow_pickle), path, format)
     if name is not None and found.name is not None and name != found.name:
-        raise ValueError(f"{path} holds a {found.name!r} encoder, but name={name!r} was requested")
+        raise CheckpointError(f"{path} holds a {found.name!r} encoder, not the {name!r} asked for (--encoder); "
+                              "leave the encoder name out to use the checkpoint's")
     encoder_name = found.name or name or resnet_name_from_keys(found.state_dict)
     if encoder_name not in ENCODERS:
-        raise ValueError(f"{path}: unknown encoder {encoder_name!r}; known encoders: {', '.join(ENCODERS)}")
+        raise CheckpointError(f"{path}: unknown encoder {encoder_name!r}; known encoders: {', '.join(ENCODERS)}")
     kwargs = {**found.kwargs, **EVALUATION_DEFAULTS.get(encoder_name, {}), **overrides}
     encoder = ENCODERS[encoder_name](**kwargs)
 

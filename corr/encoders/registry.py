@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
+from corr.errors import OptionError
+
 from .pixel import PixelEncoder
 from .resnet import STAGES, StrideEightResNet, resnet18_crw, resnet18_stride2, resnet18_stride4, resnet50_stride8
 from .vit import ViTEncoder
@@ -63,23 +65,23 @@ def resolve_encoder(name: str) -> Callable[..., nn.Module]:
     """The constructor of ``name``: ``ENCODERS[name]``, or the function of ``package.module:function``."""
     if not is_import_spec(name):
         if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}, or "
+            raise OptionError(f"unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}, or "
                              f"package.module:function")
         return ENCODERS[name]
     module_name, _, attribute = name.partition(":")
     if not module_name or not attribute:
-        raise ValueError(f"encoder {name!r}: expected package.module:function")
+        raise OptionError(f"encoder {name!r}: expected package.module:function")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"encoder {name!r}: cannot import {module_name!r} ({error})") from error
+        raise OptionError(f"encoder {name!r}: cannot import {module_name!r} ({error})") from error
     function = module
     for part in attribute.split("."):
         function = getattr(function, part, None)
         if function is None:
-            raise ValueError(f"encoder {name!r}: {module_name!r} has no attribute {attribute!r}")
+            raise OptionError(f"encoder {name!r}: {module_name!r} has no attribute {attribute!r}")
     if not callable(function):
-        raise ValueError(f"encoder {name!r}: {attribute!r} is not callable")
+        raise OptionError(f"encoder {name!r}: {attribute!r} is not callable")
     return function
 
 

@@ -7,7 +7,9 @@ contour accuracy F (:mod:`propagate.metrics`, the official scorer's numbers). Ou
 0's object ids at the annotation's size (what the official scorer reads); ``"metrics"``:
 J&F-Mean, J-Mean, J-Recall, J-Decay, F-Mean, F-Recall, F-Decay (fractions) and
 ``num_objects``, with ``per_sequence`` and ``per_object``; sequences with only a first-frame
-annotation (test-dev layout) are predicted and listed in ``unscored_sequences``. With
+annotation (test-dev layout) are predicted and listed in ``unscored_sequences`` (name ->
+reason), which the table prints. A frame-0 annotation without an object is an error naming
+the file when the dataset opens (``--binary-masks`` reads 0/255 masks' 255 as object 1). With
 ``--vis``: ``vis/<seq>.mp4`` and ``vis/<seq>.png`` (masks blended on the frames).
 """
 from __future__ import annotations
@@ -28,9 +30,12 @@ from ..config import PropagationConfig
 from ..eval_config import EvalConfig
 from ..labels import labels_to_masks, masks_to_labels
 from ..metrics import DAVIS_SUMMARY_KEYS, davis_sequence_scores, davis_summary
-from ..task import Task, TaskDefaults, TaskRun, synthetic_banner, write_overlays
+from ..task import Task, TaskDefaults, TaskRun, select_names, synthetic_banner, write_overlays
 from ..video import encoder_for_video, feature_cache, propagate_frames
 from ..visualize import overlay_mask
+
+#: Why a sequence of the test-dev layout is predicted but not scored.
+FIRST_FRAME_ONLY = "only the first frame is annotated (test-dev layout)"
 
 
 @torch.inference_mode()
@@ -78,17 +83,19 @@ class DavisTask(Task):
     def open(self, cfg: EvalConfig) -> DavisDataset:
         """DAVIS from ``--data-root``, ``data/DAVIS``, or a generated set in the DAVIS-2017 format."""
         if cfg.data_root is not None:
-            return DavisDataset(cfg.data_root, split=cfg.split or "val", resolution=cfg.resolution)
+            return DavisDataset(cfg.data_root, split=cfg.split or "val", resolution=cfg.resolution,
+                                binary_masks=cfg.binary_masks)
         if self.defaults.data.is_dir():
             print(f"using DAVIS at {self.defaults.data}")
-            return DavisDataset(self.defaults.data, split=cfg.split or "val", resolution=cfg.resolution)
+            return DavisDataset(self.defaults.data, split=cfg.split or "val", resolution=cfg.resolution,
+                                binary_masks=cfg.binary_masks)
         synthetic_banner("DAVIS", self.defaults.data, self.defaults.synthetic, "DAVIS-2017")
         root = generate_davis(self.defaults.synthetic, num_sequences=4, num_frames=24, size=(240, 432), seed=0,
                               split="val")
         return DavisDataset(root, split="val", resolution="480p")
 
     def names(self, run: TaskRun) -> list[str]:
-        return list(run.cfg.sequences) if run.cfg.sequences else run.dataset.sequences
+        return select_names(run.dataset.sequences, run.cfg)
 
     def describe(self, run: TaskRun) -> str:
         return (f"{len(self.names(run))} sequences from {run.identity['root']} ({run.identity['split']}); "
@@ -102,7 +109,9 @@ class DavisTask(Task):
         timings["adaptation"] = adapt_seconds
         save_predictions(run.out / "predictions", seq, predictions)
         record = {"num_frames": seq.num_frames, "timings": timings, "scores": None}
-        if seq.fully_annotated:
+        if not seq.fully_annotated:
+            record["unscored"] = FIRST_FRAME_ONLY
+        else:
             scores = davis_sequence_scores(seq.annotations(), predictions, sequence=seq.name)
             record["scores"] = {str(k): {s: (v.tolist() if isinstance(v, np.ndarray) else v) for s, v in obj.items()}
                                 for k, obj in scores["objects"].items()}
@@ -112,7 +121,8 @@ class DavisTask(Task):
 
     def merge(self, run: TaskRun, records: dict[str, dict]) -> dict:
         scored = {name: {"objects": r["scores"]} for name, r in records.items() if r["scores"] is not None}
-        fields = {"unscored_sequences": [name for name, r in records.items() if r["scores"] is None]}
+        fields = {"unscored_sequences": {name: r.get("unscored", FIRST_FRAME_ONLY)
+                                         for name, r in records.items() if r["scores"] is None}}
         if scored:
             summary = davis_summary(scored)
             fields["metrics"] = {**{k: summary[k] for k in DAVIS_SUMMARY_KEYS}, "num_objects": summary["num_objects"]}
@@ -132,6 +142,6 @@ class DavisTask(Task):
                   f"{m['F-Mean']:>8.3f}")
             print("  ".join(f"{k} {m[k]:.3f}" for k in DAVIS_SUMMARY_KEYS))
         unscored = results["unscored_sequences"]
-        if unscored:
-            print(f"{len(unscored)} sequence(s) have only a first-frame annotation (test-dev layout): "
-                  f"predictions written, not scored.")
+        for reason in sorted(set(unscored.values())):
+            names = [name for name, why in unscored.items() if why == reason]
+            print(f"not scored ({reason}; predictions written): {len(names)} sequence(s): {', '.join(names)}")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from corr.io import atomic_write
 from corr.runtime import REPO_ROOT, sync_device
+from datasets.frames import DatasetError
 from datasets.synthetic_tasks import generate_tapvid
 from datasets.tapvid import TapVidDataset, TapVidSample, TapVidVideo
 
@@ -153,7 +154,7 @@ class TapVidTask(Task):
         if missing:
             raise KeyError(f"--sequences names {missing} not in {dataset.path}")
         if not names:
-            raise ValueError(f"{dataset.path}: no video to evaluate")
+            raise DatasetError(f"{dataset.path}: no video to evaluate")
 
     def predict(self, run: TaskRun, video: TapVidVideo) -> dict:
         """Track one video's queries, write its .npz (and --vis), score it."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from corr.errors import OptionError
 from propagate import PRESETS, PropagationConfig, Propagator
 from propagate.dense import context_frames, propagate_dense
 from propagate.propagator import LabelMemory, Matcher, Matches
@@ -140,7 +141,7 @@ def test_bad_input_is_reported():
     prop.start(torch.zeros(4, 5, 5), torch.zeros(2, 5, 5))
     with pytest.raises(ValueError, match="expected features"):
         prop.step(torch.zeros(4, 6, 5))
-    with pytest.raises(KeyError, match="unknown propagation preset"):
+    with pytest.raises(OptionError, match="unknown propagation preset"):
         PropagationConfig.preset("nope")
     with pytest.raises(ValueError, match="temperature"):
         PropagationConfig(temperature=0)
