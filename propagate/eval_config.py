@@ -74,6 +74,15 @@ class EvalConfig:
     normalize_features: Optional[bool] = dataclasses.field(
         default=None, metadata={"help": "override: L2-normalise features per position (cosine affinity)"})
     label_norm: Optional[str] = dataclasses.field(default=None, metadata={"help": "override: none|minmax"})
+    neighbourhood: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: disk (distance < radius) | square (|dy|, |dx| <= radius)"})
+    restrict_first: Optional[bool] = dataclasses.field(
+        default=None, metadata={"help": "override: the neighbourhood limits frame 0 too"})
+    output_norm: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: none|minmax per channel of the upsampled output (DAVIS)"})
+    frames: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: common|dino, DAVIS frame sizes and label resampling "
+                                        "(docs/propagation.md)"})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto|cpu|cuda[:i]"})
     out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output folder (default results/<task>)"})
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
@@ -111,9 +120,8 @@ class EvalConfig:
 
     def propagation(self) -> PropagationConfig:
         """The preset with this run's overrides (``--radius inf`` removes the locality limit)."""
-        overrides = {name: getattr(self, name) for name in ("context", "topk", "temperature", "pad_with_first",
-                                                            "normalize_features", "label_norm")
-                     if getattr(self, name) is not None}
+        overrides = {name: getattr(self, name) for name in PROPAGATION_OVERRIDES
+                     if name != "radius" and getattr(self, name) is not None}
         if self.radius is not None:
             overrides["radius"] = None if math.isinf(self.radius) else self.radius
         return PropagationConfig.preset(self.preset, **overrides)
@@ -169,7 +177,7 @@ class EvalConfig:
 
 #: The overrides of the propagation preset (:meth:`EvalConfig.propagation`).
 PROPAGATION_OVERRIDES = ("context", "topk", "temperature", "radius", "pad_with_first", "normalize_features",
-                         "label_norm")
+                         "label_norm", "neighbourhood", "restrict_first", "output_norm", "frames")
 #: The walk tracker's own options (:meth:`EvalConfig.flow_tracking`).
 WALK_SETTINGS = ("local_radius", "occlusion_threshold")
 #: ``--encoder`` name of the convolutional backbone of :class:`corr.global_match.GlobalMatchNet`.

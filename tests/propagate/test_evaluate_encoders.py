@@ -38,6 +38,9 @@ def test_evaluate_dino_vits16_from_the_authors_layout(davis_mini, tmp_path):
                                      "sha256": file_sha256(weights)}
     factors = results["factors"]
     assert (factors["context"], factors["topk"], factors["temperature"]) == (7, 5, 0.1)
+    assert (factors["neighbourhood"], factors["restrict_first"], factors["output_norm"], factors["frames"]) == \
+        ("square", True, "minmax", "dino")
+    assert factors["input_statistics"]["std"] == [0.228, 0.224, 0.225]
     assert set(factors) >= {"feature_normalisation", "label_normalisation", "labels_to_grid", "outputs_to_pixels",
                             "input_resolution", "frame_resize", "radius", "pad_with_first"}
     assert 0.0 <= results["metrics"]["J&F-Mean"] <= 1.0
