@@ -52,11 +52,18 @@ class EvalConfig:
     sequences: Optional[tuple[str, ...]] = dataclasses.field(
         default=None, metadata={"help": "comma-separated subset of the split's sequences"})
     encoder: Optional[str] = dataclasses.field(
-        default=None, metadata={"help": "encoder name, corr.encoders.ENCODERS (default: the one --checkpoint holds, "
-                                        f"else {DEFAULT_ENCODER}); one that differs from the checkpoint's is an error"})
+        default=None, metadata={"help": "encoder name (corr.encoders.ENCODERS, e.g. dino-vits16) or "
+                                        "package.module:function returning an nn.Module with a stride (default: the "
+                                        f"one --checkpoint holds, else {DEFAULT_ENCODER}; one that differs from the "
+                                        "checkpoint's is an error)"})
     checkpoint: Optional[str] = dataclasses.field(
-        default=None, metadata={"help": "our or the published CRW checkpoint"})
-    weights: Optional[str] = dataclasses.field(default=None, metadata={"help": "local torchvision ImageNet weights"})
+        default=None, metadata={"help": "our checkpoint or a published one (docs/model-zoo.md); the encoder is "
+                                        "read from the file"})
+    checkpoint_format: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "layout of --checkpoint / --weights (corr.encoders.CHECKPOINT_FORMATS); "
+                                        "default: recognised from the file"})
+    weights: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "local weights for --encoder: torchvision ImageNet, DINO / DINOv2 files"})
     preset: str = dataclasses.field(default="crw", metadata={"help": "propagation preset"})
     context: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: short-memory frames"})
     topk: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: top-k"})
@@ -67,6 +74,15 @@ class EvalConfig:
     normalize_features: Optional[bool] = dataclasses.field(
         default=None, metadata={"help": "override: L2-normalise features per position (cosine affinity)"})
     label_norm: Optional[str] = dataclasses.field(default=None, metadata={"help": "override: none|minmax"})
+    neighbourhood: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: disk (distance < radius) | square (|dy|, |dx| <= radius)"})
+    restrict_first: Optional[bool] = dataclasses.field(
+        default=None, metadata={"help": "override: the neighbourhood limits frame 0 too"})
+    output_norm: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: none|minmax per channel of the upsampled output (DAVIS)"})
+    frames: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: common|dino, DAVIS frame sizes and label resampling "
+                                        "(docs/propagation.md)"})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto|cpu|cuda[:i]"})
     out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output folder (default results/<task>)"})
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
@@ -104,9 +120,8 @@ class EvalConfig:
 
     def propagation(self) -> PropagationConfig:
         """The preset with this run's overrides (``--radius inf`` removes the locality limit)."""
-        overrides = {name: getattr(self, name) for name in ("context", "topk", "temperature", "pad_with_first",
-                                                            "normalize_features", "label_norm")
-                     if getattr(self, name) is not None}
+        overrides = {name: getattr(self, name) for name in PROPAGATION_OVERRIDES
+                     if name != "radius" and getattr(self, name) is not None}
         if self.radius is not None:
             overrides["radius"] = None if math.isinf(self.radius) else self.radius
         return PropagationConfig.preset(self.preset, **overrides)
@@ -162,7 +177,7 @@ class EvalConfig:
 
 #: The overrides of the propagation preset (:meth:`EvalConfig.propagation`).
 PROPAGATION_OVERRIDES = ("context", "topk", "temperature", "radius", "pad_with_first", "normalize_features",
-                         "label_norm")
+                         "label_norm", "neighbourhood", "restrict_first", "output_norm", "frames")
 #: The walk tracker's own options (:meth:`EvalConfig.flow_tracking`).
 WALK_SETTINGS = ("local_radius", "occlusion_threshold")
 #: ``--encoder`` name of the convolutional backbone of :class:`corr.global_match.GlobalMatchNet`.

@@ -113,6 +113,9 @@ class Task(ABC):
     label_resampling: dict[str, str]
     headline_metrics: tuple[str, ...]
     settings_block: Optional[str] = None
+    #: the propagation settings' ``frames`` and ``output_norm`` values the task implements.
+    frame_protocols: tuple[str, ...] = ("common",)
+    output_norms: tuple[str, ...] = ("none",)
 
     def configure(self, cfg: EvalConfig) -> EvalConfig:
         """``cfg`` with this task's defaults filled in (``out``, ``split``, ``input_size``), validated."""
@@ -125,6 +128,13 @@ class Task(ABC):
             raise OptionError(f"--input-size is not supported by the {self.title} task (native resolution; "
                              f"see --resolution)")
         cfg.validate()
+        if self.propagates(cfg):
+            prop = cfg.propagation()
+            for name, value, known in (("frames", prop.frames, self.frame_protocols),
+                                       ("output-norm", prop.output_norm, self.output_norms)):
+                if value not in known:
+                    raise OptionError(f"--{name} {value} (preset {cfg.preset}) is not implemented by the "
+                                      f"{self.title} task; give --{name} {known[0]}")
         return dataclasses.replace(cfg, out=cfg.out or f"results/{cfg.task}",
                                    split=cfg.split if cfg.split is not None else self.defaults.split,
                                    input_size=size)
@@ -183,7 +193,9 @@ def propagation_factors(cfg: EvalConfig, label_resampling: dict[str, str]) -> di
             "label_normalisation": prop.label_norm, **label_resampling,
             "input_resolution": list(cfg.input_size) if cfg.input_size else f"native ({cfg.resolution})",
             "frame_resize": "bilinear (cv2.INTER_LINEAR)", "context": prop.context, "topk": prop.topk,
-            "radius": prop.radius, "temperature": prop.temperature, "pad_with_first": prop.pad_with_first,
+            "radius": prop.radius, "neighbourhood": prop.neighbourhood, "restrict_first": prop.restrict_first,
+            "output_norm": prop.output_norm, "frames": prop.frames,
+            "temperature": prop.temperature, "pad_with_first": prop.pad_with_first,
             "feature_cache": ({"dtype": cfg.cache_dtype} if cfg.cache and cfg.tta_steps <= 0 else None),
             "test_time_adaptation": cfg.tta_steps > 0}
 

@@ -27,6 +27,7 @@ from datasets.synthetic import generate_davis
 
 from ..cache import CacheSlot
 from ..config import PropagationConfig
+from ..dino_frames import DINO_STATISTICS, dino_first_labels, dino_frame, dino_masks
 from ..eval_config import EvalConfig
 from ..labels import labels_to_masks, masks_to_labels
 from ..metrics import DAVIS_SUMMARY_KEYS, davis_sequence_scores, davis_summary
@@ -42,20 +43,41 @@ FIRST_FRAME_ONLY = "only the first frame is annotated (test-dev layout)"
 def propagate_sequence(seq: DavisSequence, encoder: torch.nn.Module, prop_cfg: PropagationConfig,
                        device: torch.device, batch_size: int = 8, progress: bool = True,
                        cache: Optional[CacheSlot] = None) -> tuple[np.ndarray, dict]:
-    """Propagate frame 0's masks through a sequence -> (predicted ids uint8 (T, H, W), timings in seconds)."""
+    """Propagate frame 0's masks through a sequence -> (predicted ids uint8 (T, H, W), timings in seconds).
+
+    ``prop_cfg.frames``: ``"common"`` (native frames, bilinear labels in and out) or ``"dino"``
+    (DINO's script, :mod:`propagate.dino_frames`); ``prop_cfg.output_norm`` precedes the argmax.
+    """
     H, W = seq.size
     first = seq.read_annotation(0)
     object_ids = seq.object_ids()
     predictions = np.zeros((seq.num_frames, H, W), np.uint8)
     predictions[0] = np.where(first == VOID_ID, 0, first)
+    stride = encoder.stride
 
-    def decode(t: int, labels: torch.Tensor) -> None:
-        predictions[t] = labels_to_masks(labels, object_ids, (H, W), encoder.stride)
+    if prop_cfg.frames == "dino":
+        def read_frame(t: int) -> np.ndarray:
+            return dino_frame(seq.read_frame(t), stride)
 
-    timings = propagate_frames(
-        seq.read_frame, seq.num_frames, encoder, prop_cfg, device,
-        first_label=lambda grid: masks_to_labels(first, object_ids, grid, encoder.stride, device=device),
-        decode=decode, batch_size=batch_size, desc=seq.name, progress=progress, cache=cache)
+        def first_label(grid: tuple[int, int]) -> torch.Tensor:
+            return dino_first_labels(first, object_ids, grid, device=device)
+
+        def decode(t: int, labels: torch.Tensor) -> None:
+            predictions[t] = dino_masks(labels, object_ids, (H, W), stride, prop_cfg.output_norm)
+        statistics = DINO_STATISTICS
+    else:
+        read_frame = seq.read_frame
+
+        def first_label(grid: tuple[int, int]) -> torch.Tensor:
+            return masks_to_labels(first, object_ids, grid, stride, device=device)
+
+        def decode(t: int, labels: torch.Tensor) -> None:
+            predictions[t] = labels_to_masks(labels, object_ids, (H, W), stride, prop_cfg.output_norm)
+        statistics = None
+
+    timings = propagate_frames(read_frame, seq.num_frames, encoder, prop_cfg, device, first_label=first_label,
+                               decode=decode, batch_size=batch_size, desc=seq.name, progress=progress, cache=cache,
+                               statistics=statistics)
     return predictions, timings
 
 
@@ -79,6 +101,19 @@ class DavisTask(Task):
                                           "(align_corners=False)",
                         "outputs_to_pixels": "bilinear upsampling x stride (align_corners=False), crop, argmax"}
     headline_metrics = ("J&F-Mean", "J-Mean", "F-Mean")
+    frame_protocols = ("common", "dino")
+    output_norms = ("none", "minmax")
+    dino_resampling = {"labels_to_grid": "one-hot of the annotation resized to the grid with nearest neighbour (PIL)",
+                       "outputs_to_pixels": "bilinear upsampling x stride (align_corners=False), argmax, nearest "
+                                            "neighbour (PIL) to the annotation's size"}
+
+    def factors(self, cfg: EvalConfig) -> dict:
+        factors = super().factors(cfg)
+        if cfg.propagation().frames == "dino":
+            factors.update(self.dino_resampling, frame_resize="short side 480, long side floored to a multiple of "
+                           "64, bilinear (cv2.INTER_LINEAR), cropped to a multiple of the stride",
+                           input_statistics={"mean": list(DINO_STATISTICS[0]), "std": list(DINO_STATISTICS[1])})
+        return factors
 
     def open(self, cfg: EvalConfig) -> DavisDataset:
         """DAVIS from ``--data-root``, ``data/DAVIS``, or a generated set in the DAVIS-2017 format."""
