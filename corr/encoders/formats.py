@@ -15,6 +15,16 @@ tensor shapes to those of an encoder of :data:`corr.encoders.ENCODERS`:
 - ``timecycle`` (Wang et al.): ``{"state_dict": {"[module.]encoderVideo.<torchvision key>"}}``
   of an inflated ResNet-50: every conv kernel is 3-D ``(O, I, 1, k, k)`` with temporal size 1
   and is squeezed to ``(O, I, k, k)``; zero padding; the tracker head (``afterconv*``, ...) ignored;
+- ``spa-then-temp`` (Li & Liu) and ``fgvc`` (Li et al.): the same mmcv layout as ``vfs`` for
+  ``resnet18-stt`` / ``resnet50-stt`` (or the stride-4 ``-s4`` variants, chosen with
+  ``--encoder``) and ``resnet18-fgvc`` (:mod:`corr.encoders.published`, LAB input). Recognised
+  when the file also holds the training teacher (``backbone_t.*``, resp. ``teacher.*``);
+  a file holding ``backbone.*`` alone reads as ``vfs`` unless the format is named;
+- ``mast`` (Lai et al.): ``{"state_dict": {"feature_extraction.*", "post_convolution.*", ...}}``,
+  the authors' key names of :class:`corr.encoders.mast.MASTEncoder`, loaded unchanged;
+- ``uvc`` (Li et al. 2019): ``{"state_dict": {"[module.]gray_encoder.<torchvision key>", ...}}``
+  -> ``resnet18-uvc``; the colour auto-encoder (``rgb_encoder``, ``decoder``) and the
+  ``normalize`` constants are ignored;
 - ``dino`` / ``dinov2``: the authors' ViT state dicts (:mod:`corr.encoders.vit`), plain or the
   ``teacher`` (else ``student``) entry of a full training checkpoint, ``module.`` and
   ``backbone.`` prefixes stripped, projection heads (``head.*``) ignored. The model
@@ -54,6 +64,7 @@ class EncoderState:
     name: Optional[str] = None  # None: not recorded in the file
     kwargs: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    variants: tuple[str, ...] = ()  # other encoders the same weights build (e.g. another stride)
 
 
 # Classes that appear in reference checkpoints (argparse args, LR-scheduler milestones,
@@ -237,6 +248,89 @@ def _timecycle(obj: Mapping, path: str | Path) -> EncoderState:
                         {"step": None, "epoch": obj.get("epoch"), "ignored_keys": ignored})
 
 
+# --------------------------------------------------------------------------- Spa-then-Temp, FGVC (mmcv ResNets on LAB)
+
+
+def _is_mmcv_resnet(obj: Any) -> bool:
+    """A ``state_dict`` holding an mmcv ResNet under ``backbone.`` (VFS, Spa-then-Temp, FGVC)."""
+    state = obj.get("state_dict") if isinstance(obj, Mapping) else None
+    return isinstance(state, Mapping) and any(_strip_prefixes(k) == "backbone.conv1.conv.weight" for k in state)
+
+
+def _is_spa_then_temp(obj: Any) -> bool:
+    """Recognised by the training teacher their ``Framework`` saves next to it (``backbone_t.*``)."""
+    return _is_mmcv_resnet(obj) and any(_strip_prefixes(k).startswith("backbone_t.") for k in obj["state_dict"])
+
+
+def _is_fgvc(obj: Any) -> bool:
+    """Recognised by the frozen teacher their ``Mixed_Tracker`` saves next to it (``teacher.*``)."""
+    return _is_mmcv_resnet(obj) and any(_strip_prefixes(k).startswith("teacher.") for k in obj["state_dict"])
+
+
+def _mm_backbone(obj: Mapping, family: str, name: str, variants: tuple[str, ...]) -> EncoderState:
+    state, ignored = {}, []
+    for key, value in obj["state_dict"].items():
+        k = _strip_prefixes(key)
+        if k.startswith("backbone."):
+            state[_mmcv_to_torchvision(k[len("backbone."):])] = value
+        else:
+            ignored.append(key)
+    info = {"step": None, "ignored_keys": ignored, "meta": _plain(obj.get("meta"))}
+    return EncoderState(family, state, name, {}, info, variants)
+
+
+def _spa_then_temp(obj: Mapping, path: str | Path) -> EncoderState:
+    depth = 50 if "backbone.layer1.0.conv3.conv.weight" in {_strip_prefixes(k) for k in obj["state_dict"]} else 18
+    return _mm_backbone(obj, "spa-then-temp", f"resnet{depth}-stt", (f"resnet{depth}-stt-s4",))
+
+
+def _fgvc(obj: Mapping, path: str | Path) -> EncoderState:
+    return _mm_backbone(obj, "fgvc", "resnet18-fgvc", ())
+
+
+# --------------------------------------------------------------------------- MAST, UVC
+
+
+def _training_state(obj: Any, *keys: str) -> Optional[Mapping]:
+    """``obj["state_dict"]`` if it holds every key of ``keys`` (``module.`` prefixes stripped)."""
+    state = obj.get("state_dict") if isinstance(obj, Mapping) else None
+    if isinstance(state, Mapping) and set(keys) <= {_strip_prefixes(k) for k in state}:
+        return state
+    return None
+
+
+def _is_mast(obj: Any) -> bool:
+    return _training_state(obj, "feature_extraction.conv1.0.weight", "post_convolution.weight") is not None
+
+
+def _mast(obj: Mapping, path: str | Path) -> EncoderState:
+    state, ignored = {}, []
+    for key, value in obj["state_dict"].items():
+        k = _strip_prefixes(key)
+        if k.startswith(("feature_extraction.", "post_convolution.")):
+            state[k] = value
+        else:
+            ignored.append(key)
+    return EncoderState("mast", state, "mast", {}, {"step": None, "epoch": _plain(obj.get("epoch")),
+                                                     "ignored_keys": ignored})
+
+
+def _is_uvc(obj: Any) -> bool:
+    return _training_state(obj, "gray_encoder.conv1.weight") is not None
+
+
+def _uvc(obj: Mapping, path: str | Path) -> EncoderState:
+    state, ignored = {}, []
+    for key, value in obj["state_dict"].items():
+        k = _strip_prefixes(key)
+        if k.startswith("gray_encoder.") and not k.startswith("gray_encoder.fc."):
+            state[k[len("gray_encoder."):]] = value
+        else:
+            ignored.append(key)
+    return EncoderState("uvc", state, "resnet18-uvc", {}, {"step": None, "epoch": _plain(obj.get("epoch")),
+                                                            "ignored_keys": ignored})
+
+
 # --------------------------------------------------------------------------- DINO / DINOv2
 
 
@@ -285,12 +379,18 @@ class CheckpointFormat:
     detect: Callable[[Any], bool]
     convert: Callable[[Any, str | Path], EncoderState]
     description: str
+    accepts: Optional[Callable[[Any], bool]] = None  # when the format is named; None: detect
 
 
 CHECKPOINT_FORMATS: dict[str, CheckpointFormat] = {
     CHECKPOINT_FORMAT: CheckpointFormat(_is_ours, _ours, "ours (train.py)"),
     "crw-reference": CheckpointFormat(_is_crw, _crw, "CRW, ajabri/videowalk"),
+    "spa-then-temp": CheckpointFormat(_is_spa_then_temp, _spa_then_temp,
+                                      "Spa-then-Temp, qianduoduolr/Spa-then-Temp (mmcv ResNet, LAB)", _is_mmcv_resnet),
+    "fgvc": CheckpointFormat(_is_fgvc, _fgvc, "FGVC, qianduoduolr/FGVC (mmcv ResNet-18, LAB)", _is_mmcv_resnet),
     "vfs": CheckpointFormat(_is_vfs, _vfs, "VFS, xvjiarui/VFS (mmaction2)"),
+    "mast": CheckpointFormat(_is_mast, _mast, "MAST, zlai0/MAST"),
+    "uvc": CheckpointFormat(_is_uvc, _uvc, "UVC, Liusifei/UVC (gray_encoder)"),
     "timecycle": CheckpointFormat(_is_timecycle, _timecycle, "TimeCycle, xiaolonw/TimeCycle (inflated ResNet-50)"),
     "dino": CheckpointFormat(lambda obj: _vit_family(obj) == "dino", _vit("dino"), "DINO, facebookresearch/dino"),
     "dinov2": CheckpointFormat(lambda obj: _vit_family(obj) == "dinov2", _vit("dinov2"),
@@ -306,7 +406,7 @@ def read_encoder_state(obj: Any, path: str | Path, format: Optional[str] = None)
         if format not in CHECKPOINT_FORMATS:
             raise CheckpointError(f"unknown checkpoint format {format!r}; known: {', '.join(CHECKPOINT_FORMATS)}")
         layout = CHECKPOINT_FORMATS[format]
-        if not layout.detect(obj):
+        if not (layout.accepts or layout.detect)(obj):
             raise CheckpointError(f"{path} is not in the {format!r} layout ({layout.description})")
         return layout.convert(obj, path)
     for layout in CHECKPOINT_FORMATS.values():

@@ -107,7 +107,8 @@ def load_checkpoint(
         device: where the returned encoder lives.
         name: encoder name for a plain state dict (inferred from its keys when omitted:
             bottleneck blocks -> "resnet50", else "resnet18-crw"); must agree with the
-            name a checkpoint records.
+            name a checkpoint records or be one of its layout's variants (e.g.
+            "resnet18-stt-s4" for a Spa-then-Temp file).
         allow_pickle: read files that need full unpickling (only for trusted files).
         format: the file's layout (``CHECKPOINT_FORMATS``); recognised from its content when omitted.
         **overrides: constructor kwargs replacing the recorded ones. By default ResNets are
@@ -124,10 +125,11 @@ def load_checkpoint(
     """
     path = Path(path)
     found = read_encoder_state(read_torch_file(path, allow_pickle), path, format)
-    if name is not None and found.name is not None and name != found.name:
-        raise CheckpointError(f"{path} holds a {found.name!r} encoder, not the {name!r} asked for (--encoder); "
+    if name is not None and found.name is not None and name != found.name and name not in found.variants:
+        also = f" (or {', '.join(found.variants)})" if found.variants else ""
+        raise CheckpointError(f"{path} holds a {found.name!r} encoder{also}, not the {name!r} asked for (--encoder); "
                               "leave the encoder name out to use the checkpoint's")
-    encoder_name = found.name or name or resnet_name_from_keys(found.state_dict)
+    encoder_name = name if name in found.variants else found.name or name or resnet_name_from_keys(found.state_dict)
     if encoder_name not in ENCODERS:
         raise CheckpointError(f"{path}: unknown encoder {encoder_name!r}; known encoders: {', '.join(ENCODERS)}")
     kwargs = {**found.kwargs, **EVALUATION_DEFAULTS.get(encoder_name, {}), **overrides}

@@ -15,7 +15,9 @@ import torch.nn as nn
 
 from corr.errors import OptionError
 
+from .mast import MASTEncoder
 from .pixel import PixelEncoder
+from .published import PUBLISHED_RESNETS
 from .resnet import STAGES, StrideEightResNet, resnet18_crw, resnet18_stride2, resnet18_stride4, resnet50_stride8
 from .vit import ViTEncoder
 
@@ -43,6 +45,8 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18-s4": resnet18_stride4,
     "resnet18-s2": resnet18_stride2,
     "pixel": PixelEncoder,
+    **PUBLISHED_RESNETS,
+    "mast": MASTEncoder,
     **VIT_ENCODERS,
 }
 

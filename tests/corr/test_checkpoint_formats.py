@@ -103,3 +103,72 @@ def test_user_encoder_from_a_module(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="has no attribute"):
         build_encoder("my_encoders:missing")
     sys.modules.pop("my_encoders", None)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_spa_then_temp_layout(depth, tmp_path):
+    ref = _torchvision_resnet(depth)
+    backbone = {f"backbone.{_mmaction_key(k)}": v for k, v in ref.items() if not k.startswith("fc.")}
+    teacher = {f"backbone_t.{_mmaction_key(k)}": torch.zeros_like(v) for k, v in ref.items() if not k.startswith("fc.")}
+    path = tmp_path / f"res{depth}_d8.pth"
+    torch.save({"meta": {"epoch": 800}, "state_dict": {**backbone, **teacher}}, path)  # their Framework's file
+    encoder, info = load_checkpoint(path)
+    assert info["format"] == "spa-then-temp" and info["encoder"] == f"resnet{depth}-stt"
+    assert info["sha256"] == file_sha256(path) and encoder.stride == 8
+    got = encoder.state_dict()
+    for key in ("conv1.weight", "bn1.running_var", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight",
+                "layer3.1.bn2.bias", "layer4.1.conv1.weight"):
+        assert torch.equal(got[key], ref[key]), key
+    assert len(info["ignored_keys"]) == len(teacher)
+    assert encoder(torch.randn(1, 3, 37, 53)).shape[-2:] == (5, 7)
+    # the stride-4 model takes the same weights; a file holding backbone.* alone needs the format named
+    torch.save({"meta": {}, "state_dict": backbone}, path)
+    assert load_checkpoint(path)[1]["format"] == "vfs"
+    encoder, info = load_checkpoint(path, name=f"resnet{depth}-stt-s4", format="spa-then-temp")
+    assert info["encoder"] == f"resnet{depth}-stt-s4" and encoder.stride == 4
+    assert torch.equal(encoder.state_dict()["layer3.0.conv1.weight"], ref["layer3.0.conv1.weight"])
+    assert encoder(torch.randn(1, 3, 37, 53)).shape[-2:] == (10, 14)
+    with pytest.raises(ValueError, match="resnet18-crw"):
+        load_checkpoint(path, name="resnet18-crw", format="spa-then-temp")
+
+
+def test_fgvc_layout(tmp_path):
+    ref = _torchvision_resnet(18)
+    state = {f"backbone.{_mmaction_key(k)}": v for k, v in ref.items() if not k.startswith("fc.")}
+    state.update({f"teacher.{_mmaction_key(k)}": v + 1 for k, v in ref.items() if not k.startswith("fc.")})
+    path = tmp_path / "res18_d1_fly_ytv_mixed_training.pth"
+    torch.save({"meta": {}, "state_dict": state}, path)
+    encoder, info = load_checkpoint(path)
+    assert info["format"] == "fgvc" and info["encoder"] == "resnet18-fgvc" and encoder.stride == 2
+    assert torch.equal(encoder.state_dict()["layer2.0.downsample.1.running_mean"],
+                       ref["layer2.0.downsample.1.running_mean"])
+    assert torch.equal(encoder.state_dict()["layer4.0.conv1.weight"], ref["layer4.0.conv1.weight"])
+    assert encoder(torch.randn(1, 3, 37, 53)).shape == (1, 256, 19, 27)
+
+
+def test_mast_layout(tmp_path):
+    ref = {k: v + 1 if v.is_floating_point() else v for k, v in build_encoder("mast").state_dict().items()}
+    path = tmp_path / "mast.pt"  # main.py: {"epoch", "state_dict": model.module.state_dict(), "optimizer"}
+    torch.save({"epoch": 33, "state_dict": ref, "optimizer": {"state": {}, "param_groups": []}}, path)
+    assert "feature_extraction.layer2.0.shortcut.0.weight" in ref and "feature_extraction.layer1.0.left.3.weight" in ref
+    assert ref["feature_extraction.layer4.1.left.0.weight"].shape == (256, 256, 3, 3)
+    encoder, info = load_checkpoint(path)
+    assert info["format"] == "mast" and info["encoder"] == "mast" and info["epoch"] == 33
+    assert all(torch.equal(v, ref[k]) for k, v in encoder.state_dict().items())
+    assert encoder(torch.randn(1, 3, 37, 53)).shape == (1, 64, 10, 14)
+
+
+def test_uvc_layout(tmp_path):
+    ref = {k: v for k, v in _torchvision_resnet(18).items() if not k.startswith("fc.")}
+    state = {f"module.gray_encoder.{k}": v for k, v in ref.items()}
+    state["module.rgb_encoder.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    state["module.decoder.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    state["module.normalize.mean"] = torch.tensor([0.485, 0.456, 0.406])
+    path = tmp_path / "checkpoint_latest.pth.tar"
+    torch.save({"epoch": 30, "best_loss": 0.5, "state_dict": state}, path)
+    encoder, info = load_checkpoint(path)
+    assert info["format"] == "uvc" and info["encoder"] == "resnet18-uvc"
+    assert info["layer4_loaded"] and encoder.out_layer == "layer4" and encoder.stride == 8
+    assert all(torch.equal(v, ref[k]) for k, v in encoder.state_dict().items() if k in ref)
+    assert len(info["ignored_keys"]) == 3
+    assert encoder(torch.randn(1, 3, 37, 53)).shape == (1, 512, 5, 7)

@@ -333,7 +333,9 @@ def test_name_conflict_and_pixel_checkpoint(tmp_path):
 def test_registry_names():
     assert set(ENCODERS) == {"resnet18-crw", "resnet50", "resnet18-s4", "resnet18-s2", "pixel",
                              "dino-vits16", "dino-vits8", "dino-vitb16", "dino-vitb8", "dinov2-vits14",
-                             "dinov2-vitb14", "dinov2-vits14-reg", "dinov2-vitb14-reg"}
+                             "dinov2-vitb14", "dinov2-vits14-reg", "dinov2-vitb14-reg", "resnet18-stt",
+                             "resnet50-stt", "resnet18-stt-s4", "resnet50-stt-s4", "resnet18-fgvc", "resnet18-uvc",
+                             "mast"}
 
 
 class _UnlistedConfig:

@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from corr.encoders import build_encoder
 from corr.io import file_sha256
 from evaluate import evaluate, parse_args
+from propagate.encoder_loading import load_encoder
 
 
 def few_frames(davis_mini: Path, root: Path, sequence: str = "dog-agility", frames: int = 3) -> Path:
@@ -47,21 +49,24 @@ def test_evaluate_dino_vits16_from_the_authors_layout(davis_mini, tmp_path):
     assert len(list((out / "predictions" / "dog-agility").glob("*.png"))) == 3
 
 
+def _to_mmcv(key: str) -> str:
+    """``backbone.<torchvision key>`` -> ``backbone.<mmaction2 / mmcv ConvModule key>``."""
+    parts = key.split(".")[1:]
+    if parts[0] in ("conv1", "bn1"):
+        mm = f"conv1.{'conv' if parts[0] == 'conv1' else 'bn'}." + ".".join(parts[1:])
+    elif parts[2] == "downsample":
+        mm = ".".join(parts[:3] + ["conv" if parts[3] == "0" else "bn"] + parts[4:])
+    elif parts[2].startswith("bn"):
+        mm = ".".join(parts[:2] + [parts[2].replace("bn", "conv"), "bn"] + parts[3:])
+    else:
+        mm = ".".join(parts[:3] + ["conv"] + parts[3:])
+    return f"backbone.{mm}"
+
+
 def test_evaluate_a_converted_vfs_checkpoint(davis_mini, tmp_path):
     root = few_frames(davis_mini, tmp_path / "DAVIS")
     encoder = build_encoder("resnet18-crw")
-    state = {}
-    for key, value in encoder.state_dict().items():  # torchvision keys -> mmaction2's
-        parts = key.split(".")
-        if parts[0] in ("conv1", "bn1"):
-            mm = f"conv1.{'conv' if parts[0] == 'conv1' else 'bn'}." + ".".join(parts[1:])
-        elif parts[2] == "downsample":
-            mm = ".".join(parts[:3] + ["conv" if parts[3] == "0" else "bn"] + parts[4:])
-        elif parts[2].startswith("bn"):
-            mm = ".".join(parts[:2] + [parts[2].replace("bn", "conv"), "bn"] + parts[3:])
-        else:
-            mm = ".".join(parts[:3] + ["conv"] + parts[3:])
-        state[f"backbone.{mm}"] = value
+    state = {_to_mmcv(f"backbone.{key}"): value for key, value in encoder.state_dict().items()}
     path = tmp_path / "vfs.pth"
     torch.save({"meta": {}, "state_dict": state}, path)
     out = tmp_path / "out"
@@ -70,3 +75,28 @@ def test_evaluate_a_converted_vfs_checkpoint(davis_mini, tmp_path):
     checkpoint = json.loads((out / "results.json").read_text())["checkpoint"]
     assert checkpoint["format"] == "vfs" and checkpoint["sha256"] == file_sha256(path)
     assert checkpoint["kwargs"]["padding_mode"] == "zeros"
+
+
+def test_evaluate_a_mast_checkpoint_and_a_named_spa_then_temp_variant(davis_mini, tmp_path):
+    root = few_frames(davis_mini, tmp_path / "DAVIS")
+    for image in root.glob("*/480p/*/*"):  # a quarter of the pixels: MAST's layer3/4 run at stride 4
+        picture = Image.open(image)  # annotations keep their palette and indices (nearest neighbour)
+        picture.resize((picture.width // 2, picture.height // 2), Image.NEAREST).save(image)
+    torch.manual_seed(0)
+    path = tmp_path / "mast.pt"
+    torch.save({"epoch": 1, "state_dict": build_encoder("mast").state_dict()}, path)  # the authors' key names
+    out = tmp_path / "out"
+    evaluate(parse_args(["--data-root", str(root), "--checkpoint", str(path), "--context", "1", "--device", "cpu",
+                         "--out", str(out)]))
+    results = json.loads((out / "results.json").read_text())
+    assert (results["checkpoint"]["encoder"], results["checkpoint"]["format"], results["checkpoint"]["sha256"]) == \
+        ("mast", "mast", file_sha256(path))
+    assert 0.0 <= results["metrics"]["J&F-Mean"] <= 1.0
+    # evaluate's loader with --checkpoint-format and a variant --encoder
+    path = tmp_path / "res18_d4.pth"
+    state = {f"backbone.{k}": v for k, v in build_encoder("resnet18-stt").state_dict().items()}
+    torch.save({"meta": {}, "state_dict": {_to_mmcv(k): v for k, v in state.items()}}, path)
+    cfg = parse_args(["--checkpoint", str(path), "--checkpoint-format", "spa-then-temp",
+                      "--encoder", "resnet18-stt-s4", "--device", "cpu"])
+    encoder, info = load_encoder(cfg, torch.device("cpu"))
+    assert (info["encoder"], info["format"], encoder.stride) == ("resnet18-stt-s4", "spa-then-temp", 4)
