@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from corr.encoders import build_encoder
 from corr.graph import WalkModel, forward_backward_logits, walk_head
 from corr.runtime import start_runtime
 from corr.train import TrainConfig
+from corr.train.checkpoint import checkpoint_dict, load_training_state
 from corr.train.config import resolve_config
 from corr.train.module import Optimisation
 from datasets.augment import adjust_colours, color_jitter
@@ -159,3 +161,38 @@ def test_colour_jitter_is_torchvisions_colorjitter():
     jittered = color_jitter(frame, 0.1, np.random.default_rng(1))
     assert jittered.dtype == np.uint8 and not np.array_equal(jittered, frame)
     assert np.abs(jittered.astype(int) - frame).max() <= 0.35 * 255
+
+
+def _walk_model():
+    torch.manual_seed(0)
+    return WalkModel(build_encoder("pixel"), head_dim=4, mode="dense")
+
+
+def test_resume_restores_the_schedule_and_an_old_checkpoint_resumes_on_it(tmp_path):
+    cfg = resolve_config(TrainConfig(data="/videos", encoder="pixel", head_dim=4, mode="dense", lr_milestones=(1, 2),
+                                     lr_gamma=0.3))
+    runtime = start_runtime("cpu", backend="auto", amp=False)
+    model = _walk_model()
+    optimisation = Optimisation.build(model, cfg, runtime, per_epoch=2)
+    for _ in range(3):                                                            # one milestone passed
+        optimisation.optimizer.step()
+        optimisation.scheduler.step()
+    path = tmp_path / "checkpoint.pt"
+    torch.save(checkpoint_dict(cfg, model, optimisation.optimizer, optimisation.scaler, optimisation.scheduler, 3),
+               path)
+    resumed = Optimisation.build(_walk_model(), cfg, runtime, per_epoch=2)
+    assert load_training_state(path, cfg, _walk_model(), resumed) == 3
+    for _ in range(3):
+        assert resumed.lr == pytest.approx(optimisation.lr)
+        for o in (optimisation, resumed):
+            o.optimizer.step()
+            o.scheduler.step()
+    assert resumed.lr == pytest.approx(1e-4 * 0.09)
+    # a checkpoint written with the constant schedule (a LambdaLR state) resumes at its step
+    old = torch.load(path, weights_only=True)
+    constant = torch.optim.lr_scheduler.LambdaLR(torch.optim.Adam(_walk_model().parameters(), lr=1e-4), lambda s: 1.0)
+    old["scheduler"] = constant.state_dict()
+    torch.save(old, path)
+    fresh = Optimisation.build(_walk_model(), cfg, runtime, per_epoch=2)
+    assert load_training_state(path, cfg, _walk_model(), fresh) == 3
+    assert fresh.lr == pytest.approx(1e-4 * 0.3) and fresh.scheduler.last_epoch == 3
