@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from corr.cli import parse_config
+from corr.errors import run_command
 from corr.runtime import start_runtime
 from propagate.eval_config import EvalConfig
 from propagate.run import evaluate_task
@@ -36,5 +37,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> EvalConfig:
     return parse_config(EvalConfig, argv, help_texts={"task": f"benchmark: {'|'.join(TASKS)}"})
 
 
+def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
+    """``evaluate.py``: a user error (corr.errors) prints one line and exits with status 2
+    (``--debug``: the traceback)."""
+    cfg = parse_args(argv)
+    return run_command(lambda: evaluate(cfg), cfg.debug, "evaluate.py")
+
+
 if __name__ == "__main__":
-    evaluate(parse_args())
+    main()

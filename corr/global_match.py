@@ -28,6 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from corr.encoders import read_torch_file
+from corr.errors import CheckpointError
+
 __all__ = ["GlobalMatchConfig", "ConvFeatures", "MatchTransformer", "GlobalMatchNet", "pair_transition_logits",
            "sine_position_encoding", "seeded_global_match", "load_global_match"]
 
@@ -276,19 +279,19 @@ def pair_transition_logits(f1: torch.Tensor, f2: torch.Tensor, temperature: floa
 TRAIN_LOSS_PREFIX = "losses.global_walk.model."
 
 
-def load_global_match(path: str | Path, map_location="cpu") -> GlobalMatchNet:
+def load_global_match(path: str | Path) -> GlobalMatchNet:
     """The :class:`GlobalMatchNet` of a ``train.py --loss global_walk`` checkpoint (``corr-checkpoint-v1``;
     default :class:`GlobalMatchConfig` unless the checkpoint records ``global_match``)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = read_torch_file(path)
     fmt = state.get("format") if isinstance(state, dict) else None
     if fmt != "corr-checkpoint-v1":
-        raise ValueError(f"{path}: not a global-match checkpoint (format {fmt!r}; expected a "
-                         "'corr-checkpoint-v1' trained with --loss global_walk)")
+        raise CheckpointError(f"{path}: not a global-match checkpoint (format {fmt!r}; expected a "
+                              "'corr-checkpoint-v1' trained with --loss global_walk)")
     losses = state.get("heads", {}).get("losses", {})
     weights = {k[len(TRAIN_LOSS_PREFIX):]: v for k, v in losses.items() if k.startswith(TRAIN_LOSS_PREFIX)}
     if not weights:
-        raise ValueError(f"{path}: a training checkpoint without a global_walk network "
-                         f"(no '{TRAIN_LOSS_PREFIX}*' in heads/losses; was it trained with --loss global_walk?)")
+        raise CheckpointError(f"{path}: a training checkpoint without a global_walk network "
+                              f"(no '{TRAIN_LOSS_PREFIX}*' in heads/losses; was it trained with --loss global_walk?)")
     model = GlobalMatchNet(GlobalMatchConfig(**state.get("global_match", {})))
     model.load_state_dict(weights)
     return model.eval()

@@ -13,8 +13,11 @@ test-dev layout annotates only the first frame, which is accepted
 (``DavisSequence.fully_annotated`` is then False).
 
 Opening a dataset validates the listing eagerly: frame numbering without gaps, one
-annotation per frame (or only frame 0's), and the image headers (size, annotation mode).
-Headers are a few hundred bytes per file; pixels are read only when asked for.
+annotation per frame (or only frame 0's), the image headers (size, annotation mode), and
+that frame 0's annotation holds an object (a frame-0 mask of only 0 and 255 is an error
+naming the file). Headers are a few hundred bytes per file; other pixels are read only when
+asked for. ``binary_masks=True`` reads id 255 as object 1 instead of void, for binary masks
+saved as 0/255.
 
 Object ids follow the official scorer (:func:`count_objects`): ids ``1..N`` with ``N`` the
 largest id in the first frame's annotation, ignoring the void id :data:`VOID_ID` = 255.
@@ -71,6 +74,7 @@ class DavisSequence(FrameVideo):
     """
 
     annotation_paths: list[Path]
+    binary_masks: bool = False
     _object_ids: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -79,7 +83,8 @@ class DavisSequence(FrameVideo):
         return len(self.annotation_paths) == len(self.frame_paths)
 
     def read_annotation(self, i: int) -> np.ndarray:
-        """Annotation of frame ``i`` as ``uint8 (H, W)`` ids (0 background, 255 void)."""
+        """Annotation of frame ``i`` as ``uint8 (H, W)`` ids (0 background, 255 void; with
+        ``binary_masks`` 255 is object 1)."""
         path = self.annotation_paths[self.frame_index(i, len(self.annotation_paths), "annotation")]
         try:
             ids = read_indexed_png(path)
@@ -88,7 +93,18 @@ class DavisSequence(FrameVideo):
         if ids.shape != self.size:
             raise DatasetError(f"{path}: annotation is {ids.shape[1]}x{ids.shape[0]} (WxH) but "
                                f"its frame is {self.size[1]}x{self.size[0]}")
-        return ids
+        return np.where(ids == VOID_ID, 1, ids).astype(np.uint8) if self.binary_masks else ids
+
+    def check_first_annotation(self) -> None:
+        """A DatasetError naming frame 0's annotation file when it holds no object id (nothing to
+        propagate or score), with a hint when it looks like a binary 0/255 mask."""
+        if self.object_ids():
+            return
+        ids = np.unique(self.read_annotation(0))
+        hint = (" It looks like a binary mask saved as 0/255: give --binary-masks to read 255 as object 1."
+                if VOID_ID in ids else "")
+        raise DatasetError(f"{self.annotation_paths[0]}: the first frame's annotation holds no object (ids "
+                           f"{ids.tolist()}; 0 is background and {VOID_ID} void).{hint}")
 
     def annotations(self) -> np.ndarray:
         """Every frame's annotation, ``uint8 (T, H, W)``; needs a fully annotated sequence."""
@@ -116,18 +132,21 @@ class DavisDataset(VideoSet[DavisSequence]):
     """
 
     def __init__(self, root: str | Path, split: str = "val", resolution: str = "480p",
-                 check_headers: bool = True):
+                 check_headers: bool = True, binary_masks: bool = False):
         self.root = Path(root)
         self.resolution = resolution
         self.split = str(split)
+        self.binary_masks = binary_masks
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: DAVIS root folder not found")
         self.split_file = find_split_file(self.root, self.split, self.root / "ImageSets" / "2017" / f"{split}.txt")
-        sequences = [_list_sequence(self.root, resolution, name) for name in read_name_list(self.split_file)]
+        sequences = [_list_sequence(self.root, resolution, name, binary_masks)
+                     for name in read_name_list(self.split_file)]
         self._set_videos(sequences, self.split_file)
         if check_headers:
             for sequence in self:
                 _check_sequence_headers(sequence)
+                sequence.check_first_annotation()
 
     @property
     def sequences(self) -> list[str]:
@@ -149,6 +168,7 @@ class DavisDataset(VideoSet[DavisSequence]):
             "num_sequences": len(self),
             "num_frames": sum(sequence.num_frames for sequence in self),
             "listing_sha256": listing_sha256(paths, self.root),
+            **({"binary_masks": True} if self.binary_masks else {}),
         }
 
     def __repr__(self) -> str:
@@ -171,7 +191,7 @@ def _numbered_files(folder: Path, suffix: str, what: str) -> dict[int, Path]:
     return dict(sorted(files.items()))
 
 
-def _list_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
+def _list_sequence(root: Path, resolution: str, name: str, binary_masks: bool = False) -> DavisSequence:
     """Find a sequence's files and check their numbering (names only, no file is opened)."""
     frame_dir = root / "JPEGImages" / resolution / name
     annotation_dir = root / "Annotations" / resolution / name
@@ -206,7 +226,7 @@ def _list_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
                                    f"{len(annotations)} annotations; only the first-frame-only "
                                    "layout may annotate fewer frames)")
     return DavisSequence(name=name, frame_paths=list(frames.values()),
-                         annotation_paths=list(annotations.values()))
+                         annotation_paths=list(annotations.values()), binary_masks=binary_masks)
 
 
 def _check_sequence_headers(sequence: DavisSequence) -> None:

@@ -20,11 +20,13 @@ from typing import Generic, Iterable, Iterator, TypeVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from corr.errors import UserError
+
 __all__ = ["DatasetError", "FrameVideo", "VideoSet", "find_split_file", "image_header", "listing_sha256",
            "read_name_list", "read_rgb_frame"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset on disk is missing a file or holds a malformed one (message names it)."""
 
 

@@ -35,6 +35,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from corr.errors import OptionError
 from datasets.frames import DatasetError
 
 __all__ = ["QUERY_MODES", "STANDARD_RESOLUTION", "QUERY_STRIDE", "TapVidVideo", "TapVidSample",
@@ -144,7 +145,7 @@ class TapVidVideo:
                resolution: tuple[int, int] | None = STANDARD_RESOLUTION) -> "TapVidSample":
         """Frames resized to ``resolution`` (None = native), points scaled to it, queries sampled."""
         if query_mode not in QUERY_MODES:
-            raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
+            raise OptionError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
         frames = self.read_frames()
         if resolution is not None:
             frames = resize_frames(frames, (int(resolution[0]), int(resolution[1])))
@@ -240,7 +241,7 @@ class TapVidDataset:
     def __init__(self, path: str | Path, query_mode: str = "first",
                  resolution: tuple[int, int] | None = STANDARD_RESOLUTION):
         if query_mode not in QUERY_MODES:
-            raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
+            raise OptionError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
         self.path = Path(path)
         self.query_mode = query_mode
         self.resolution = None if resolution is None else (int(resolution[0]), int(resolution[1]))

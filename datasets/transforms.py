@@ -14,11 +14,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalize_frames(frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+def normalize_frames(frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None,
+                     mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """``uint8`` RGB frames ``(T, H, W, 3)`` or ``(H, W, 3)`` -> normalised ``(T, 3, H, W)`` float32.
 
-    ``(x / 255 - mean) / std`` per channel, computed as ``(x - 255 mean) * (1 / (255 std))``
-    after moving channels first while the data are still bytes (fewer float passes).
+    ``(x / 255 - mean) / std`` per channel (ImageNet statistics unless given), computed as
+    ``(x - 255 mean) * (1 / (255 std))`` after moving channels first while the data are
+    still bytes (fewer float passes).
     """
     x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
     if x.ndim == 3:
@@ -26,8 +28,8 @@ def normalize_frames(frames: np.ndarray | torch.Tensor, device: torch.device | s
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected RGB frames shaped (T, H, W, 3), got {tuple(x.shape)}")
     x = x.to(device=device).permute(0, 3, 1, 2).contiguous().float()
-    shift = torch.tensor([255.0 * m for m in IMAGENET_MEAN], device=x.device).view(1, 3, 1, 1)
-    scale = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], device=x.device).view(1, 3, 1, 1)
+    shift = torch.tensor([255.0 * m for m in mean], device=x.device).view(1, 3, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(1, 3, 1, 1)
     return x.sub_(shift).mul_(scale)
 
 

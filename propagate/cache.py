@@ -48,11 +48,16 @@ def encoder_identity(encoder_info: dict) -> dict:
     return identity
 
 
-def preprocessing_identity(input_size: Optional[tuple[int, int]], resolution: Optional[str] = None) -> dict:
-    """What turns a stored frame into the encoder's input."""
-    return {"input_size": list(input_size) if input_size is not None else "native",
-            "resize": RESIZE_INTERPOLATION, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "resolution": resolution}
+def preprocessing_identity(input_size: Optional[tuple[int, int]], resolution: Optional[str] = None,
+                           frames: str = "common") -> dict:
+    """What turns a stored frame into the encoder's input (``frames``: the propagation setting's
+    frame protocol; DINO's resizes frames and has its own statistics)."""
+    identity = {"input_size": list(input_size) if input_size is not None else "native",
+                "resize": RESIZE_INTERPOLATION, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                "resolution": resolution}
+    if frames != "common":  # the common protocol keeps its entries' names
+        identity["frames"] = frames
+    return identity
 
 
 def video_identity(dataset_identity: dict, name: str) -> dict:
@@ -130,8 +135,11 @@ class CacheSlot:
 
 def matching_setting(cfg: PropagationConfig) -> dict:
     """The settings the chosen keys depend on (:class:`propagate.propagator.Matcher`)."""
-    return {"context": cfg.context, "radius": cfg.radius, "pad_with_first": cfg.pad_with_first,
-            "normalize_features": cfg.normalize_features}
+    setting = {"context": cfg.context, "radius": cfg.radius, "pad_with_first": cfg.pad_with_first,
+               "normalize_features": cfg.normalize_features}
+    if cfg.neighbourhood != "disk" or cfg.restrict_first:  # the common rule keeps its entries' names
+        setting.update(neighbourhood=cfg.neighbourhood, restrict_first=cfg.restrict_first)
+    return setting
 
 
 @dataclass(frozen=True)

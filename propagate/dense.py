@@ -27,12 +27,16 @@ def context_frames(t: int, cfg: PropagationConfig) -> list[int]:
     return list(range(max(1, t - n), t))
 
 
-def grid_distance_allowed(h: int, w: int, radius: float | None, device=None) -> torch.Tensor:
-    """(h*w, h*w) bool: key position allowed for query position (Euclidean grid distance < radius)."""
+def grid_distance_allowed(h: int, w: int, radius: float | None, device=None,
+                          neighbourhood: str = "disk") -> torch.Tensor:
+    """(h*w, h*w) bool: key position allowed for query position: Euclidean grid distance
+    ``< radius`` (``"disk"``) or ``|dy| <= radius and |dx| <= radius`` (``"square"``)."""
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     pos = torch.stack([ys.flatten(), xs.flatten()], dim=1).float()  # (h*w, 2)
     if radius is None:
         return torch.ones(h * w, h * w, dtype=torch.bool, device=device)
+    if neighbourhood == "square":
+        return torch.cdist(pos, pos, p=float("inf")) <= radius
     return torch.cdist(pos, pos) < radius
 
 
@@ -58,7 +62,9 @@ def propagate_dense(feats: torch.Tensor, first_label: torch.Tensor, cfg: Propaga
     if cfg.normalize_features:
         feats = F.normalize(feats, dim=1)
     keys_all = feats.flatten(2)  # (T, C, hw)
-    allowed_local = grid_distance_allowed(h, w, cfg.radius, feats.device)  # (hw, hw)
+    allowed_local = grid_distance_allowed(h, w, cfg.radius, feats.device, cfg.neighbourhood)  # (hw, hw)
+    everywhere = torch.ones(h * w, h * w, dtype=torch.bool, device=feats.device)
+    allowed_first = allowed_local if cfg.restrict_first else everywhere
     labels = [first_label.float().flatten(1)]  # (K, hw) per frame
     for t in range(1, T):
         ctx = context_frames(t, cfg)
@@ -69,8 +75,7 @@ def propagate_dense(feats: torch.Tensor, first_label: torch.Tensor, cfg: Propaga
         for q0 in range(0, h * w, query_chunk):
             q1 = min(q0 + query_chunk, h * w)
             affinity = query[:, q0:q1].T @ keys  # (q, M*hw) cosine similarities
-            allowed = torch.cat([torch.ones(q1 - q0, h * w, dtype=torch.bool, device=feats.device)]
-                                + [allowed_local[q0:q1]] * len(ctx), dim=1)
+            allowed = torch.cat([allowed_first[q0:q1]] + [allowed_local[q0:q1]] * len(ctx), dim=1)
             affinity = affinity.masked_fill(~allowed, float("-inf"))
             k = min(cfg.topk, affinity.shape[1])
             values, index = affinity.topk(k, dim=1)  # (q, k)

@@ -2,7 +2,7 @@
 
 :func:`load_encoder` gives a feature encoder (``(B, 3, H, W)`` normalised frames ->
 ``(B, C, H / stride, W / stride)``) from ``--checkpoint`` (ours or the published CRW one),
-``--weights`` (torchvision ImageNet) or a random initialisation seeded by ``--seed``;
+``--weights`` (torchvision ImageNet, DINO / DINOv2 files) or a random initialisation seeded by ``--seed``;
 ``--encoder global-match`` takes the convolutional backbone of a global-match network.
 :func:`load_global_match_model` gives the whole network for the TAP-Vid walk tracker
 (docs/objectives.md, GMRW). Each also returns a description of where the weights came
@@ -14,11 +14,12 @@ import dataclasses
 
 import torch
 
-from corr.encoders import build_encoder, load_checkpoint
+from corr.encoders import build_encoder, is_import_spec, load_checkpoint, load_weights_file
+from corr.errors import OptionError
 from corr.global_match import load_global_match, seeded_global_match
 from corr.io import file_sha256
 
-from .eval_config import GLOBAL_MATCH, EvalConfig
+from .eval_config import DEFAULT_ENCODER, GLOBAL_MATCH, EvalConfig
 
 
 def load_global_match_model(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -26,7 +27,7 @@ def load_global_match_model(cfg: EvalConfig, device: torch.device) -> tuple[torc
     global_walk`` checkpoint, :func:`corr.global_match.load_global_match`) or randomly initialised
     with ``--seed``, and its description (``encoder``, ``format``, ``path``/``sha256`` or ``seed``, ``config``)."""
     if cfg.weights:
-        raise ValueError("--weights are torchvision ResNet weights; a global-match network takes --checkpoint")
+        raise OptionError("--weights are torchvision ResNet weights; a global-match network takes --checkpoint")
     if cfg.checkpoint:
         model = load_global_match(cfg.checkpoint)
         info = {"encoder": GLOBAL_MATCH, "format": "checkpoint", "path": str(cfg.checkpoint),
@@ -46,19 +47,19 @@ def load_encoder(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module
     features the walk tracker was trained on.
     """
     if cfg.checkpoint and cfg.weights:
-        raise ValueError("give --checkpoint or --weights, not both")
+        raise OptionError("give --checkpoint or --weights, not both")
     if cfg.encoder == GLOBAL_MATCH:
         model, info = load_global_match_model(cfg, device)
         return model.features, {**info, "part": "features (convolutional backbone, stride 4)"}
     if cfg.checkpoint:
-        encoder, info = load_checkpoint(cfg.checkpoint, device)
-        recorded = ("encoder", "kwargs", "format", "sha256", "path", "step")
+        encoder, info = load_checkpoint(cfg.checkpoint, device, name=cfg.encoder, format=cfg.checkpoint_format)
+        recorded = ("encoder", "kwargs", "format", "sha256", "path", "step", "entry")
         return encoder, {k: v for k, v in info.items() if k in recorded}
     torch.manual_seed(cfg.seed)  # a random-init encoder is the same for the same seed
-    encoder = build_encoder(cfg.encoder, weights=cfg.weights).to(device).eval()
-    info = {"encoder": cfg.encoder, "format": "torchvision" if cfg.weights else "random-init"}
+    name = cfg.encoder or DEFAULT_ENCODER
+    encoder = build_encoder(name)
     if not cfg.weights:
-        info["seed"] = cfg.seed
-    if cfg.weights:
-        info.update(path=str(cfg.weights), sha256=file_sha256(cfg.weights))
-    return encoder, info
+        return encoder.to(device).eval(), {"encoder": name, "format": "random-init", "seed": cfg.seed}
+    layout = load_weights_file(encoder, cfg.weights, cfg.checkpoint_format, plain_ok=is_import_spec(name))
+    return encoder.to(device).eval(), {"encoder": name, "format": layout, "path": str(cfg.weights),
+                                       "sha256": file_sha256(cfg.weights)}

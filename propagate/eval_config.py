@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from typing import Optional
 
 from corr.adapt import AdaptConfig
+from corr.errors import OptionError
 from corr.flow_track import FlowTrackConfig
 
 from .cache import CACHE_DTYPES
 from .config import PropagationConfig
 from .labels import KEYPOINT_ENCODINGS
+
+#: The encoder of a run without ``--encoder`` and ``--checkpoint``.
+DEFAULT_ENCODER = "resnet18-crw"
 
 
 @dataclass
@@ -35,6 +39,9 @@ class EvalConfig:
         default=None, metadata={"help": "split name or path to a split .txt (default: davis/vip val, jhmdb "
                                         "splits/test_split1.txt under the data root)"})
     resolution: str = dataclasses.field(default="480p", metadata={"help": "DAVIS: 480p or Full-Resolution"})
+    binary_masks: bool = dataclasses.field(
+        default=False, metadata={"help": "DAVIS: annotations are binary masks saved as 0/255; read 255 as object 1 "
+                                         "(not void)"})
     input_size: Optional[tuple[int, ...]] = dataclasses.field(
         default=None, metadata={"help": "H,W frames are resized to (default: jhmdb 320,320; vip 560,560; "
                                         "tapvid 256,256; davis native only)"})
@@ -48,10 +55,19 @@ class EvalConfig:
                                                  "--checkpoint, corr.flow_track)"})
     sequences: Optional[tuple[str, ...]] = dataclasses.field(
         default=None, metadata={"help": "comma-separated subset of the split's sequences"})
-    encoder: str = dataclasses.field(default="resnet18-crw", metadata={"help": "encoder name (corr.encoders.ENCODERS)"})
+    encoder: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "encoder name (corr.encoders.ENCODERS, e.g. dino-vits16) or "
+                                        "package.module:function returning an nn.Module with a stride (default: the "
+                                        f"one --checkpoint holds, else {DEFAULT_ENCODER}; one that differs from the "
+                                        "checkpoint's is an error)"})
     checkpoint: Optional[str] = dataclasses.field(
-        default=None, metadata={"help": "our or the published CRW checkpoint"})
-    weights: Optional[str] = dataclasses.field(default=None, metadata={"help": "local torchvision ImageNet weights"})
+        default=None, metadata={"help": "our checkpoint or a published one (docs/model-zoo.md); the encoder is "
+                                        "read from the file"})
+    checkpoint_format: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "layout of --checkpoint / --weights (corr.encoders.CHECKPOINT_FORMATS); "
+                                        "default: recognised from the file"})
+    weights: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "local weights for --encoder: torchvision ImageNet, DINO / DINOv2 files"})
     preset: str = dataclasses.field(default="crw", metadata={"help": "propagation preset"})
     context: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: short-memory frames"})
     topk: Optional[int] = dataclasses.field(default=None, metadata={"help": "override: top-k"})
@@ -62,11 +78,22 @@ class EvalConfig:
     normalize_features: Optional[bool] = dataclasses.field(
         default=None, metadata={"help": "override: L2-normalise features per position (cosine affinity)"})
     label_norm: Optional[str] = dataclasses.field(default=None, metadata={"help": "override: none|minmax"})
+    neighbourhood: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: disk (distance < radius) | square (|dy|, |dx| <= radius)"})
+    restrict_first: Optional[bool] = dataclasses.field(
+        default=None, metadata={"help": "override: the neighbourhood limits frame 0 too"})
+    output_norm: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: none|minmax per channel of the upsampled output (DAVIS)"})
+    frames: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "override: common|dino, DAVIS frame sizes and label resampling "
+                                        "(docs/propagation.md)"})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto|cpu|cuda[:i]"})
     out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output folder (default results/<task>)"})
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "frames per feature-extraction batch"})
-    overwrite: bool = dataclasses.field(default=False, metadata={"help": "redo sequences already scored in --out"})
+    overwrite: bool = dataclasses.field(default=False, metadata={
+        "help": "redo sequences already scored in --out; replace results of other settings there"})
+    debug: bool = dataclasses.field(default=False, metadata={"help": "show the traceback of an error"})
     tta_steps: int = dataclasses.field(
         default=0, metadata={"help": "test-time adaptation: walk steps per video (0: off)"})
     tta_window: int = dataclasses.field(
@@ -97,9 +124,8 @@ class EvalConfig:
 
     def propagation(self) -> PropagationConfig:
         """The preset with this run's overrides (``--radius inf`` removes the locality limit)."""
-        overrides = {name: getattr(self, name) for name in ("context", "topk", "temperature", "pad_with_first",
-                                                            "normalize_features", "label_norm")
-                     if getattr(self, name) is not None}
+        overrides = {name: getattr(self, name) for name in PROPAGATION_OVERRIDES
+                     if name != "radius" and getattr(self, name) is not None}
         if self.radius is not None:
             overrides["radius"] = None if math.isinf(self.radius) else self.radius
         return PropagationConfig.preset(self.preset, **overrides)
@@ -111,48 +137,56 @@ class EvalConfig:
 
     def validate(self) -> "EvalConfig":
         """Check the options every task shares (the task checks its own, :meth:`propagate.task.Task.configure`)."""
+        at_least = {"batch_size": 1, "tta_steps": 0, "tta_window": 1, "cache_topk": 0}
+        for name, least in at_least.items():
+            if getattr(self, name) < least:
+                raise OptionError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
+        if not self.tta_lr > 0:
+            raise OptionError(f"--tta-lr must be > 0, got {self.tta_lr}")
         if self.cache_dtype not in CACHE_DTYPES:
-            raise ValueError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+            raise OptionError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
         if self.keypoint_encoding not in KEYPOINT_ENCODINGS:
-            raise ValueError(f"--keypoint-encoding must be one of {', '.join(KEYPOINT_ENCODINGS)}, "
+            raise OptionError(f"--keypoint-encoding must be one of {', '.join(KEYPOINT_ENCODINGS)}, "
                              f"got {self.keypoint_encoding!r}")
         if self.keypoint_encoding != EvalConfig.keypoint_encoding and self.task != "jhmdb":
-            raise ValueError("--keypoint-encoding is for --task jhmdb only")
+            raise OptionError("--keypoint-encoding is for --task jhmdb only")
         if self.query_mode not in ("first", "strided"):
-            raise ValueError(f"--query-mode must be first or strided, got {self.query_mode!r}")
+            raise OptionError(f"--query-mode must be first or strided, got {self.query_mode!r}")
         if self.tracker not in ("propagation", "walk"):
-            raise ValueError(f"--tracker must be propagation or walk, got {self.tracker!r}")
+            raise OptionError(f"--tracker must be propagation or walk, got {self.tracker!r}")
         if self.tracker == "walk":
             self._check_walk()
         elif any(getattr(self, name) is not None for name in WALK_SETTINGS):
-            raise ValueError(f"--{'/--'.join(n.replace('_', '-') for n in WALK_SETTINGS)} are settings of "
+            raise OptionError(f"--{'/--'.join(n.replace('_', '-') for n in WALK_SETTINGS)} are settings of "
                              f"--tracker walk (TAP-Vid), not of label propagation")
+        else:
+            self.propagation()  # bad values fail here
         return self
 
     def _check_walk(self) -> None:
         """Options that have no meaning for ``--tracker walk`` are errors, not silently ignored."""
         if self.task != "tapvid":
-            raise ValueError("--tracker walk is for --task tapvid only")
+            raise OptionError("--tracker walk is for --task tapvid only")
         unused = [name for name in PROPAGATION_OVERRIDES if getattr(self, name) is not None]
         if self.preset != EvalConfig.preset:
             unused.insert(0, "preset")
         if unused:
-            raise ValueError(f"--{', --'.join(n.replace('_', '-') for n in unused)}: label-propagation settings do "
+            raise OptionError(f"--{', --'.join(n.replace('_', '-') for n in unused)}: label-propagation settings do "
                              f"not apply to --tracker walk (its settings: --local-radius, --occlusion-threshold)")
-        if self.encoder not in (EvalConfig.encoder, GLOBAL_MATCH):
-            raise ValueError(f"--tracker walk tracks with a global-match network (--checkpoint of train.py --loss "
+        if self.encoder not in (None, GLOBAL_MATCH):
+            raise OptionError(f"--tracker walk tracks with a global-match network (--checkpoint of train.py --loss "
                              f"global_walk); --encoder {self.encoder} does not apply")
         for name, value in (("weights", self.weights), ("cache", self.cache)):
             if value:
-                raise ValueError(f"--{name} is for encoder features of label propagation; --tracker walk has none")
+                raise OptionError(f"--{name} is for encoder features of label propagation; --tracker walk has none")
         if self.tta_steps > 0:
-            raise ValueError("--tta-steps adapts a propagation encoder; it is not supported with --tracker walk")
+            raise OptionError("--tta-steps adapts a propagation encoder; it is not supported with --tracker walk")
         self.flow_tracking()  # bad values fail here
 
 
 #: The overrides of the propagation preset (:meth:`EvalConfig.propagation`).
 PROPAGATION_OVERRIDES = ("context", "topk", "temperature", "radius", "pad_with_first", "normalize_features",
-                         "label_norm")
+                         "label_norm", "neighbourhood", "restrict_first", "output_norm", "frames")
 #: The walk tracker's own options (:meth:`EvalConfig.flow_tracking`).
 WALK_SETTINGS = ("local_radius", "occlusion_threshold")
 #: ``--encoder`` name of the convolutional backbone of :class:`corr.global_match.GlobalMatchNet`.

@@ -37,7 +37,8 @@ from corr.geometry import (
 from datasets.palette import VOID_ID
 from datasets.vip import NUM_CLASSES
 
-__all__ = ["grid_size", "downsample_to_grid", "upsample_to_image", "masks_to_labels", "labels_to_masks",
+__all__ = ["grid_size", "downsample_to_grid", "upsample_to_image", "normalize_output", "masks_to_labels",
+           "labels_to_masks",
            "rescale_points", "KEYPOINT_SIGMA", "KEYPOINT_TOPK", "KEYPOINT_ENCODINGS", "keypoints_to_heatmaps",
            "heatmaps_to_keypoints", "reference_rescale_points", "reference_keypoints_to_heatmaps",
            "reference_heatmaps_to_keypoints",
@@ -72,9 +73,27 @@ def masks_to_labels(ids: np.ndarray, object_ids: Sequence[int], grid: tuple[int,
     return downsample_to_grid(one_hot, grid, stride)
 
 
-def labels_to_masks(labels: torch.Tensor, object_ids: Sequence[int], size: tuple[int, int], stride: int) -> np.ndarray:
-    """Soft labels (K, h, w) -> id map uint8 (H, W): bilinear upsampling, argmax, channel -> object id."""
-    winner = upsample_to_image(labels, size, stride).argmax(dim=0)  # (H, W) channel index
+def normalize_output(maps: torch.Tensor, mode: str = "minmax") -> torch.Tensor:
+    """Output normalisation of upsampled label maps (K, H, W) before the argmax (``output_norm``).
+
+    ``"minmax"``: each channel whose maximum is > 0 becomes ``(m - min) / (max - min)`` (DINO's
+    ``norm_mask``; a constant channel becomes 0 where the script divides 0 by 0); other channels
+    are left as they are. ``"none"``: unchanged.
+    """
+    if mode == "none":
+        return maps
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1)
+    scaled = (maps - lo) / (hi - lo).clamp_min(torch.finfo(maps.dtype).tiny)
+    return torch.where(hi > 0, scaled, maps)
+
+
+def labels_to_masks(labels: torch.Tensor, object_ids: Sequence[int], size: tuple[int, int], stride: int,
+                    output_norm: str = "none") -> np.ndarray:
+    """Soft labels (K, h, w) -> id map uint8 (H, W): bilinear upsampling, ``output_norm``
+    (:func:`normalize_output`), argmax, channel -> object id."""
+    winner = normalize_output(upsample_to_image(labels, size, stride), output_norm).argmax(dim=0)  # (H, W)
     lookup = torch.tensor([0, *object_ids], dtype=torch.uint8, device=winner.device)
     return lookup[winner].cpu().numpy()
 
@@ -196,7 +215,8 @@ def heatmaps_to_keypoints(labels: torch.Tensor, stride: int, topk: int = KEYPOIN
 KEYPOINT_ENCODINGS = ("sub-cell", "reference")
 
 
-def reference_rescale_points(points: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+def reference_rescale_points(points: np.ndarray, from_size: tuple[int, int],
+                             to_size: tuple[int, int]) -> np.ndarray:
     """CRW's point scaling between image sizes: ``x' = x W' / W``, ``y' = y H' / H`` (pixel
     centres at integers, without the half-pixel shift of :func:`rescale_points`); ``-1`` stays ``-1``."""
     points = np.asarray(points, dtype=np.float64)

@@ -1,13 +1,15 @@
 """Label propagation through feature affinities: the one algorithm every task uses
 (docs/propagation.md). For target frame t:
 
-* context = frame 0 with its given labels (every position allowed) plus the previous n
-  frames with their predicted soft labels (a key allowed only within grid distance < radius);
+* context = frame 0 with its given labels (every position allowed, or with ``restrict_first``
+  its neighbourhood only) plus the previous n frames with their predicted soft labels (a key
+  allowed only in the query's neighbourhood: a disk ``< radius`` or a square ``<= radius``);
 * affinity = cos(q, k); the top-k keys are chosen jointly over every allowed context position;
 * label_t(q) = sum_j softmax_j(affinity_j / tau) * label(key_j), kept soft and written back.
 
 Short-memory frames are compared on the local window of each ``block x block`` tile of
-queries only, frame 0 densely; the top-k of each group, then over their union (exact).
+queries only, frame 0 densely (masked by the neighbourhood with ``restrict_first``); the
+top-k of each group, then over their union (exact).
 Memory is bounded by ``memory_budget`` whatever the video's length. Two halves: a
 :class:`Matcher` (features -> top-k :class:`Matches`; depends on context, radius, padding
 and feature normalisation only) and a :class:`LabelMemory` (softmax over the first ``topk``
@@ -146,8 +148,8 @@ class Matcher:
     """The feature half of propagation: the top-k context keys of each new frame's queries.
 
     ``topk`` (default ``cfg.topk``) matches are kept per query, so that one pass serves
-    every smaller k. Only ``context``, ``radius``, ``pad_with_first`` and
-    ``normalize_features`` of ``cfg`` matter here.
+    every smaller k. Only ``context``, ``radius``, ``neighbourhood``, ``restrict_first``,
+    ``pad_with_first`` and ``normalize_features`` of ``cfg`` matter here.
     """
 
     def __init__(self, cfg: PropagationConfig, topk: Optional[int] = None, block: int = 8,
@@ -207,6 +209,8 @@ class Matcher:
             per_tile = 12 * n_short * b * b * self.topk + 4 * b * b * s.h * s.w
         else:
             per_tile = 4 * b * b * (1 + n_short) * s.h * s.w
+        if s.restrict_first:  # frame 0's neighbourhood mask: two int32 offsets and a bool per affinity
+            per_tile += 9 * b * b * s.h * s.w
         rows = max(1, self.memory_budget // max(per_tile * s.nbx, 1))  # tile rows per chunk
         k = self.topk
         values = torch.empty(s.nby * s.nbx, b * b, k, device=s.device)
@@ -225,6 +229,8 @@ class Matcher:
         L, Q, _ = q.shape
         # Long memory: frame 0, dense; its sources are its positions (frame 0).
         aff = q.reshape(L * Q, -1) @ s.long_keys  # (L*Q, hw)
+        if s.restrict_first:
+            aff.masked_fill_(~s.first_allowed(t0, t1), float("-inf"))
         values, source = aff.topk(min(k, aff.shape[1]), dim=1)
         if s.filled > 0:
             short_values, short_source = (self._short_local if s.local else self._short_dense)(s, q, t0, t1)
@@ -311,7 +317,14 @@ class _State:
         self.C, self.h, self.w, self.device = C, h, w, device
         self.block = b = block
         self.local = cfg.radius is not None
-        self.pad = p = max(0, math.ceil(cfg.radius) - 1) if self.local else 0  # largest offset with d < radius
+        self.radius, self.square = cfg.radius, cfg.neighbourhood == "square"
+        self.restrict_first = self.local and cfg.restrict_first
+        if not self.local:
+            self.pad = p = 0
+        elif self.square:
+            self.pad = p = math.floor(cfg.radius)  # |dy|, |dx| <= radius
+        else:
+            self.pad = p = max(0, math.ceil(cfg.radius) - 1)  # largest offset with d < radius
         self.P = b + 2 * p  # window side around a tile
         self.window_area = self.P * self.P
         self.nby, self.nbx = math.ceil(h / b), math.ceil(w / b)
@@ -337,17 +350,35 @@ class _State:
             self.window_bias = rearrange(bias, "(r j) q k -> j r q k", j=self.nbx).contiguous()
 
     def _allowed_masks(self, radius: float) -> torch.Tensor:
-        """(tiles, b*b, P*P) bool: key cell of the tile's window inside the disk and on the grid."""
+        """(tiles, b*b, P*P) bool: key cell of the tile's window inside the neighbourhood and on the grid."""
         b, p, P, dev = self.block, self.pad, self.P, self.device
         qy, qx = torch.meshgrid(torch.arange(b, device=dev), torch.arange(b, device=dev), indexing="ij")
         ky, kx = torch.meshgrid(torch.arange(P, device=dev), torch.arange(P, device=dev), indexing="ij")
         dy = ky.flatten()[None] - p - qy.flatten()[:, None]
         dx = kx.flatten()[None] - p - qx.flatten()[:, None]
-        disk = (dy * dy + dx * dx).float() < radius * radius  # (b*b, P*P)
+        disk = self._inside(dy, dx)  # (b*b, P*P)
         on_grid = torch.zeros(self.Hp, self.Wp, dtype=torch.bool, device=dev)
         on_grid[p: p + self.h, p: p + self.w] = True
         on_grid = rearrange(on_grid.unfold(0, P, b).unfold(1, P, b), "by bx py px -> (by bx) (py px)")
         return disk[None] & on_grid[:, None, :]
+
+    def _inside(self, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """Whether grid offsets (dy, dx) lie in the neighbourhood (disk ``< radius``, square ``<= radius``)."""
+        if self.square:
+            return (dy.abs() <= self.radius) & (dx.abs() <= self.radius)
+        return (dy * dy + dx * dx).float() < self.radius * self.radius
+
+    def first_allowed(self, t0: int, t1: int) -> torch.Tensor:
+        """(L*b*b, h*w) bool: frame 0's keys in the neighbourhood of the queries of tiles t0..t1-1
+        (tile-major, row-major inside a tile; queries off the grid are cropped later)."""
+        b, dev = self.block, self.device
+        tile = torch.arange(t0, t1, device=dev, dtype=torch.int32)[:, None]
+        cell = torch.arange(b * b, device=dev, dtype=torch.int32)[None]
+        qy = ((tile // self.nbx) * b + cell // b).reshape(-1, 1)
+        qx = ((tile % self.nbx) * b + cell % b).reshape(-1, 1)
+        ky = torch.arange(self.h, device=dev, dtype=torch.int32).repeat_interleave(self.w)[None]
+        kx = torch.arange(self.w, device=dev, dtype=torch.int32).repeat(self.h)[None]
+        return self._inside(ky - qy, kx - qx)
 
     def set_long_memory(self, feat0: torch.Tensor) -> None:
         self.long_keys = feat0.flatten(1)  # (C, hw)

@@ -6,7 +6,8 @@ Setup (:func:`start`): the task's defaults (:meth:`~propagate.task.Task.configur
 network, the propagation settings, its dataset and the run key (:func:`run_key`, a hash of
 everything that determines a video's result). Each video's record goes to
 ``<out>/sequences/<name>.json`` as soon as it is done; a rerun with the same run key skips
-it (``--overwrite`` redoes it). Rank 0 then reads every record back and writes
+it (``--overwrite`` redoes it); a folder holding results of other settings is refused
+(:mod:`propagate.run_folder`). Rank 0 then reads every record back and writes
 ``<out>/results.json``: task, metrics, config, factors, checkpoint, code version, dataset
 and timings (:func:`results_header`), plus the task's fields. ``--sweep`` evaluates each
 setting into ``<out>/sweep/<setting>/`` sharing features through ``--cache`` (or
@@ -33,6 +34,7 @@ from corr.io import atomic_write_json
 from corr.runtime import Runtime, code_version
 
 from .eval_config import EvalConfig
+from .run_folder import claim_output
 from .sweep import parse_sweep, setting_name
 from .task import Task, TaskRun
 
@@ -56,14 +58,29 @@ def start(task: Task, cfg: EvalConfig, runtime: Runtime) -> TaskRun:
     dataset = task.open(cfg)
     identity = dataset.identity()
     settings = task.settings(cfg, dataset)
-    key = run_key(cfg, encoder_info, identity, settings or None, propagation=propagates)
+    hashed = run_settings(cfg, encoder_info, identity, settings or None, propagation=propagates)
+    key = settings_key(hashed)
+    if runtime.is_main:
+        claim_output(Path(cfg.out), key, hashed, cfg.overwrite)
+    runtime.barrier()                                   # no rank writes before the folder is claimed
     return TaskRun(cfg, runtime, encoder, encoder_info, cfg.propagation() if propagates else None, dataset,
                    identity, settings, key)
 
 
 def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: Optional[dict] = None,
             propagation: bool = True) -> str:
-    """Hash of everything that determines a video's result (resume only reuses equal keys).
+    """Hash of everything that determines a video's result (resume only reuses equal keys):
+    :func:`settings_key` of :func:`run_settings`."""
+    return settings_key(run_settings(cfg, encoder_info, dataset_identity, extra, propagation))
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_settings(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: Optional[dict] = None,
+                 propagation: bool = True) -> dict:
+    """Everything that determines a video's result, as hashed into the run key.
 
     ``extra``: task settings that also change the result (input size, decoding parameters,
     tracker settings). ``propagation=False`` (the walk tracker) leaves the propagation
@@ -76,7 +93,7 @@ def run_key(cfg: EvalConfig, encoder_info: dict, dataset_identity: dict, extra: 
         settings["task"] = extra
     if cfg.cache and cfg.tta_steps <= 0 and cfg.cache_dtype != "float32":
         settings["feature_storage"] = cfg.cache_dtype  # rounded features change the result
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return settings
 
 
 def evaluate_once(task: Task, cfg: EvalConfig, runtime: Runtime) -> Optional[dict]:
@@ -157,7 +174,7 @@ def results_header(task: Task, run: TaskRun, per_video_timings: dict[str, dict])
     tracker); the task's settings are under ``config[task.settings_block]``.
     """
     settings = {task.settings_block: run.settings} if task.settings_block else {}
-    return {"task": task.name, "metrics": None,
+    return {"task": task.name, "metrics": None, "run_key": run.key,
             "config": {"eval": dataclasses.asdict(run.cfg),
                        "propagation": run.prop_cfg.to_dict() if run.prop_cfg is not None else None, **settings},
             "factors": task.factors(run.cfg),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import math
 
+from corr.errors import OptionError
+
 #: What ``--sweep`` may vary: settings of propagation only, so every setting reuses the
 #: cached features (input size, encoder and checkpoint are one run each).
 SWEEP_FIELDS: dict[str, type] = {"preset": str, "context": int, "topk": int, "temperature": float,
@@ -34,32 +36,32 @@ def parse_sweep(text: str, tracker: str = "propagation") -> list[dict]:
         name, sep, values = part.partition("=")
         name = name.replace("-", "_")
         if not sep or not values:
-            raise ValueError(f"--sweep: expected name=v1,v2,... separated by spaces, got {part!r}")
+            raise OptionError(f"--sweep: expected name=v1,v2,... separated by spaces, got {part!r}")
         if tracker == "walk" and name in SWEEP_FIELDS:
-            raise ValueError(f"--sweep: {name!r} is a label-propagation setting; sweeps over propagation settings "
+            raise OptionError(f"--sweep: {name!r} is a label-propagation setting; sweeps over propagation settings "
                              f"need --tracker propagation; --tracker walk sweeps {', '.join(fields)}")
         if tracker != "walk" and name in WALK_SWEEP_FIELDS:
-            raise ValueError(f"--sweep: {name!r} is a setting of --tracker walk; label propagation sweeps "
+            raise OptionError(f"--sweep: {name!r} is a setting of --tracker walk; label propagation sweeps "
                              f"{', '.join(fields)}")
         if name not in fields:
-            raise ValueError(f"--sweep: {name!r} cannot be swept; choose from {', '.join(fields)}")
+            raise OptionError(f"--sweep: {name!r} cannot be swept; choose from {', '.join(fields)}")
         if name in axes:
-            raise ValueError(f"--sweep: {name!r} given twice")
+            raise OptionError(f"--sweep: {name!r} given twice")
         axes[name] = [_sweep_value(name, v, fields[name]) for v in values.split(",") if v]
     if not axes:
-        raise ValueError("--sweep: no setting given")
+        raise OptionError("--sweep: no setting given")
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
 def _sweep_value(name: str, text: str, kind: type):
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"--sweep: {name} takes true/false, got {text!r}")
+            raise OptionError(f"--sweep: {name} takes true/false, got {text!r}")
         return text.lower() in ("true", "1", "yes")
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"--sweep: {name} takes {kind.__name__} values, got {text!r}") from None
+        raise OptionError(f"--sweep: {name} takes {kind.__name__} values, got {text!r}") from None
 
 
 def setting_name(overrides: dict) -> str:

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from corr.errors import OptionError
 from corr.runtime import Runtime
 
 from .config import PropagationConfig
@@ -112,6 +113,9 @@ class Task(ABC):
     label_resampling: dict[str, str]
     headline_metrics: tuple[str, ...]
     settings_block: Optional[str] = None
+    #: the propagation settings' ``frames`` and ``output_norm`` values the task implements.
+    frame_protocols: tuple[str, ...] = ("common",)
+    output_norms: tuple[str, ...] = ("none",)
 
     def configure(self, cfg: EvalConfig) -> EvalConfig:
         """``cfg`` with this task's defaults filled in (``out``, ``split``, ``input_size``), validated."""
@@ -119,11 +123,18 @@ class Task(ABC):
         if size is not None:
             size = tuple(int(v) for v in size)
             if len(size) != 2 or min(size) < 1:
-                raise ValueError(f"--input-size must be H,W (two positive integers), got {cfg.input_size}")
+                raise OptionError(f"--input-size must be H,W (two positive integers), got {cfg.input_size}")
         if self.defaults.input_size is None and cfg.input_size is not None:
-            raise ValueError(f"--input-size is not supported by the {self.title} task (native resolution; "
+            raise OptionError(f"--input-size is not supported by the {self.title} task (native resolution; "
                              f"see --resolution)")
         cfg.validate()
+        if self.propagates(cfg):
+            prop = cfg.propagation()
+            for name, value, known in (("frames", prop.frames, self.frame_protocols),
+                                       ("output-norm", prop.output_norm, self.output_norms)):
+                if value not in known:
+                    raise OptionError(f"--{name} {value} (preset {cfg.preset}) is not implemented by the "
+                                      f"{self.title} task; give --{name} {known[0]}")
         return dataclasses.replace(cfg, out=cfg.out or f"results/{cfg.task}",
                                    split=cfg.split if cfg.split is not None else self.defaults.split,
                                    input_size=size)
@@ -182,7 +193,9 @@ def propagation_factors(cfg: EvalConfig, label_resampling: dict[str, str]) -> di
             "label_normalisation": prop.label_norm, **label_resampling,
             "input_resolution": list(cfg.input_size) if cfg.input_size else f"native ({cfg.resolution})",
             "frame_resize": "bilinear (cv2.INTER_LINEAR)", "context": prop.context, "topk": prop.topk,
-            "radius": prop.radius, "temperature": prop.temperature, "pad_with_first": prop.pad_with_first,
+            "radius": prop.radius, "neighbourhood": prop.neighbourhood, "restrict_first": prop.restrict_first,
+            "output_norm": prop.output_norm, "frames": prop.frames,
+            "temperature": prop.temperature, "pad_with_first": prop.pad_with_first,
             "feature_cache": ({"dtype": cfg.cache_dtype} if cfg.cache and cfg.tta_steps <= 0 else None),
             "test_time_adaptation": cfg.tta_steps > 0}
 
@@ -193,7 +206,7 @@ def select_names(names: list[str], cfg: EvalConfig) -> list[str]:
         return names
     unknown = [name for name in cfg.sequences if name not in names]
     if unknown:
-        raise KeyError(f"--sequences names {unknown} not in the dataset ({len(names)} videos)")
+        raise OptionError(f"--sequences names {unknown} not in the dataset ({len(names)} videos)")
     return list(cfg.sequences)
 
 

@@ -43,10 +43,16 @@ def resize_frame(frame: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarr
     return cv2.resize(frame, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
 
 
+#: ``(mean, std)`` of the encoder's input, per RGB channel (None: ImageNet's, the encoder contract).
+Statistics = Optional[tuple[tuple[float, ...], tuple[float, ...]]]
+
+
 @torch.inference_mode()
-def extract_features(encoder: torch.nn.Module, frames: np.ndarray, device: torch.device) -> torch.Tensor:
+def extract_features(encoder: torch.nn.Module, frames: np.ndarray, device: torch.device,
+                     statistics: Statistics = None) -> torch.Tensor:
     """uint8 frames (B, H, W, 3) -> float32 features (B, C, h, w) on ``device``."""
-    return encoder(normalize_frames(frames, device=device)).float()
+    stats = {} if statistics is None else {"mean": statistics[0], "std": statistics[1]}
+    return encoder(normalize_frames(frames, device=device, **stats)).float()
 
 
 @torch.inference_mode()
@@ -79,7 +85,8 @@ def feature_cache(cfg: EvalConfig, encoder_info: dict, identity: dict, name: str
     (no input size) are identified by ``--resolution`` too."""
     if not cfg.cache or cfg.tta_steps > 0:
         return None
-    preprocessing = preprocessing_identity(cfg.input_size, cfg.resolution if cfg.input_size is None else None)
+    preprocessing = preprocessing_identity(cfg.input_size, cfg.resolution if cfg.input_size is None else None,
+                                           frames=cfg.propagation().frames)
     return cache_slot(FeatureCache(cfg.cache, cfg.cache_dtype), encoder_info, preprocessing, identity, name,
                       match_topk=cfg.cache_topk)
 
@@ -88,13 +95,14 @@ def feature_cache(cfg: EvalConfig, encoder_info: dict, identity: dict, name: str
 def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, encoder: torch.nn.Module,
                      prop_cfg: PropagationConfig, device: torch.device, first_label: FirstLabel, decode: Decode,
                      batch_size: int = 8, desc: str = "", progress: bool = True,
-                     cache: Optional[CacheSlot] = None) -> dict:
+                     cache: Optional[CacheSlot] = None, statistics: Statistics = None) -> dict:
     """The step-wise propagation loop every task shares; returns timings in seconds.
 
     read_frame(t):      uint8 (H, W, 3) frame t at the input size (the same for every t);
     first_label(grid):  frame 0's labels (K, h, w) for the feature grid ``(h, w)``;
     decode(t, labels):  receives the soft labels (K, h, w) of every frame t >= 1, in order;
-    cache:              this video's feature-cache slot (:mod:`propagate.cache`), or None.
+    cache:              this video's feature-cache slot (:mod:`propagate.cache`), or None;
+    statistics:         the input's (mean, std) when not ImageNet's (:func:`extract_features`).
 
     With a cache slot: if it holds the video's matches for this matching setting (with at
     least ``topk`` per query), only labels are combined (no frames, encoder or similarity
@@ -125,7 +133,7 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
             frame_size = frame_size or tuple(frames.shape[1:3])
             timings["frames"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            feats = extract_features(encoder, frames, device)  # (B, C, h, w)
+            feats = extract_features(encoder, frames, device, statistics)  # (B, C, h, w)
             if writer is not None:
                 feats = cache.cache.round_trip(feats)
                 writer.add(feats)

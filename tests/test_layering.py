@@ -2,13 +2,13 @@
 
 Lowest layer first; a module imports only from its own layer or lower ones:
 
-    0 utilities      corr.io, corr.runtime, corr.cli, corr.geometry
+    0 utilities      corr.errors, corr.io, corr.runtime, corr.cli, corr.geometry
     1 data           datasets.*
     2 models, losses corr.* (encoders, graph, losses, warps, global match, flow tracking, adaptation)
     3 training       corr.train.*
     4 propagation    propagate.* (config, propagator, dense, labels, metrics, cache, visualize)
     5 tasks, runner  propagate.tasks.*, propagate.run and what tasks and runner share (task, eval_config,
-                     encoder_loading, video, sweep)
+                     encoder_loading, video, sweep, run_folder)
     6 entry points   train, evaluate
 
 There is no import cycle between modules, and project modules are imported at the top of a
@@ -23,8 +23,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("corr", "datasets", "propagate")
-RUN_MODULES = ("propagate.run", "propagate.task", "propagate.eval_config", "propagate.encoder_loading",
-               "propagate.video", "propagate.sweep")
+RUN_MODULES = ("propagate.run", "propagate.run_folder", "propagate.task", "propagate.eval_config",
+               "propagate.encoder_loading", "propagate.video", "propagate.sweep")
 LAYER_NAMES = ("utilities", "data", "models and losses", "training", "propagation", "tasks and runner",
                "entry points")
 
@@ -39,7 +39,7 @@ def layer_of(module: str) -> int:
         return 4
     if module == "corr.train" or module.startswith("corr.train."):
         return 3
-    if module in ("corr.io", "corr.runtime", "corr.cli", "corr.geometry"):
+    if module in ("corr.errors", "corr.io", "corr.runtime", "corr.cli", "corr.geometry"):
         return 0
     if module == "datasets" or module.startswith("datasets."):
         return 1

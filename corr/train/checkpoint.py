@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from corr.encoders import CHECKPOINT_FORMAT
+from corr.encoders import CHECKPOINT_FORMAT, read_torch_file
+from corr.errors import CheckpointError, UserError
 from corr.graph import WalkModel
 from corr.runtime import Runtime
 from corr.train.config import CRW, TrainConfig
@@ -36,7 +37,7 @@ from corr.train.objectives import OBJECTIVES, encoder_kwargs, parse_loss_spec
 logger = logging.getLogger("corr.train")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving that step."""
 
 
@@ -110,14 +111,16 @@ def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimisa
     """Restore everything from ``path``; return the step it was saved at. Settings older
     checkpoints lack count as the ``crw`` preset's; a checkpoint without a step schedule (saved
     with a constant rate) resumes on the configured schedule at its step."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
+    state = read_torch_file(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint ({found!r}); --resume continues runs "
+                              "of train.py")
     saved = {**asdict(CRW), **state.get("config", {})}
     changed = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}"
                for k in resume_keys() if saved.get(k) != getattr(cfg, k)]
     if changed:
-        raise ValueError(f"{path} was trained with other settings; resuming would not continue it "
+        raise CheckpointError(f"{path} was trained with other settings; resuming would not continue it "
                          f"({'; '.join(changed)})")
     model.encoder.load_state_dict(state["encoder"]["state_dict"])
     model.head.load_state_dict(state["heads"]["walk"])

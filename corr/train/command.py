@@ -10,7 +10,9 @@ presets (``--preset``; docs/objectives.md).
 Run folder ``--out``: ``checkpoint.pt`` (always the latest, written atomically),
 ``config.json`` (the resolved configuration), the TensorBoard event files (``tensorboard
 --logdir OUT``) and, when videos could not be used, ``skipped_videos.txt`` (path and reason,
-one per line; each is also logged once). Without ``--data`` the run trains on generated
+one per line; each is also logged once) and ``losses.jsonl`` (one ``{"step", "loss", "lr"}``
+per step). A folder that holds a run is continued with ``--resume`` or started over with
+``--overwrite``, never replaced otherwise. Without ``--data`` the run trains on generated
 synthetic clips in minutes on a CPU. Under ``torchrun`` only rank 0 logs below warnings.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import textwrap
 from typing import Any, Optional
 
 from corr.cli import parse_config
+from corr.errors import run_command
 from corr.runtime import Runtime
 from corr.train.config import CRW, EPOCHS, SETUP_OPTIONS, TrainConfig, presets
 from corr.train.loop import TrainResult, train
@@ -63,10 +66,16 @@ def help_text() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> TrainResult:
+    """``train.py``: a user error (corr.errors) prints one line and exits with status 2 (``--debug``:
+    the traceback)."""
     shown = {name: f"the preset's; crw: {_text(name, getattr(CRW, name))}" for name in SETUP_OPTIONS}
     cfg = parse_config(TrainConfig, argv, description=help_text(), shown_defaults=shown)
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    return run_command(lambda: _train_and_leave(cfg), cfg.debug, "train.py")
+
+
+def _train_and_leave(cfg: TrainConfig) -> TrainResult:
     try:
         return train(cfg)
     finally:

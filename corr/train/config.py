@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from corr.errors import OptionError
 from corr.graph import GRAPH_MODES
 from corr.train.objectives import OBJECTIVES, parse_loss_spec
 
@@ -30,6 +31,8 @@ from corr.train.objectives import OBJECTIVES, parse_loss_spec
 PADDINGS = ("reflect", "zeros")
 #: Epochs of a preset run whose ``steps`` are none (known once the dataset is indexed).
 EPOCHS = 25
+#: The smallest ``crop_size``: two feature cells at stride 8.
+MIN_CROP_SIZE = 16
 
 
 @dataclass
@@ -100,14 +103,17 @@ class TrainConfig:
     log_every: Optional[int] = field(default=None, metadata={"help": "steps between TensorBoard scalars"})
     image_every: Optional[int] = field(default=None, metadata={"help": "steps between loss images (0: never)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint.pt"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in an --out that holds a run (its checkpoint, config and logs are replaced)"})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "folder for the video index cache"})
     backend: str = field(default="auto", metadata={"help": "video decoder: auto, decord or opencv"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    debug: bool = field(default=False, metadata={"help": "show the traceback of an error"})
 
 
 #: Options that say where and how a run executes, not what it trains: no preset sets them.
-RUN_OPTIONS = ("preset", "data", "out", "device", "amp", "sync_bn", "seed", "resume", "cache_dir", "backend",
-               "progress")
+RUN_OPTIONS = ("preset", "data", "out", "device", "amp", "sync_bn", "seed", "resume", "overwrite", "cache_dir",
+               "backend", "progress", "debug")
 #: The options a preset sets (``None`` in ``TrainConfig()``).
 SETUP_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUN_OPTIONS)
 
@@ -162,7 +168,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     name = preset_name(cfg)
     table = presets()
     if name not in table:
-        raise ValueError(f"--preset: unknown preset {name!r}; known presets: {', '.join(table)}")
+        raise OptionError(f"--preset: unknown preset {name!r}; known presets: {', '.join(table)}")
     losses = parse_loss_spec(given.get("loss", table[name].loss))
     cfg = dataclasses.replace(table[name], **{**given, "preset": name})
     if "fps" in given and "frame_skip" not in given:
@@ -184,40 +190,51 @@ def _resolve_clip_frames(cfg: TrainConfig, given: dict[str, Any], preset_loss: s
         hint = "" if "clip_offsets" in given else (
             f" (--loss {preset_loss} samples the frames {','.join(map(str, offsets))}; "
             "give --clip-offsets instead, e.g. 0,1,2 for evenly spaced frames)")
-        raise ValueError(f"--clip-len {cfg.clip_len} does not match --clip-offsets {offsets}{hint}")
+        raise OptionError(f"--clip-len {cfg.clip_len} does not match --clip-offsets {offsets}{hint}")
     if not offsets or offsets[0] < 0 or any(b <= a for a, b in zip(offsets, offsets[1:])):
-        raise ValueError(f"--clip-offsets must be >= 0 and strictly increasing, got {offsets}")
+        raise OptionError(f"--clip-offsets must be >= 0 and strictly increasing, got {offsets}")
     return dataclasses.replace(cfg, clip_offsets=offsets, clip_len=len(offsets))
 
 
 def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
     """Raise ``ValueError`` naming the first option out of range (then the objectives' own checks)."""
     if cfg.mode not in GRAPH_MODES:
-        raise ValueError(f"--mode must be one of {GRAPH_MODES}, got {cfg.mode!r}")
+        raise OptionError(f"--mode must be one of {GRAPH_MODES}, got {cfg.mode!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
-    for name in ("batch_size", "clip_len", "checkpoint_every", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+        raise OptionError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    at_least = {"batch_size": 1, "clip_len": 1, "checkpoint_every": 1, "log_every": 1, "clips_per_video": 1,
+                "head_dim": 1, "image_every": 0, "num_workers": 0, "crop_size": MIN_CROP_SIZE}
+    if cfg.steps is not None:
+        at_least["steps"] = 1
+    if cfg.frame_skip is not None:
+        at_least["frame_skip"] = 1
+    for name, least in at_least.items():
+        if getattr(cfg, name) < least:
+            raise OptionError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(cfg, name)}")
+    if cfg.fps is not None and not cfg.fps > 0:
+        raise OptionError(f"--fps must be > 0, got {cfg.fps}")
+    if not cfg.temperature > 0 or not 0 <= cfg.edge_dropout < 1:
+        raise OptionError(f"--temperature must be > 0 and --edge-dropout in [0, 1), got {cfg.temperature} and "
+                          f"{cfg.edge_dropout}")
     if cfg.pixel_radius < 1 or cfg.pixel_domain_weight < 0:
-        raise ValueError(f"--pixel-radius must be >= 1 and --pixel-domain-weight >= 0, got {cfg.pixel_radius} "
+        raise OptionError(f"--pixel-radius must be >= 1 and --pixel-domain-weight >= 0, got {cfg.pixel_radius} "
                          f"and {cfg.pixel_domain_weight}")
     if not cfg.lr > 0 or cfg.grad_clip < 0:
-        raise ValueError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
+        raise OptionError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
     if any(m < 0 for m in cfg.lr_milestones) or not cfg.lr_gamma > 0:
-        raise ValueError(f"--lr-milestones must be >= 0 and --lr-gamma > 0, got {cfg.lr_milestones} and {cfg.lr_gamma}")
+        raise OptionError(f"--lr-milestones must be >= 0 and --lr-gamma > 0, got {cfg.lr_milestones} and {cfg.lr_gamma}")
     if not 0 <= cfg.featdrop < 1 or cfg.head_depth < -1 or cfg.color_jitter < 0 or cfg.short_side < 0:
-        raise ValueError(f"need 0 <= --featdrop < 1, --head-depth >= -1, --color-jitter >= 0 and --short-side >= 0; "
+        raise OptionError(f"need 0 <= --featdrop < 1, --head-depth >= -1, --color-jitter >= 0 and --short-side >= 0; "
                          f"got {cfg.featdrop}, {cfg.head_depth}, {cfg.color_jitter}, {cfg.short_side}")
     if cfg.padding not in PADDINGS:
-        raise ValueError(f"--padding must be one of {PADDINGS}, got {cfg.padding!r}")
+        raise OptionError(f"--padding must be one of {PADDINGS}, got {cfg.padding!r}")
     if 0 < cfg.short_side < cfg.crop_size:
-        raise ValueError(f"--short-side {cfg.short_side} is smaller than --crop-size {cfg.crop_size}")
+        raise OptionError(f"--short-side {cfg.short_side} is smaller than --crop-size {cfg.crop_size}")
     if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
-        raise ValueError(f"--betas must be two numbers in [0, 1), got {cfg.betas}")
+        raise OptionError(f"--betas must be two numbers in [0, 1), got {cfg.betas}")
     for loss in losses:
         if OBJECTIVES[loss].check is not None:
             OBJECTIVES[loss].check(cfg)
     frame_losses = sorted(loss for loss in losses if OBJECTIVES[loss].needs_frames)
     if frame_losses and cfg.mode != "dense":
-        raise ValueError(f"--loss {','.join(frame_losses)} needs whole frames: use --mode dense, not {cfg.mode!r}")
+        raise OptionError(f"--loss {','.join(frame_losses)} needs whole frames: use --mode dense, not {cfg.mode!r}")

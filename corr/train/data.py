@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from corr.errors import OptionError
 from corr.io import atomic_write_bytes
 from corr.runtime import Runtime
 from corr.train.config import TrainConfig
@@ -75,7 +76,7 @@ def batches_per_epoch(dataset_len: int, batch_size: int, world_size: int) -> int
     """Full batches per epoch for each process (the tail of a rank's share is dropped); at least one."""
     per_rank = math.ceil(dataset_len / world_size)
     if per_rank < batch_size:
-        raise ValueError(f"the dataset has {dataset_len} clips per epoch, fewer than batch size {batch_size} "
+        raise OptionError(f"the dataset has {dataset_len} clips per epoch, fewer than batch size {batch_size} "
                          f"x {world_size} processes; lower --batch-size or raise --clips-per-video")
     return per_rank // batch_size
 

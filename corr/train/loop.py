@@ -3,9 +3,11 @@
 ``train(cfg)`` resolves ``cfg`` (:func:`corr.train.config.resolve_config`), joins the process
 group under ``torchrun``, and trains until step ``cfg.steps``, writing to ``cfg.out``:
 ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (always the latest, written
-atomically), ``config.json`` (the resolved config), TensorBoard events and, when videos could
-not be used, ``skipped_videos.txt``. With ``resume`` it continues from ``checkpoint.pt``
-exactly (:mod:`corr.train.checkpoint`, :mod:`corr.train.data`). A NaN or infinite loss stops
+atomically), ``config.json`` (the resolved config), ``losses.jsonl`` (every step's loss),
+TensorBoard events and, when videos could not be used, ``skipped_videos.txt``; an ``--out``
+that holds a run needs ``--resume`` or ``--overwrite`` (:mod:`corr.train.run_folder`). With
+``resume`` it continues from ``checkpoint.pt`` exactly (:mod:`corr.train.checkpoint`,
+:mod:`corr.train.data`). A NaN or infinite loss stops
 the run before that step is saved (:class:`corr.train.checkpoint.NonFiniteLossError`).
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from corr.train.data import (
 from corr.train.module import Optimisation, TrainModule, WeightedLosses, build_train_module, distribute
 from corr.train.objectives import loss_images
 from corr.train.report import Reporter, log_done, log_start
+from corr.train.run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOSS_LOG_FILE, LossLog, prepare_run_folder
 
 logger = logging.getLogger("corr.train")
 
@@ -58,6 +61,7 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
     cfg = resolve_config(cfg)
     runtime = start_training_runtime(cfg)
     out = Path(cfg.out)
+    prepare_run_folder(out, cfg.resume, cfg.overwrite, runtime.is_main)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -71,10 +75,10 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
 
     module = build_train_module(cfg, runtime)
     optimisation = Optimisation.build(module, cfg, runtime, per_epoch)
-    checkpoint_path = out / "checkpoint.pt"
+    checkpoint_path = out / CHECKPOINT_FILE
     first_step = resume(checkpoint_path, cfg, runtime, module, optimisation)
     if runtime.is_main:
-        atomic_write_json(out / "config.json", asdict(cfg))
+        atomic_write_json(out / CONFIG_FILE, asdict(cfg))
         log_start(cfg, runtime, len(dataset), per_epoch)
     losses, last_saved = run_steps(cfg, runtime, module, optimisation, dataset, skipped, first_step, checkpoint_path)
     last_step = max(losses, default=first_step)
@@ -91,7 +95,8 @@ def run_steps(cfg: TrainConfig, runtime: Runtime, module: TrainModule, optimisat
     step of the last checkpoint (``None``: none was written or resumed from)."""
     train_module = distribute(module, runtime)
     train_module.train()
-    reporter = Reporter(cfg, runtime, step)
+    loss_log = LossLog(checkpoint_path.parent / LOSS_LOG_FILE, step, write=runtime.is_main)
+    reporter = Reporter(cfg, runtime, step, earlier=loss_log.earlier)
     stream = batch_stream(dataset, cfg, runtime, step)
     losses: dict[int, float] = {}
     last_saved = step if checkpoint_path.is_file() and cfg.resume else None
@@ -114,6 +119,7 @@ def run_steps(cfg: TrainConfig, runtime: Runtime, module: TrainModule, optimisat
                 diagnostics = {**diagnostics, "train/grad_norm": norm}
             reporter.record(step, losses[step], diagnostics, clip.shape[0] * runtime.world_size, waited,
                             time.perf_counter() - tick, optimisation.lr, len(skipped.videos))
+            loss_log.append(step, losses[step], optimisation.lr, diagnostics)
             if images_now:
                 reporter.images(step, loss_images(clip[0], visuals[0], cfg, stride))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -123,6 +129,7 @@ def run_steps(cfg: TrainConfig, runtime: Runtime, module: TrainModule, optimisat
                 last_saved = step
     finally:
         reporter.close()
+        loss_log.close()
         stream.close()
     return losses, last_saved
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from corr.encoders import ENCODERS, build_encoder
+from corr.errors import OptionError
 from corr.global_match import seeded_global_match
 from corr.losses.cycle import CycleConsistencyLoss
 from corr.losses.global_walk import GlobalWalkFrameLoss
@@ -64,7 +65,7 @@ def encoder_kwargs(name: str, padding: Optional[str] = None) -> dict[str, Any]:
     """Constructor options of the trained encoder: layer4 where it has one (docs/objectives.md, CRW),
     and the convolution ``padding`` (``padding_mode``) where it takes one and it is given."""
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}")
+        raise OptionError(f"unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}")
     parameters = inspect.signature(ENCODERS[name]).parameters
     kwargs: dict[str, Any] = {"out_layer": "layer4"} if "out_layer" in parameters else {}
     if padding is not None and "padding_mode" in parameters:
@@ -86,7 +87,7 @@ def check_cycle_clip(cfg: Config) -> None:
     """Base frames and a target (and the motion reference when ``clip_offsets`` are set)."""
     least = 3 if cfg.clip_offsets is not None else 2
     if cfg.clip_len < least:
-        raise ValueError(f"--loss cycle needs base frames and a target: at least {least} frames, got {cfg.clip_len}")
+        raise OptionError(f"--loss cycle needs base frames and a target: at least {least} frames, got {cfg.clip_len}")
 
 
 def build_pixel_loss(cfg: Config) -> nn.Module:
@@ -108,6 +109,14 @@ def build_global_walk_loss(cfg: Config) -> nn.Module:
     return GlobalWalkFrameLoss(seeded_global_match(cfg.seed))
 
 
+def check_walk_clip(cfg: Config) -> None:
+    """A palindrome walk needs 3 frames (2 with the one-step cycle)."""
+    least = 2 if cfg.include_one_step else 3
+    if cfg.clip_len < least:
+        raise OptionError(f"--loss crw walks there and back along the clip: at least {least} frames, got "
+                          f"--clip-len {cfg.clip_len}")
+
+
 def crw_figure(clip: torch.Tensor, data: dict, cfg: Config, stride: int) -> tuple[str, np.ndarray]:
     return f"walk/frame0_to_frame{cfg.clip_len - 1}", walk_image(clip, data["nodes"], cfg.mode, stride)
 
@@ -117,7 +126,7 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in [
         "crw", "contrastive random walk over the walk nodes (docs/objectives.md, CRW)",
         lambda cfg: ContrastiveRandomWalk(cfg.temperature, cfg.edge_dropout, cfg.include_one_step,
                                           cfg.shared_edge_mask),
-        figure=crw_figure),
+        figure=crw_figure, check=check_walk_clip),
     # TimeCycle (the authors' training script and VLOG loader): ResNet-50 at stride 8 (layer3,
     # 1024-d, under the loss's 1x1 conv to 512) with zero padding; Adam lr 2e-4 (constant),
     # betas (0.5, 0.999), gradient norm clipped at 10; frames of a 12 fps source, base frames s,
@@ -159,13 +168,13 @@ def parse_loss_spec(spec: str) -> dict[str, float]:
         name, _, weight = part.partition("=")
         name = name.strip()
         if name not in OBJECTIVES:
-            raise ValueError(f"--loss: unknown loss {name!r} in {spec!r}; known losses: {', '.join(OBJECTIVES)}")
+            raise OptionError(f"--loss: unknown loss {name!r} in {spec!r}; known losses: {', '.join(OBJECTIVES)}")
         try:
             weights[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise ValueError(f"--loss: weight of {name!r} must be a number, got {weight!r}") from None
+            raise OptionError(f"--loss: weight of {name!r} must be a number, got {weight!r}") from None
     if not weights:
-        raise ValueError(f"--loss: no loss named in {spec!r}; known losses: {', '.join(OBJECTIVES)}")
+        raise OptionError(f"--loss: no loss named in {spec!r}; known losses: {', '.join(OBJECTIVES)}")
     return weights
 
 

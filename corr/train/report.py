@@ -4,13 +4,15 @@ Scalars every ``log_every`` steps and at the last step, each the mean over the s
 last report: ``train/loss``, the losses' diagnostics (``name/loss``, ``name/...``,
 ``train/grad_norm`` when clipping), ``train/lr``, ``speed/clips_per_s`` (all processes),
 ``speed/data_wait_share`` and ``data/skipped_videos``. Images (:mod:`corr.train.figures`)
-every ``image_every`` steps and at the run's first step.
+every ``image_every`` steps and at the run's first step. Every step's loss also goes to
+``losses.jsonl`` (:class:`corr.train.run_folder.LossLog`).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -65,8 +67,15 @@ class Window:
 class Reporter:
     """The progress bar and TensorBoard writer of the main process (other processes only count)."""
 
-    def __init__(self, cfg: TrainConfig, runtime: Runtime, first_step: int):
+    def __init__(self, cfg: TrainConfig, runtime: Runtime, first_step: int, earlier: Sequence[dict] = ()):
+        """``earlier``: the loss log's entries up to ``first_step`` (a resumed run); those after the
+        last report before ``first_step`` open the first window, as in a run never stopped."""
         self.cfg, self.first_step, self.window = cfg, first_step, Window()
+        boundary = first_step - first_step % cfg.log_every
+        for entry in earlier:
+            if entry["step"] > boundary:
+                diagnostics = {k: v for k, v in entry.items() if k not in ("step", "loss", "lr")}
+                self.window.add(entry["loss"], diagnostics, 0, 0.0, 0.0)
         self.writer = self.progress = None
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.davis import VOID_ID, count_objects
-from datasets.frames import read_name_list
+from datasets.frames import DatasetError, read_name_list
 
 DAVIS_BOUNDARY_TH = 0.008  # dilation radius = ceil(0.008 * image diagonal) pixels
 DAVIS_RECALL_THRESHOLD = 0.5  # a frame is "recalled" when its score is strictly above
@@ -331,7 +331,7 @@ def read_davis_png(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
         ids = np.array(image)
     if ids.ndim != 2:
-        raise ValueError(
+        raise DatasetError(
             f"{path}: expected an indexed (palette) or single-channel PNG of object ids, "
             f"got an array of shape {ids.shape} (an RGB image?)"
         )
@@ -376,7 +376,7 @@ def score_davis_folder(
         try:
             scores[seq] = davis_sequence_scores(gt_ids, pred_ids, sequence=seq)
         except ValueError as err:
-            raise ValueError(f"{err}; predictions in {results_root / seq}") from None
+            raise DatasetError(f"{err}; predictions in {results_root / seq}") from None
     return davis_summary(scores)
 
 
@@ -386,7 +386,7 @@ def _ground_truth_files(gt_dir: Path) -> list[Path]:
     if not gt_files:
         raise FileNotFoundError(f"no ground-truth PNGs in {gt_dir}")
     if len(gt_files) < 3:
-        raise ValueError(
+        raise DatasetError(
             f"{gt_dir}: {len(gt_files)} frame(s); DAVIS scores frames 1..T-2, so at least 3 are needed"
         )
     return gt_files
@@ -409,7 +409,7 @@ def _read_scored_predictions(
             raise FileNotFoundError(f"prediction missing for sequence {seq!r}, frame {frame}: {pred_file}")
         pred = read_davis_png(pred_file)
         if pred.shape != tuple(size):
-            raise ValueError(f"{pred_file}: size {pred.shape} differs from the ground truth's {tuple(size)}")
+            raise DatasetError(f"{pred_file}: size {pred.shape} differs from the ground truth's {tuple(size)}")
         pred_frames.append(pred)
     pred_frames.append(unscored)
     return np.stack(pred_frames)
@@ -421,7 +421,7 @@ def _read_davis_stack(files: list[Path]) -> np.ndarray:
     for path in files[1:]:
         ids = read_davis_png(path)
         if ids.shape != frames[0].shape:
-            raise ValueError(f"{path}: size {ids.shape} differs from {files[0]}'s {frames[0].shape}")
+            raise DatasetError(f"{path}: size {ids.shape} differs from {files[0]}'s {frames[0].shape}")
         frames.append(ids)
     return np.stack(frames)
 

@@ -5,6 +5,8 @@ in :data:`TASKS`; the runner (:mod:`propagate.run`) needs nothing else.
 """
 from __future__ import annotations
 
+from corr.errors import OptionError
+
 from ..eval_config import EvalConfig
 from ..task import Task
 from .davis import DavisTask
@@ -24,7 +26,7 @@ TASKS: dict[str, Task] = {
 def get_task(name: str) -> Task:
     """The registered task ``name``; a ValueError naming the known ones otherwise."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+        raise OptionError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
     return TASKS[name]
 
 

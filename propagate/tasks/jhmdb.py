@@ -23,6 +23,7 @@ import torch
 
 from corr.io import atomic_write
 from corr.runtime import REPO_ROOT
+from datasets.frames import DatasetError
 from datasets.jhmdb import JHMDB_PARENTS, NUM_JOINTS, JhmdbDataset, JhmdbVideo
 from datasets.synthetic_tasks import generate_jhmdb
 
@@ -158,7 +159,7 @@ class JhmdbTask(Task):
             video, file = run.dataset[name], run.out / prediction_file(name)
             pred = np.load(file)
             if pred.shape != video.keypoints.shape:
-                raise ValueError(f"{file}: predictions have shape {pred.shape}, expected {video.keypoints.shape}")
+                raise DatasetError(f"{file}: predictions have shape {pred.shape}, expected {video.keypoints.shape}")
             preds.append(pred)
             gts.append(video.keypoints)
         pck = jhmdb_pck(preds, gts, JHMDB_PCK_THRESHOLDS)

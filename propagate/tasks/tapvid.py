@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from corr.errors import OptionError
 from corr.io import atomic_write
 from corr.runtime import REPO_ROOT, sync_device
+from datasets.frames import DatasetError
 from datasets.synthetic_tasks import generate_tapvid
 from datasets.tapvid import TapVidDataset, TapVidSample, TapVidVideo
 
@@ -151,9 +153,9 @@ class TapVidTask(Task):
             yield video.name, lambda video=video: video
         missing = sorted(wanted - set(names))
         if missing:
-            raise KeyError(f"--sequences names {missing} not in {dataset.path}")
+            raise OptionError(f"--sequences names {missing} not in {dataset.path}")
         if not names:
-            raise ValueError(f"{dataset.path}: no video to evaluate")
+            raise DatasetError(f"{dataset.path}: no video to evaluate")
 
     def predict(self, run: TaskRun, video: TapVidVideo) -> dict:
         """Track one video's queries, write its .npz (and --vis), score it."""

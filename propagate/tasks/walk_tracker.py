@@ -15,6 +15,7 @@ import numpy as np
 
 from corr import flow_track
 from corr.runtime import sync_device
+from datasets.frames import DatasetError
 from datasets.tapvid import TapVidSample, TapVidVideo
 from datasets.transforms import normalize_frames
 
@@ -27,7 +28,7 @@ def track_by_walk(run: TaskRun, video: TapVidVideo, sample: TapVidSample) -> tup
     network), ``--batch-size`` frame pairs per network call -> (tracks float [Q, T, 2] (x, y),
     occluded bool [Q, T], timings: ``features`` = network and flows, ``propagation`` = chaining)."""
     if video.num_frames < 2:
-        raise ValueError(f"{video.source}: video {video.name!r} has {video.num_frames} frame; the walk tracker "
+        raise DatasetError(f"{video.source}: video {video.name!r} has {video.num_frames} frame; the walk tracker "
                          f"needs at least 2")
     track_cfg, model, device = run.cfg.flow_tracking(), run.encoder, run.device
     tick = time.perf_counter()

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RECORD = HERE / "evaluation_record.json"
 CHECKPOINT = HERE / "global-walk-2steps.pt"
+PLATFORM = "_platform"    # the record's key for where it was taken (record_platform.platform_key)
 DAVIS_MINI = REPO.parent / "shared" / "data" / "davis-mini"
 
 # name -> (data set, argv without --data-root / --out); {checkpoint} is CHECKPOINT.
@@ -89,7 +90,12 @@ def run_evaluation(argv: list[str]) -> dict:
 
 def main(names: list[str]) -> None:
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(HERE))
+    from record_platform import platform_key
+
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    if names and record.get(PLATFORM, platform_key()) != platform_key():
+        raise SystemExit(f"the record was taken on {record[PLATFORM]}, this is {platform_key()}: regenerate every case")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         roots: dict[str, Path] = {}
@@ -103,6 +109,7 @@ def main(names: list[str]) -> None:
             start = time.perf_counter()
             record[name] = run_case(name, roots[kind], base / "out" / name, run_evaluation)
             print(f"{name}: {time.perf_counter() - start:.1f} s, {record[name]['metrics']}")
+    record[PLATFORM] = platform_key()
     RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 

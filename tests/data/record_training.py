@@ -35,6 +35,8 @@ CASES: dict[str, list[str]] = {
     "resume-old-checkpoint": ["--loss", "global_walk", "--encoder", "pixel", "--steps", "4", "--resume"],
 }
 OLD_CHECKPOINT = HERE / "global-walk-2steps.pt"
+RUN_ONLY = ("out", "preset", "overwrite", "debug")
+PLATFORM = "_platform"    # the record's key for where it was taken (record_platform.platform_key)
 
 
 def tensor_fingerprint(state: dict) -> str:
@@ -69,9 +71,10 @@ def run_case(name: str, out: Path, run_training) -> dict:
         (out / "checkpoint.pt").write_bytes(OLD_CHECKPOINT.read_bytes())
     losses = run_training(CASES[name] + COMMON + ["--out", str(out)])
     summary = checkpoint_summary(out / "checkpoint.pt")
-    # "preset" (the name of the preset the run resolved from) was added to the stored config
-    # after the record was taken; it is left out so the record still pins every other value.
-    summary["config"] = {k: v for k, v in summary["config"].items() if k not in ("out", "preset")}
+    # Options added to the stored config after the record was taken that do not change what is
+    # trained ("preset": the name the run resolved from; "overwrite", "debug": run options) are
+    # left out, so the record still pins every other value.
+    summary["config"] = {k: v for k, v in summary["config"].items() if k not in RUN_ONLY}
     result = {"argv": CASES[name], "losses": {str(k): v for k, v in sorted(losses.items())}, "checkpoint": summary}
     return json.loads(json.dumps(result))   # as stored: tuples become lists
 
@@ -85,12 +88,18 @@ def run_training(argv: list[str]) -> dict[int, float]:
 
 def main(names: list[str]) -> None:
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(HERE))
+    from record_platform import platform_key
+
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    if names and record.get(PLATFORM, platform_key()) != platform_key():
+        raise SystemExit(f"the record was taken on {record[PLATFORM]}, this is {platform_key()}: regenerate every case")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names or list(CASES):
             start = time.perf_counter()
             record[name] = run_case(name, Path(tmp) / name, run_training)
             print(f"{name}: {time.perf_counter() - start:.1f} s, losses {record[name]['losses']}")
+    record[PLATFORM] = platform_key()
     RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 

@@ -166,8 +166,18 @@ def test_object_ids_follow_the_scorer_rule(copy):
     ids[50:60, 50:60] = 255  # void is not an object
     write_indexed_png(first, ids)
     assert DavisDataset(copy)["synth-001"].object_ids() == [1, 2, 3]
+    # Only void and background: an error naming the file, with the binary-mask hint; the flag
+    # reads such a 0/255 mask's 255 as object 1 (in every frame, so scoring agrees).
     write_indexed_png(first, np.where(ids == 255, 255, 0).astype(np.uint8))
-    assert DavisDataset(copy)["synth-001"].object_ids() == []
+    with pytest.raises(DatasetError, match=rf"{re.escape(str(first))}: the first frame's annotation holds no "
+                                           r"object \(ids \[0, 255\].*--binary-masks"):
+        DavisDataset(copy)
+    binary = DavisDataset(copy, binary_masks=True)
+    assert binary["synth-001"].object_ids() == [1] and binary.identity()["binary_masks"] is True
+    assert (binary["synth-001"].read_annotation(0)[50:60, 50:60] == 1).all()
+    write_indexed_png(first, np.zeros_like(ids))
+    with pytest.raises(DatasetError, match=r"holds no object \(ids \[0\]; 0 is background and 255 void\)\.$"):
+        DavisDataset(copy)
 
 
 def test_grey_id_annotation_is_accepted(copy):

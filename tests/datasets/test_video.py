@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -10,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-import datasets.video as video
+import datasets.video_decode as video_decode
+import datasets.video_index as video_index
 from datasets.augment import ClipTransform
 from datasets.video import (
     VideoClipDataset,
-    VideoReadError,
     collate_clips,
     frame_step,
     measure_decode_throughput,
-    read_clip,
 )
+from datasets.video_decode import VideoReadError, read_clip
 
-HAS_DECORD = video._decord_available()
+HAS_DECORD = video_decode._decord_available()
 BACKENDS = ["opencv"] + (["decord"] if HAS_DECORD else [])
 
 
@@ -90,13 +92,13 @@ def test_folder_tree_is_indexed_and_cache_written(tree: Path):
 def test_cache_is_reused_then_invalidated_by_a_change(tree: Path, monkeypatch):
     VideoClipDataset(tree, clip_len=4, frame_skip=1, backend="opencv")
     calls: list[str] = []
-    real_probe = video.probe_video
+    real_probe = video_index.probe_video
 
     def counting_probe(path, backend):
         calls.append(path)
         return real_probe(path, backend)
 
-    monkeypatch.setattr(video, "probe_video", counting_probe)
+    monkeypatch.setattr(video_index, "probe_video", counting_probe)
     again = VideoClipDataset(tree, clip_len=4, frame_skip=1, backend="opencv")
     assert calls == [] and again.num_probed == 0 and len(again.videos) == 2
 
@@ -125,14 +127,14 @@ def test_cache_dir_used_when_given(tree: Path, tmp_path: Path):
 
 def test_unwritable_data_folder_falls_back_to_user_cache(tree: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    real_write = video.atomic_write_bytes
+    real_write = video_index.atomic_write_bytes
 
     def refuse_data_folder(path, data):
         if Path(path).parent == tree:
             raise PermissionError(13, "Permission denied", str(path))
         return real_write(path, data)
 
-    monkeypatch.setattr(video, "atomic_write_bytes", refuse_data_folder)
+    monkeypatch.setattr(video_index, "atomic_write_bytes", refuse_data_folder)
     ds = VideoClipDataset(tree, backend="opencv", frame_skip=1)
     assert not (tree / ".corr-index.json").exists()
     assert ds.index_cache_path.parent == tmp_path / "xdg" / "corr" and ds.index_cache_path.is_file()
@@ -341,3 +343,53 @@ def test_real_clips(tmp_path: Path, shared_clips: Path):
             assert tuple(sample["clip"].shape) == (4, height, width, 3)
             assert np.diff(sample["frame_indices"]).tolist() == [frame_step(info.fps, 8.0, None)] * 3
             assert sample["clip"].float().std() > 5  # real pixels, not a blank frame
+
+
+# The index scan is safe: link loops, duplicate links, special files, files that hang.
+
+
+@pytest.fixture
+def two_videos(tmp_path: Path) -> Path:
+    root = tmp_path / "videos"
+    make_video(root / "a" / "one.mp4", 12)
+    make_video(root / "b" / "two.mp4", 12)
+    return root
+
+
+def test_a_symlink_loop_and_duplicate_links_add_no_video(two_videos):
+    os.symlink(two_videos, two_videos / "a" / "loop")                 # a loop back to the root
+    os.symlink(two_videos / "b", two_videos / "b-again")               # the same folder twice
+    os.symlink(two_videos / "a" / "one.mp4", two_videos / "one-link.mp4")  # the same file twice
+    index = video_index.build_index(two_videos, "opencv", cache_dir=two_videos.parent / "cache")
+    real = sorted(os.path.realpath(two_videos / r["path"]) for r in index.records)
+    assert real == sorted(os.path.realpath(two_videos / name) for name in ("a/one.mp4", "b/two.mp4"))
+    assert all(r["error"] is None for r in index.records)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_fifo_named_like_a_video_is_skipped_and_listed(two_videos):
+    fifo = two_videos / "pipe.mp4"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    dataset = VideoClipDataset(two_videos, clip_len=2, frame_skip=1, backend="opencv",
+                               cache_dir=two_videos.parent / "cache")
+    assert time.monotonic() - start < 30                                # never opened, so never hangs
+    assert len(dataset.videos) == 2
+    assert dataset.bad_videos == [(str(fifo), "a special file (FIFO, socket or device), not a video")]
+
+
+def test_a_probe_that_hangs_times_out_and_the_rest_are_probed():
+    release = threading.Event()
+
+    def probe(k: int) -> list:
+        if k == 1:
+            release.wait()                                             # never answers within the limit
+        return [k + 10, 25.0, None]
+
+    start = time.monotonic()
+    results = video_index.probe_all(probe, [0, 1, 2, 3], workers=1, timeout=0.5)
+    elapsed = time.monotonic() - start
+    release.set()
+    assert results[0] == [10, 25.0, None] and results[2] == [12, 25.0, None] and results[3] == [13, 25.0, None]
+    assert results[1][:2] == [0, 0.0] and results[1][2].startswith("timed out")
+    assert elapsed < 5

@@ -69,7 +69,8 @@ def test_sweep_writes_one_result_per_setting_and_reuses_features(davis_root, tmp
 def test_sweep_over_presets_on_another_task(tmp_path):
     root = generate_jhmdb(tmp_path / "JHMDB", num_videos=2, num_frames=4, size=(48, 64), seed=1)
     summary = evaluate(EvalConfig(task="jhmdb", data_root=str(root), encoder="pixel", input_size=(64, 64),
-                                  out=str(tmp_path / "out"), sweep="preset=crw,dino"))
+                                  out=str(tmp_path / "out"), sweep="preset=crw,dino",
+                                  frames="common", output_norm="none"))  # DINO's frame protocol is DAVIS's
     rows = {row["name"]: row for row in summary["settings"]}
     assert set(rows) == {"preset-crw", "preset-dino"}
     assert rows["preset-dino"]["propagation"]["context"] == 7 and rows["preset-crw"]["propagation"]["context"] == 20

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from corr.errors import OutputError
 from datasets.davis import DavisDataset
 from datasets.palette import read_indexed_png
 from datasets.synthetic import generate_davis
@@ -66,10 +67,14 @@ def test_rerun_resumes_and_overwrite_recomputes(davis_root, tmp_path, monkeypatc
     (tmp_path / "sequences" / "synth-000.json").unlink()
     evaluate(small_config(davis_root, tmp_path))
     assert len(calls) == 1
-    # Different settings do not reuse records.
-    evaluate(small_config(davis_root, tmp_path, topk=3))
-    assert len(calls) == 3
+    # Other settings never replace these results silently: an error naming the change, or --overwrite.
+    before = (tmp_path / "results.json").read_bytes()
+    with pytest.raises(OutputError, match=r"other settings \(propagation.topk: 10 -> 3\).*--overwrite"):
+        evaluate(small_config(davis_root, tmp_path, topk=3))
+    assert len(calls) == 1 and (tmp_path / "results.json").read_bytes() == before
     evaluate(small_config(davis_root, tmp_path, topk=3, overwrite=True))
+    assert len(calls) == 3
+    evaluate(small_config(davis_root, tmp_path, topk=3, overwrite=True))   # same settings: --overwrite redoes
     assert len(calls) == 5
 
 

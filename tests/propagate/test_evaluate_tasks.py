@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from corr.errors import OptionError
 from datasets.jhmdb import JhmdbDataset
 from datasets.palette import read_indexed_png
 from datasets.synthetic_tasks import JHMDB_SPLIT, generate_jhmdb, generate_tapvid, generate_vip
@@ -150,7 +151,7 @@ def test_vip_outputs_format_and_resume(roots, tmp_path, monkeypatch):
             gts.append(gt)
         assert (tmp_path / "vis" / f"{video.name}.mp4").stat().st_size > 0
     assert vip_miou(preds, gts)["mIoU"] == pytest.approx(metrics["mIoU"])
-    # A rerun reuses the records; a lost record is recomputed; other settings are not reused.
+    # A rerun reuses the records; a lost record is recomputed; other settings replace them (--overwrite).
     calls = []
     original = vip_task.predict_vip_video
     monkeypatch.setattr(vip_task, "predict_vip_video", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -159,7 +160,7 @@ def test_vip_outputs_format_and_resume(roots, tmp_path, monkeypatch):
     (tmp_path / "sequences" / "synth-000.json").unlink()
     evaluate(config("vip", roots["vip"], tmp_path))
     assert len(calls) == 1
-    evaluate(config("vip", roots["vip"], tmp_path, topk=3))
+    evaluate(config("vip", roots["vip"], tmp_path, topk=3, overwrite=True))
     assert len(calls) == 3
 
 
@@ -229,5 +230,5 @@ def test_tapvid_kinetics_shards_and_subset(tmp_path):
     results = evaluate(config("tapvid", path, tmp_path / "out", query_mode="first", sequences=(names[1],)))
     assert list(results["per_sequence"]) == [names[1]] and results["dataset"]["name"] == "TAP-Vid-kinetics"
     assert sorted(p.name for p in (tmp_path / "out" / "predictions").iterdir()) == [f"{names[1]}.npz"]
-    with pytest.raises(KeyError, match="nope"):
-        evaluate(config("tapvid", path, tmp_path / "out", sequences=("nope",)))
+    with pytest.raises(OptionError, match="nope"):
+        evaluate(config("tapvid", path, tmp_path / "out", query_mode="first", sequences=("nope",)))

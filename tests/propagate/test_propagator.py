@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from corr.errors import OptionError
 from propagate import PRESETS, PropagationConfig, Propagator
 from propagate.dense import context_frames, propagate_dense
 from propagate.propagator import LabelMemory, Matcher, Matches
@@ -140,7 +141,7 @@ def test_bad_input_is_reported():
     prop.start(torch.zeros(4, 5, 5), torch.zeros(2, 5, 5))
     with pytest.raises(ValueError, match="expected features"):
         prop.step(torch.zeros(4, 6, 5))
-    with pytest.raises(KeyError, match="unknown propagation preset"):
+    with pytest.raises(OptionError, match="unknown propagation preset"):
         PropagationConfig.preset("nope")
     with pytest.raises(ValueError, match="temperature"):
         PropagationConfig(temperature=0)
@@ -211,3 +212,30 @@ def test_too_few_keys_pad_with_weightless_matches():
     memory.start(label)
     with pytest.raises(ValueError, match="only 10 kept"):
         memory.step(m)
+
+
+@pytest.mark.parametrize("restrict_first", [False, True])
+@pytest.mark.parametrize("radius", [2.0, 3.5])
+def test_square_neighbourhood_equals_dense_reference(restrict_first, radius):
+    cfg = PropagationConfig(context=3, topk=5, temperature=0.1, radius=radius, neighbourhood="square",
+                            restrict_first=restrict_first)
+    feats, label = smooth_features(6, 16, 11, 14, seed=8), soft_label(3, 11, 14, seed=9)
+    expected = propagate_dense(feats, label, cfg)
+    for block in (4, 8):
+        for down_strips in (True, False):
+            got = Propagator(cfg, block=block, memory_budget=1 << 15, down_strips=down_strips).propagate(feats, label)
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    unrestricted = propagate_dense(feats, label, PropagationConfig(context=3, topk=5, temperature=0.1, radius=radius))
+    assert (expected - unrestricted).abs().max() > 1e-3  # the shape and frame 0's limit matter
+
+
+def test_restricted_frame_zero_keys_lie_in_the_square():
+    cfg = PropagationConfig(context=0, topk=4, radius=2.0, neighbourhood="square", restrict_first=True)
+    feats = smooth_features(2, 8, 9, 10, seed=11)
+    matcher = Matcher(cfg)
+    matcher.start(feats[0])
+    source = matcher.match(feats[1]).source  # (h*w, k), frame 0 only
+    qy, qx = torch.arange(90) // 10, torch.arange(90) % 10
+    ky, kx = source // 10, source % 10
+    assert ((ky - qy[:, None]).abs() <= 2).all() and ((kx - qx[:, None]).abs() <= 2).all()
+    assert ((ky - qy[:, None]).abs() == 2).any()  # the square's border is inside (<= radius)

@@ -99,11 +99,11 @@ def test_a_registered_toy_task_runs_end_to_end_and_resumes(toy, tmp_path, capsys
     assert set(records) == {"toy-0", "toy-1", "toy-2"}
     assert len({r["run_key"] for r in records.values()}) == 1
     assert all(r["rank"] == 0 and r["num_frames"] == 5 for r in records.values())
-    # A rerun skips every done video; a lost record is redone; other settings are not reused.
+    # A rerun skips every done video; a lost record is redone; other settings replace them (--overwrite).
     assert evaluate(cfg)["metrics"] == results["metrics"] and len(toy.predicted) == 3
     (tmp_path / "sequences" / "toy-1.json").unlink()
     assert evaluate(cfg)["metrics"] == results["metrics"] and toy.predicted[3:] == ["toy-1"]
-    evaluate(EvalConfig(task="toy", encoder="pixel", context=1, out=str(tmp_path), device="cpu"))
+    evaluate(EvalConfig(task="toy", encoder="pixel", context=1, out=str(tmp_path), device="cpu", overwrite=True))
     assert len(toy.predicted) == 7
     # A sweep runs the same task once per setting.
     summary = evaluate(EvalConfig(task="toy", encoder="pixel", out=str(tmp_path / "sweep"), device="cpu",

@@ -90,7 +90,7 @@ def test_walk_resumes_and_overwrites_per_video(tapvid, tmp_path, monkeypatch):
     assert len(calls) == 3
     evaluate(walk_config(tapvid, tmp_path, overwrite=True))
     assert len(calls) == 5
-    evaluate(walk_config(tapvid, tmp_path, local_radius=0))  # other settings: not reused
+    evaluate(walk_config(tapvid, tmp_path, local_radius=0, overwrite=True))  # other settings: replaced
     assert len(calls) == 7
 
 

@@ -1,0 +1,324 @@
+"""Checkpoint layouts: read a file and find the encoder weights in it, whoever wrote it.
+
+Each layout (``CHECKPOINT_FORMATS``) recognises its files and converts their key names and
+tensor shapes to those of an encoder of :data:`corr.encoders.ENCODERS`:
+
+- ``corr-checkpoint-v1`` (ours): ``{"format", "encoder": {"name", "kwargs", "state_dict"}, ...}``;
+- ``crw-reference`` (Jabri et al.): ``{"model": {"[module.]encoder.model.<torchvision key>"}, "args"}``;
+  padded convs of early files wrapped as ``conv1.1.weight``; reflect padding unless
+  ``args.model_type`` is not "scratch";
+- ``torchvision-state-dict``: a plain ResNet state dict (``conv1.weight``, ``fc.*`` ignored);
+- ``vfs`` (Xu & Wang, mmaction2 layout): ``{"state_dict": {"backbone.<mmcv ConvModule key>"}, "meta"}``,
+  i.e. ``conv1.conv.weight`` / ``conv1.bn.*`` for torchvision's ``conv1.weight`` / ``bn1.*``,
+  ``layerI.J.convK.conv|bn`` for ``layerI.J.convK`` / ``layerI.J.bnK`` and
+  ``layerI.J.downsample.conv|bn`` for ``downsample.0|1``; zero padding; heads ignored;
+- ``timecycle`` (Wang et al.): ``{"state_dict": {"[module.]encoderVideo.<torchvision key>"}}``
+  of an inflated ResNet-50: every conv kernel is 3-D ``(O, I, 1, k, k)`` with temporal size 1
+  and is squeezed to ``(O, I, k, k)``; zero padding; the tracker head (``afterconv*``, ...) ignored;
+- ``dino`` / ``dinov2``: the authors' ViT state dicts (:mod:`corr.encoders.vit`), plain or the
+  ``teacher`` (else ``student``) entry of a full training checkpoint, ``module.`` and
+  ``backbone.`` prefixes stripped, projection heads (``head.*``) ignored. The model
+  (size, patch, registers) is read from the shapes.
+
+:func:`read_encoder_state` tries them in that order (or uses the one named).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import pathlib
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from corr.errors import CheckpointError
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMATS", "EncoderState", "read_torch_file", "read_encoder_state",
+           "resnet_name_from_keys"]
+
+CHECKPOINT_FORMAT = "corr-checkpoint-v1"
+
+
+@dataclass
+class EncoderState:
+    """Encoder weights found in a file, whatever its layout."""
+
+    format: str
+    state_dict: dict[str, torch.Tensor]
+    name: Optional[str] = None  # None: not recorded in the file
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# Classes that appear in reference checkpoints (argparse args, LR-scheduler milestones,
+# paths in configs) and are safe to rebuild; anything else is refused.
+_SAFE_GLOBALS = [argparse.Namespace, collections.Counter, collections.OrderedDict,
+                 pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
+
+
+def read_torch_file(path: str | Path, allow_pickle: bool = False) -> Any:
+    """The object a ``torch.save`` file holds, read weights-only (plus :data:`_SAFE_GLOBALS`), on the CPU.
+
+    A missing file is a ``FileNotFoundError``; a truncated, corrupt or foreign file, or one
+    holding other Python objects, a :class:`corr.errors.CheckpointError` naming the file.
+    ``allow_pickle`` (trusted files only) unpickles anything; no message ever suggests it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "checkpoint file not found", str(path))
+    if allow_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
+        if not lines:
+            raise CheckpointError(f"{path}: not a readable PyTorch file (corrupt, or another kind of file)") from error
+        raise CheckpointError(f"{path} holds Python objects a weights-only load refuses ({lines[0]}); save its "
+                              "tensors as a plain state dict") from error
+    except Exception as error:  # truncated or foreign files fail in many ways inside the unpickler
+        raise CheckpointError(f"{path}: not a readable PyTorch file (truncated, corrupt, or another kind of file; "
+                              f"{type(error).__name__})") from error
+
+
+def _strip_prefixes(key: str, prefixes: tuple[str, ...] = ("module.",)) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def _is_tensor_dict(obj: Any, allow_empty: bool = False) -> bool:
+    return isinstance(obj, Mapping) and (allow_empty or len(obj) > 0) and all(torch.is_tensor(v) for v in obj.values())
+
+
+def resnet_name_from_keys(keys) -> str:
+    """Bottleneck blocks have conv3: ResNet-50; basic blocks: ResNet-18."""
+    return "resnet50" if "layer1.0.conv3.weight" in keys else "resnet18-crw"
+
+
+# --------------------------------------------------------------------------- ours, CRW, torchvision
+
+
+def _is_ours(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and "format" in obj
+
+
+def _ours(obj: Mapping, path: str | Path) -> EncoderState:
+    if obj["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {obj['format']!r} "
+                              f"(expected {CHECKPOINT_FORMAT!r})")
+    enc = obj.get("encoder")
+    if not (isinstance(enc, Mapping) and {"name", "state_dict"} <= set(enc)
+            and _is_tensor_dict(enc["state_dict"], allow_empty=True)):
+        found = sorted(enc) if isinstance(enc, Mapping) else type(enc).__name__
+        raise CheckpointError(f"{path}: 'encoder' entry must hold 'name', 'kwargs' and a 'state_dict' of tensors; "
+                         f"found {found}")
+    info = {k: obj.get(k) for k in ("step", "config", "losses")}
+    state = {_strip_prefixes(k): v for k, v in enc["state_dict"].items()}  # DDP-wrapped saves
+    return EncoderState(CHECKPOINT_FORMAT, state, enc["name"], dict(enc.get("kwargs") or {}), info)
+
+
+def _is_crw(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and any(
+        _strip_prefixes(k).startswith("encoder.model.") for k in obj["model"])
+
+
+# Early reference checkpoints wrapped padded convs as Sequential(pad, conv):
+# "...conv1.1.weight" -> "...conv1.weight" (the reference test script renames them the same way).
+_WRAPPED_CONV = re.compile(r"(^|\.)(conv[12])\.1\.weight$")
+
+
+def _crw(obj: Mapping, path: str | Path) -> EncoderState:
+    state, ignored = {}, []
+    for key, value in obj["model"].items():
+        k = _strip_prefixes(key)
+        if k.startswith("encoder.model.") and not k.startswith("encoder.model.fc."):
+            state[_WRAPPED_CONV.sub(r"\1\2.weight", k[len("encoder.model."):])] = value
+        else:
+            ignored.append(key)
+    args = obj.get("args")
+    model_type = args.get("model_type") if isinstance(args, Mapping) else getattr(args, "model_type", None)
+    # Reference model types: "scratch" = reflect padding; the others keep zero padding.
+    padding_mode = "reflect" if model_type in (None, "scratch") else "zeros"
+    info = {"step": None, "epoch": obj.get("epoch"), "ignored_keys": ignored, "reference_model_type": model_type}
+    return EncoderState("crw-reference", state, resnet_name_from_keys(state), {"padding_mode": padding_mode}, info)
+
+
+def _is_torchvision(obj: Any) -> bool:
+    return _is_tensor_dict(obj) and "conv1.weight" in {_strip_prefixes(k) for k in obj}
+
+
+def _torchvision(obj: Mapping, path: str | Path) -> EncoderState:
+    state = {_strip_prefixes(k): v for k, v in obj.items()}
+    ignored = [k for k in state if k.startswith("fc.")]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return EncoderState("torchvision-state-dict", state, None, {}, {"step": None, "ignored_keys": ignored})
+
+
+# --------------------------------------------------------------------------- VFS (mmaction2)
+
+
+def _is_vfs(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping) and any(
+        _strip_prefixes(k) == "backbone.conv1.conv.weight" for k in obj["state_dict"])
+
+
+_MM_STEM = re.compile(r"^conv1\.(conv|bn)\.")
+_MM_BLOCK = re.compile(r"^(layer\d+\.\d+)\.(conv\d)\.(conv|bn)\.")
+_MM_DOWN = re.compile(r"^(layer\d+\.\d+)\.downsample\.(conv|bn)\.")
+
+
+def _mmcv_to_torchvision(key: str) -> str:
+    """An mmcv ConvModule ResNet key -> torchvision's (module docstring, ``vfs``)."""
+    if m := _MM_STEM.match(key):
+        return ("conv1." if m[1] == "conv" else "bn1.") + key[m.end():]
+    if m := _MM_BLOCK.match(key):
+        name = m[2] if m[3] == "conv" else m[2].replace("conv", "bn")
+        return f"{m[1]}.{name}." + key[m.end():]
+    if m := _MM_DOWN.match(key):
+        return f"{m[1]}.downsample.{0 if m[2] == 'conv' else 1}." + key[m.end():]
+    raise CheckpointError(f"unexpected mmaction2 ResNet key {key!r}")
+
+
+def _vfs(obj: Mapping, path: str | Path) -> EncoderState:
+    state, ignored = {}, []
+    for key, value in obj["state_dict"].items():
+        k = _strip_prefixes(key)
+        if k.startswith("backbone."):
+            state[_mmcv_to_torchvision(k[len("backbone."):])] = value
+        else:
+            ignored.append(key)
+    return EncoderState("vfs", state, resnet_name_from_keys(state), {"padding_mode": "zeros"},
+                        {"step": None, "ignored_keys": ignored, "meta": _plain(obj.get("meta"))})
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of small metadata (tensors and unknown objects as their type name)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+
+
+# --------------------------------------------------------------------------- TimeCycle
+
+
+def _is_timecycle(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping) and any(
+        _strip_prefixes(k).startswith("encoderVideo.") for k in obj["state_dict"])
+
+
+def _timecycle(obj: Mapping, path: str | Path) -> EncoderState:
+    state, ignored = {}, []
+    for key, value in obj["state_dict"].items():
+        k = _strip_prefixes(key)
+        if not k.startswith("encoderVideo.") or k.startswith("encoderVideo.fc."):
+            ignored.append(key)
+            continue
+        if torch.is_tensor(value) and value.ndim == 5:
+            if value.shape[2] != 1:
+                raise CheckpointError(f"{path}: {key} has temporal kernel size {value.shape[2]}; only size 1 "
+                                 f"(a 2-D kernel inflated to 3-D) converts to a 2-D ResNet")
+            value = value[:, :, 0]
+        state[k[len("encoderVideo."):]] = value
+    return EncoderState("timecycle", state, resnet_name_from_keys(state), {"padding_mode": "zeros"},
+                        {"step": None, "epoch": obj.get("epoch"), "ignored_keys": ignored})
+
+
+# --------------------------------------------------------------------------- DINO / DINOv2
+
+
+def _vit_entry(obj: Any) -> tuple[Optional[Mapping], Optional[str]]:
+    """The ViT state dict in ``obj`` (itself, or its teacher / student entry) and the entry's name."""
+    for entry in ("teacher", "student"):
+        if isinstance(obj, Mapping) and _is_tensor_dict(obj.get(entry)):
+            return obj[entry], entry
+    return (obj, None) if _is_tensor_dict(obj) else (None, None)
+
+
+def _vit_keys(state: Mapping) -> dict[str, torch.Tensor]:
+    return {_strip_prefixes(k, ("module.", "backbone.")): v for k, v in state.items()}
+
+
+def _vit_family(obj: Any) -> Optional[str]:
+    state, _ = _vit_entry(obj)
+    if state is None:
+        return None
+    keys = _vit_keys(state)
+    if not {"pos_embed", "cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight"} <= set(keys):
+        return None
+    return "dinov2" if "blocks.0.ls1.gamma" in keys else "dino"
+
+
+def _vit(family: str) -> Callable[[Any, str | Path], EncoderState]:
+    def convert(obj: Any, path: str | Path) -> EncoderState:
+        state, entry = _vit_entry(obj)
+        keys = _vit_keys(state)
+        ignored = [k for k in keys if k.startswith("head.")]
+        keys = {k: v for k, v in keys.items() if not k.startswith("head.")}
+        width, _, patch, _ = keys["patch_embed.proj.weight"].shape
+        arch = {384: "vits", 768: "vitb"}.get(width)
+        if arch is None:
+            raise CheckpointError(f"{path}: a {family} ViT of width {width}; supported: 384 (ViT-S), 768 (ViT-B)")
+        name = f"{family}-{arch}{patch}" + ("-reg" if "register_tokens" in keys else "")
+        return EncoderState(family, keys, name, {}, {"step": None, "entry": entry, "ignored_keys": ignored})
+
+    return convert
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """A layout: ``detect(obj) -> bool`` and ``convert(obj, path) -> EncoderState``."""
+
+    detect: Callable[[Any], bool]
+    convert: Callable[[Any, str | Path], EncoderState]
+    description: str
+
+
+CHECKPOINT_FORMATS: dict[str, CheckpointFormat] = {
+    CHECKPOINT_FORMAT: CheckpointFormat(_is_ours, _ours, "ours (train.py)"),
+    "crw-reference": CheckpointFormat(_is_crw, _crw, "CRW, ajabri/videowalk"),
+    "vfs": CheckpointFormat(_is_vfs, _vfs, "VFS, xvjiarui/VFS (mmaction2)"),
+    "timecycle": CheckpointFormat(_is_timecycle, _timecycle, "TimeCycle, xiaolonw/TimeCycle (inflated ResNet-50)"),
+    "dino": CheckpointFormat(lambda obj: _vit_family(obj) == "dino", _vit("dino"), "DINO, facebookresearch/dino"),
+    "dinov2": CheckpointFormat(lambda obj: _vit_family(obj) == "dinov2", _vit("dinov2"),
+                               "DINOv2, facebookresearch/dinov2"),
+    "torchvision-state-dict": CheckpointFormat(_is_torchvision, _torchvision, "a torchvision ResNet state dict"),
+}
+
+
+def read_encoder_state(obj: Any, path: str | Path, format: Optional[str] = None) -> EncoderState:
+    """The encoder weights of ``obj`` (a file's content): in layout ``format``, or the first that
+    recognises it (``CHECKPOINT_FORMATS`` order)."""
+    if format is not None:
+        if format not in CHECKPOINT_FORMATS:
+            raise CheckpointError(f"unknown checkpoint format {format!r}; known: {', '.join(CHECKPOINT_FORMATS)}")
+        layout = CHECKPOINT_FORMATS[format]
+        if not layout.detect(obj):
+            raise CheckpointError(f"{path} is not in the {format!r} layout ({layout.description})")
+        return layout.convert(obj, path)
+    for layout in CHECKPOINT_FORMATS.values():
+        if layout.detect(obj):
+            return layout.convert(obj, path)
+    if isinstance(obj, Mapping):
+        keys = list(obj)
+        shown = ", ".join(f"{k!r}: {type(obj[k]).__name__}" for k in keys[:20])
+        more = f", ... ({len(keys) - 20} more)" if len(keys) > 20 else ""
+        raise CheckpointError(
+            f"{path}: unrecognised checkpoint layout; expected one of {', '.join(CHECKPOINT_FORMATS)} "
+            f"(a {CHECKPOINT_FORMAT!r} dict, a CRW dict with 'model' holding 'encoder.model.*' keys, a ResNet "
+            f"state dict with 'conv1.weight', ...). Found {len(keys)} top-level keys: {{{shown}{more}}}"
+        )
+    raise CheckpointError(f"{path}: unrecognised checkpoint layout; found a {type(obj).__name__}, expected a dict")
