@@ -222,7 +222,8 @@ def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
     if not cfg.lr > 0 or cfg.grad_clip < 0:
         raise OptionError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
     if any(m < 0 for m in cfg.lr_milestones) or not cfg.lr_gamma > 0:
-        raise OptionError(f"--lr-milestones must be >= 0 and --lr-gamma > 0, got {cfg.lr_milestones} and {cfg.lr_gamma}")
+        raise OptionError(f"--lr-milestones must be >= 0 and --lr-gamma > 0, got {cfg.lr_milestones} and "
+                          f"{cfg.lr_gamma}")
     if not 0 <= cfg.featdrop < 1 or cfg.head_depth < -1 or cfg.color_jitter < 0 or cfg.short_side < 0:
         raise OptionError(f"need 0 <= --featdrop < 1, --head-depth >= -1, --color-jitter >= 0 and --short-side >= 0; "
                          f"got {cfg.featdrop}, {cfg.head_depth}, {cfg.color_jitter}, {cfg.short_side}")
