@@ -54,7 +54,7 @@ def check_header(results, task):
     assert results["checkpoint"]["encoder"] == "pixel"
 
 
-def positional_features(encoder, frames, device):
+def positional_features(encoder, frames, device, statistics=None):
     """One-hot position codes: each cell matches only itself, so propagation keeps frame 0's labels."""
     h, w = (math.ceil(n / encoder.stride) for n in frames.shape[1:3])
     codes = torch.eye(h * w, device=device).reshape(h * w, h, w)
