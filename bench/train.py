@@ -105,7 +105,8 @@ def run(bench: BenchConfig) -> dict:
     decode_augment = measure_decode_throughput(dataset, bench.decode_clips)
 
     torch.manual_seed(0)
-    model = WalkModel(build_encoder(cfg.encoder, **encoder_kwargs(cfg.encoder)), cfg.head_dim, cfg.mode)
+    model = WalkModel(build_encoder(cfg.encoder, **encoder_kwargs(cfg.encoder, cfg.padding)), cfg.head_dim, cfg.mode,
+                      cfg.head_depth, cfg.featdrop)
     model.to(runtime.device).train()
     loss_fn = build_losses(cfg).to(runtime.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)

@@ -4,8 +4,13 @@ CRW (reference ``code/utils/augs.py``, ``--frame-aug grid``): every frame of a c
 ``RandomResizedCrop(256, scale=(0.8, 0.95), ratio=(0.7, 1.3))``; ``grid`` mode then cuts 64x64
 windows at stride 32 (row-major, 7x7 = 49 patches), each jittered by its own
 ``RandomResizedCrop(64, scale=(0.7, 0.9))``; ``dense`` mode keeps the whole frame (every feature
-cell a node). TimeCycle: one crop for all frames and a horizontal flip of the whole clip with
-probability 1/2 (``same_crop=True, flip=True``).
+cell a node). The reference's optional frame transforms ``cj`` and ``flip`` act on each frame on
+its own, after its crop: ``color_jitter=0.1`` (``ColorJitter(0.1, 0.1, 0.1, 0)``, :func:`color_jitter`)
+and ``frame_flip=True`` (``RandomHorizontalFlip``). TimeCycle (the authors' VLOG loader): every
+frame resized so that its short side is 256 px (``short_side``; long side ``int(256 * long /
+short)``, bilinear), one 240x240 crop at the same random corner for all frames
+(``x ~ U{0 .. W - 241}``, likewise y) and a horizontal flip of the whole clip with probability
+1/2 (``short_side=256, size=240, flip=True``).
 
 Crop boxes ``(top, left, h, w)`` follow ``torchvision.transforms.RandomResizedCrop.get_params``
 (10 tries, else a centre crop clamped to the ratio range), drawn from a ``numpy.random.Generator``;
@@ -66,6 +71,53 @@ def random_resized_crop_boxes(
     return np.stack([top, left, h, w], axis=1)
 
 
+def _luma(image: np.ndarray) -> np.ndarray:
+    """``uint8 (..., 3)`` RGB -> ``uint8 (...)`` grey as PIL's ``convert("L")``:
+    ``(19595 R + 38470 G + 7471 B + 2^15) >> 16``."""
+    rgb = image.astype(np.int64)
+    return ((19595 * rgb[..., 0] + 38470 * rgb[..., 1] + 7471 * rgb[..., 2] + (1 << 15)) >> 16).astype(np.uint8)
+
+
+def _blend(degenerate: np.ndarray, image: np.ndarray, factor: float) -> np.ndarray:
+    """PIL's ``Image.blend(degenerate, image, factor)`` on uint8: ``d + f (i - d)`` in float32, clipped
+    to [0, 255] and truncated."""
+    out = degenerate.astype(np.float32) + np.float32(factor) * (image.astype(np.float32) - degenerate)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """``torchvision.transforms.ColorJitter(s, s, s, 0)`` on a ``uint8 (H, W, 3)`` RGB frame.
+
+    Brightness, contrast and saturation in a random order, each with its own factor
+    ``f ~ U[max(0, 1 - s), 1 + s]``: brightness blends with black, contrast with the grey level
+    ``int(mean(L) + 0.5)``, saturation with the frame's own grey ``L`` (PIL's ``ImageEnhance``).
+    """
+    low, high = max(0.0, 1.0 - strength), 1.0 + strength
+    order = rng.permutation(3)
+    return adjust_colours(image, order, rng.uniform(low, high, size=3))
+
+
+def adjust_colours(image: np.ndarray, order, factors) -> np.ndarray:
+    """Brightness (0), contrast (1) and saturation (2) of a ``uint8 (H, W, 3)`` RGB frame, applied in
+    ``order`` with ``factors[k]`` for the k-th applied (PIL's ``ImageEnhance``, :func:`color_jitter`)."""
+    for op, factor in zip(order, factors):
+        if op == 0:
+            degenerate = np.zeros_like(image)
+        elif op == 1:
+            degenerate = np.full_like(image, int(_luma(image).mean() + 0.5))
+        else:
+            degenerate = np.repeat(_luma(image)[..., None], 3, axis=-1)
+        image = _blend(degenerate, image, factor)
+    return image
+
+
+def _short_side_resize(image: np.ndarray, short: int) -> np.ndarray:
+    """``uint8 (h, w, 3)`` -> short side ``short``, long side ``int(short * long / short_side)`` (bilinear)."""
+    h, w = image.shape[:2]
+    size = (int(short * w / h), short) if h <= w else (short, int(short * h / w))   # (width, height)
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     """``uint8 (h, w, 3)`` -> ``(size, size, 3)``: area averaging when shrinking both sides, else bilinear."""
     h, w = image.shape[:2]
@@ -88,6 +140,9 @@ class ClipTransform:
     (``patch_scale``, ratio 3/4..4/3) resized back to ``patch_size``.
     ``same_crop=True``: one crop box (same distribution) for all frames of the clip.
     ``flip=True``: the whole clip is mirrored left-right with probability 1/2 (after the crop).
+    ``color_jitter > 0`` / ``frame_flip=True``: each frame jittered (:func:`color_jitter`) / mirrored
+    with probability 1/2 on its own, in that order, after its crop (training only).
+    ``short_side > 0`` (training): TimeCycle's crop (module docstring) instead of random resized crops.
     ``train=False``: no randomness: the whole frame resized to ``size x size``, windows taken
     as they are.
 
@@ -109,6 +164,9 @@ class ClipTransform:
         train: bool = True,
         same_crop: bool = False,
         flip: bool = False,
+        color_jitter: float = 0.0,
+        frame_flip: bool = False,
+        short_side: int = 0,
     ):
         if mode not in ("grid", "dense"):
             raise ValueError(f"mode must be 'grid' or 'dense', got {mode!r}")
@@ -126,6 +184,11 @@ class ClipTransform:
         self.train = bool(train)
         self.same_crop = bool(same_crop)
         self.flip = bool(flip)
+        self.color_jitter = float(color_jitter)
+        self.frame_flip = bool(frame_flip)
+        self.short_side = int(short_side)
+        if 0 < self.short_side < self.size:
+            raise ValueError(f"short_side {short_side} must be >= size {size}")
         n = (self.size - self.patch_size) // self.patch_stride + 1
         self.grid_side = n
         offsets = np.arange(n) * self.patch_stride
@@ -139,7 +202,8 @@ class ClipTransform:
     def __repr__(self) -> str:
         return (f"ClipTransform(mode={self.mode!r}, size={self.size}, patch_size={self.patch_size}, "
                 f"patch_stride={self.patch_stride}, crop_scale={self.crop_scale}, crop_ratio={self.crop_ratio}, "
-                f"patch_scale={self.patch_scale}, train={self.train}, same_crop={self.same_crop}, flip={self.flip})")
+                f"patch_scale={self.patch_scale}, train={self.train}, same_crop={self.same_crop}, flip={self.flip}, "
+                f"color_jitter={self.color_jitter}, frame_flip={self.frame_flip}, short_side={self.short_side})")
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         frames = np.asarray(frames)
@@ -147,12 +211,16 @@ class ClipTransform:
             raise ValueError(f"expected uint8 RGB frames shaped (T, H, W, 3), got {frames.dtype} {frames.shape}")
         if rng is None:
             rng = np.random.default_rng()
-        if self.train and self.same_crop:
+        if self.train and self.short_side:
+            resized = self._fixed_crops(frames, rng)
+        elif self.train and self.same_crop:
             top, left, h, w = random_resized_crop_boxes(rng, frames.shape[1], frames.shape[2], 1,
                                                         self.crop_scale, self.crop_ratio)[0]
             resized = np.stack([_resize(frame[top:top + h, left:left + w], self.size) for frame in frames])
         else:
             resized = np.stack([self._frame(frame, rng) for frame in frames])  # T, S, S, 3 uint8
+        if self.train and (self.color_jitter > 0 or self.frame_flip):
+            resized = np.stack([self._frame_transforms(frame, rng) for frame in resized])
         if self.train and self.flip and rng.random() < 0.5:
             resized = np.ascontiguousarray(resized[:, :, ::-1])
         if self.mode == "dense":
@@ -167,6 +235,22 @@ class ClipTransform:
         top, left, h, w = random_resized_crop_boxes(rng, frame.shape[0], frame.shape[1], 1,
                                                     self.crop_scale, self.crop_ratio)[0]
         return _resize(frame[top:top + h, left:left + w], self.size)
+
+    def _fixed_crops(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """TimeCycle: short side resized to ``short_side``, one ``size`` crop at one random corner for all frames."""
+        resized = np.stack([_short_side_resize(frame, self.short_side) for frame in frames])
+        height, width = resized.shape[1:3]
+        left = int(rng.integers(0, max(1, width - self.size)))
+        top = int(rng.integers(0, max(1, height - self.size)))
+        return np.ascontiguousarray(resized[:, top:top + self.size, left:left + self.size])
+
+    def _frame_transforms(self, frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """CRW's per-frame ``cj`` then ``flip`` on a cropped ``uint8 (S, S, 3)`` frame."""
+        if self.color_jitter > 0:
+            frame = color_jitter(frame, self.color_jitter, rng)
+        if self.frame_flip and rng.random() < 0.5:
+            frame = frame[:, ::-1]
+        return frame
 
     def _patches(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``uint8 (T, S, S, 3)`` -> ``(T * N, P, P, 3)`` windows (row-major), jittered when training."""

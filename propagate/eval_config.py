@@ -20,6 +20,7 @@ from corr.flow_track import FlowTrackConfig
 
 from .cache import CACHE_DTYPES
 from .config import PropagationConfig
+from .labels import KEYPOINT_ENCODINGS
 
 #: The encoder of a run without ``--encoder`` and ``--checkpoint``.
 DEFAULT_ENCODER = "resnet18-crw"
@@ -45,6 +46,9 @@ class EvalConfig:
         default=None, metadata={"help": "H,W frames are resized to (default: jhmdb 320,320; vip 560,560; "
                                         "tapvid 256,256; davis native only)"})
     query_mode: str = dataclasses.field(default="strided", metadata={"help": "TAP-Vid queries: first|strided"})
+    keypoint_encoding: str = dataclasses.field(
+        default="sub-cell", metadata={"help": "JHMDB joints: sub-cell (Gaussian at the joint's sub-cell position) | "
+                                              "reference (CRW's integer-cell window and decoding)"})
     tracker: str = dataclasses.field(
         default="propagation", metadata={"help": "TAP-Vid tracker: propagation (label propagation of --encoder "
                                                  "features) | walk (chained flows of a global-matching "
@@ -141,6 +145,11 @@ class EvalConfig:
             raise OptionError(f"--tta-lr must be > 0, got {self.tta_lr}")
         if self.cache_dtype not in CACHE_DTYPES:
             raise OptionError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+        if self.keypoint_encoding not in KEYPOINT_ENCODINGS:
+            raise OptionError(f"--keypoint-encoding must be one of {', '.join(KEYPOINT_ENCODINGS)}, "
+                             f"got {self.keypoint_encoding!r}")
+        if self.keypoint_encoding != EvalConfig.keypoint_encoding and self.task != "jhmdb":
+            raise OptionError("--keypoint-encoding is for --task jhmdb only")
         if self.query_mode not in ("first", "strided"):
             raise OptionError(f"--query-mode must be first or strided, got {self.query_mode!r}")
         if self.tracker not in ("propagation", "walk"):

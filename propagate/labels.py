@@ -10,7 +10,8 @@ becomes ``K = N + 1`` one-hot channels (channel ``i``: ``object_ids[i - 1]``) bi
 to the grid; decoding upsamples bilinearly and takes the argmax. Ids are palette indices.
 
 * keypoints (JHMDB): one Gaussian channel per joint plus background, decoded as the weighted
-  mean of each channel's top-3 cells (:func:`keypoints_to_heatmaps`);
+  mean of each channel's top-3 cells (:func:`keypoints_to_heatmaps`; CRW's own integer-cell
+  encoding: :func:`reference_keypoints_to_heatmaps`);
 * part maps (VIP): one-hot channels of class ids 0..19, decoded by argmax (:func:`parts_to_labels`);
 * query points (TAP-Vid): one small Gaussian per query plus background, decoded to sub-cell
   positions, with occlusion from fading or a forward-backward check (:func:`track_points`).
@@ -38,7 +39,9 @@ from datasets.vip import NUM_CLASSES
 
 __all__ = ["grid_size", "downsample_to_grid", "upsample_to_image", "normalize_output", "masks_to_labels",
            "labels_to_masks",
-           "rescale_points", "KEYPOINT_SIGMA", "KEYPOINT_TOPK", "keypoints_to_heatmaps", "heatmaps_to_keypoints",
+           "rescale_points", "KEYPOINT_SIGMA", "KEYPOINT_TOPK", "KEYPOINT_ENCODINGS", "keypoints_to_heatmaps",
+           "heatmaps_to_keypoints", "reference_rescale_points", "reference_keypoints_to_heatmaps",
+           "reference_heatmaps_to_keypoints",
            "parts_to_labels", "labels_to_parts", "QUERY_SIGMA", "QUERY_WINDOW",
            "OCCLUSION_THRESHOLD", "MIN_PEAK_RATIO", "queries_to_heatmaps", "heatmaps_to_points",
            "backmatch_distance", "track_points"]
@@ -177,6 +180,19 @@ def keypoints_to_heatmaps(keypoints: np.ndarray, image_size: tuple[int, int], gr
     return torch.cat([background, joints])
 
 
+def _top_cells(labels: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft labels (1 + J, h, w) -> the weighted mean (J, 2) (col, row) of each joint channel's
+    ``topk`` cells (weights normalised to sum 1) and the (J,) mask of all-zero channels."""
+    if labels.ndim != 3 or labels.shape[0] < 2:
+        raise ValueError(f"labels must be (1 + J, h, w), got shape {tuple(labels.shape)}")
+    joints = labels[1:].float().flatten(1)                       # (J, h*w)
+    w = labels.shape[-1]
+    values, index = joints.topk(min(topk, joints.shape[1]), dim=1)  # (J, k)
+    weights = values / values.sum(1, keepdim=True).clamp_min(1e-12)
+    cells = torch.stack([index % w, index // w], dim=-1).float()  # (J, k, 2) (col, row)
+    return (weights[..., None] * cells).sum(1), joints.sum(1) <= 0
+
+
 def heatmaps_to_keypoints(labels: torch.Tensor, stride: int, topk: int = KEYPOINT_TOPK) -> np.ndarray:
     """Soft labels (1 + J, h, w) -> keypoints float64 (J, 2) (x, y) in pixels of the grid's image.
 
@@ -186,16 +202,73 @@ def heatmaps_to_keypoints(labels: torch.Tensor, stride: int, topk: int = KEYPOIN
     total is 0 (the joint was absent in the first frame) gives ``(-1, -1)``: not predicted.
     To map to the original image, use :func:`rescale_points`.
     """
-    if labels.ndim != 3 or labels.shape[0] < 2:
-        raise ValueError(f"labels must be (1 + J, h, w), got shape {tuple(labels.shape)}")
-    joints = labels[1:].float().flatten(1)                       # (J, h*w)
-    w = labels.shape[-1]
-    values, index = joints.topk(min(topk, joints.shape[1]), dim=1)  # (J, k)
-    total = values.sum(1, keepdim=True)
-    weights = values / total.clamp_min(1e-12)
-    cells = torch.stack([index % w, index // w], dim=-1).float()  # (J, k, 2) (col, row)
-    points = grid_to_pixel((weights[..., None] * cells).sum(1), stride)  # (J, 2)
-    points[joints.sum(1) <= 0] = -1.0
+    cells, missing = _top_cells(labels, topk)
+    points = grid_to_pixel(cells, stride)                         # (J, 2)
+    points[missing] = -1.0
+    return points.cpu().double().numpy()
+
+
+# CRW's own JHMDB encoding (videowalk code/data/jhmdb.py draw_labelmap_np, code/utils/test_utils.py
+# process_pose), selected with ``--keypoint-encoding reference``.
+
+#: ``sub-cell`` (:func:`keypoints_to_heatmaps`) or ``reference`` (:func:`reference_keypoints_to_heatmaps`).
+KEYPOINT_ENCODINGS = ("sub-cell", "reference")
+
+
+def reference_rescale_points(points: np.ndarray, from_size: tuple[int, int],
+                             to_size: tuple[int, int]) -> np.ndarray:
+    """CRW's point scaling between image sizes: ``x' = x W' / W``, ``y' = y H' / H`` (pixel
+    centres at integers, without the half-pixel shift of :func:`rescale_points`); ``-1`` stays ``-1``."""
+    points = np.asarray(points, dtype=np.float64)
+    out = points * np.array([to_size[1] / from_size[1], to_size[0] / from_size[0]])
+    out[(points < 0).any(axis=-1)] = -1.0
+    return out
+
+
+def reference_keypoints_to_heatmaps(keypoints: np.ndarray, grid: tuple[int, int], stride: int,
+                                    sigma: float = KEYPOINT_SIGMA,
+                                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Keypoints (J, 2) (x, y) in pixels of the input image -> labels (1 + J, h, w), as CRW draws them.
+
+    Joint ``j`` at cells ``c = p / s``: the window ``[trunc(c - 3 sigma), trunc(c + 3 sigma + 1))``
+    per axis (``trunc`` rounds toward zero), clipped to the grid, holds
+    ``g(k) = exp(-((k_x - m)^2 + (k_y - m)^2) / (2 sigma^2))`` for its window index ``k`` and
+    ``m = floor((6 sigma + 1) / 2)``: for sigma 0.5 a 4x4 integer window peaking at 1 on the cell
+    ``trunc(c - 1.5) + 2`` (``round(c)`` for ``c >= 1.5``), not at the point itself. A window
+    entirely off the grid, or a non-finite point, leaves the channel zero. Channel 0 is 1 where
+    every joint channel is 0.
+    """
+    points = np.asarray(keypoints, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"keypoints must be (J, 2) (x, y), got shape {points.shape}")
+    h, w = grid
+    size = 6 * sigma + 1
+    k = np.arange(0, size, 1, dtype=np.float64)
+    m = size // 2
+    window = np.exp(-((k[None, :] - m) ** 2 + (k[:, None] - m) ** 2) / (2 * sigma ** 2))   # (rows, cols)
+    joints = np.zeros((len(points), h, w))
+    for j, point in enumerate(points):
+        if not np.isfinite(point).all():
+            continue
+        cx, cy = point / stride
+        left, top = math.trunc(cx - 3 * sigma), math.trunc(cy - 3 * sigma)
+        right, bottom = math.trunc(cx + 3 * sigma + 1), math.trunc(cy + 3 * sigma + 1)
+        if left >= w or top >= h or right < 0 or bottom < 0:
+            continue
+        x0, x1, y0, y1 = max(0, left), min(right, w), max(0, top), min(bottom, h)
+        joints[j, y0:y1, x0:x1] = window[y0 - top:y1 - top, x0 - left:x1 - left]
+    joints = torch.as_tensor(joints, dtype=torch.float32, device=device)
+    background = (joints.sum(0, keepdim=True) == 0).float()
+    return torch.cat([background, joints])
+
+
+def reference_heatmaps_to_keypoints(labels: torch.Tensor, stride: int, topk: int = KEYPOINT_TOPK) -> np.ndarray:
+    """CRW's decoding: the weighted mean of each joint channel's top-``topk`` cells times the
+    stride, ``(x, y) = s * sum_i w_i (col_i, row_i)`` (no cell-centre offset); an all-zero channel
+    gives ``(-1, -1)``. Float64 (J, 2) pixels of the input image."""
+    cells, missing = _top_cells(labels, topk)
+    points = cells * stride
+    points[missing] = -1.0
     return points.cpu().double().numpy()
 
 

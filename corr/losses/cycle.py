@@ -10,13 +10,18 @@ its own. Tracker, for a query ``q (B, C, p, p)`` and a frame ``x (B, C, h, w)``:
     A = softmax over frame cells of <x(i, j), q(u, v)> / 512^-0.5            (B, h w, p, p)
     (tx, ty, angle) = linear(lrelu(conv(lrelu(conv(A))))),  theta = [[s cos a, -s sin a, tx], [s sin a, s cos a, ty]]
 
-``theta`` maps the patch's normalised grid to the frame's (``affine_grid``, ``align_corners=False``;
-:mod:`corr.geometry`). With ``d`` the mean squared distance of a 20x20 grid of points mapped by
-two transforms: ``long`` (cycles back through the last ``c <= 4`` base frames and into the
-target), ``skip`` (to each base frame and straight back) and ``sim`` (the inlier similarity
-``(1 - inlier_t) / 9``, or ``1 - cos`` with ``similarity="cosine"``) give
-``loss = 0.02 long + 1.0 sim + 0.1 skip``. ``forward(..., visuals=True)`` also returns the
-detached transforms (``theta0``, ``skip``, ``skip_back``, ``long``).
+``theta`` maps the patch's normalised grid to the frame's. Crops follow the authors' two
+conventions: the image patch is cut on the plain affine grid (``affine_grid`` and ``grid_sample``
+with ``align_corners=True``, the semantics of the PyTorch they used), feature crops on
+``g(u, v) = A (x_v, y_u) + (227 / 210) t`` (``theta = [A | t]``, ``x, y`` = ``linspace(-1, 1, n)``,
+sampled with ``align_corners=True``, zero padding; :func:`feature_crop_grid`). With ``d`` the
+mean squared distance of a 20x20 grid of points mapped by two transforms: ``long`` (cycles
+back through the last ``c <= 4`` base frames and into the target), ``skip`` (to each base frame
+and straight back) and ``sim`` (minus the weak inlier score of the patch in each base frame,
+:meth:`CycleConsistencyLoss.inlier`, or ``1 - cos`` with ``similarity="cosine"``) give
+``loss = 0.02 long + 1.0 sim + 0.1 skip`` (the authors' ``0.2 lamda``, ``1``, ``lamda`` with
+``lamda = 0.1``). ``forward(..., visuals=True)`` also returns the detached transforms
+(``theta0``, ``skip``, ``skip_back``, ``long``).
 """
 from __future__ import annotations
 
@@ -28,11 +33,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from corr.encoders import encoder_features
-from corr.geometry import cell_to_pixel, denormalise_pixels, normalise_pixels, pixel_to_cell
 
 WEIGHTS = {"long": 0.02, "sim": 1.0, "skip": 0.1}
 SIMILARITIES = ("inlier", "cosine")
-NEIGHBOURHOOD = 3  # side of the inlier neighbourhood, in frame cells
+#: The authors' feature-crop offset factor: the translation of a feature crop is scaled by it.
+OFFSET_FACTOR = 227 / 210
+#: Added to every entry of the warped inlier mask before its sum (the authors' normalisation).
+INLIER_EPS = 1e-5
 
 
 def grid_points(n: int = 20, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -58,10 +65,30 @@ def affine_from_params(params: torch.Tensor, scale: tuple[float, float]) -> torc
                         torch.stack([sy * sin, sy * cos, ty], -1)], dim=1)
 
 
+def feature_crop_grid(theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The authors' feature-crop sampling grid ``(B, p, q, 2)`` (x, y) for ``theta (B, 2, 3)``:
+    ``g(u, v) = A (x_v, y_u) + OFFSET_FACTOR * t`` with ``x = linspace(-1, 1, q)``, ``y = linspace(-1, 1, p)``
+    (to be sampled with ``align_corners=True``)."""
+    p, q = size
+    y = torch.linspace(-1, 1, p, device=theta.device, dtype=theta.dtype)
+    x = torch.linspace(-1, 1, q, device=theta.device, dtype=theta.dtype)
+    gy, gx = torch.meshgrid(y, x, indexing="ij")
+    linear = torch.einsum("bij,uvj->buvi", theta[:, :, :2], torch.stack([gx, gy], dim=-1))   # B, p, q, 2
+    return linear + OFFSET_FACTOR * theta[:, None, None, :, 2]
+
+
 def crop(features: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear crop ``(B, C, h, w) -> (B, C, *size)`` of the region ``theta (B, 2, 3)``."""
-    grid = F.affine_grid(theta.to(features.dtype), [features.shape[0], features.shape[1], *size], align_corners=False)
-    return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    """Bilinear feature crop ``(B, C, h, w) -> (B, C, *size)`` of the region ``theta (B, 2, 3)``
+    (:func:`feature_crop_grid`)."""
+    grid = feature_crop_grid(theta.to(features.dtype), size)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def image_crop(images: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear image patch ``(B, 3, H, W) -> (B, 3, *size)`` on the plain affine grid of ``theta``
+    (``align_corners=True``, zero padding): the authors' patch of the target frame."""
+    grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], *size], align_corners=True)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def patch_affinity(query: torch.Tensor, frame: torch.Tensor, scale: float) -> torch.Tensor:
@@ -107,7 +134,7 @@ class CycleConsistencyLoss(nn.Module):
         motion_patch: place the patch among the highest-motion positions.
         motion_frame: the clip's last frame is only the motion reference (published layout).
         positions, top_k, max_rotation: patch placement (module docstring; 7, 10, pi/4).
-        similarity: ``"inlier"`` (the authors' code) or ``"cosine"`` (module docstring).
+        similarity: ``"inlier"`` (the authors' weak inlier score) or ``"cosine"`` (module docstring).
     """
 
     needs_frames = True  # the training loop passes the clip and the encoder, not walk nodes
@@ -152,37 +179,26 @@ class CycleConsistencyLoss(nn.Module):
         return (theta, tracked, affinity) if with_affinity else (theta, tracked)
 
     def inlier_mask(self, theta: torch.Tensor) -> torch.Tensor:
-        """``M (B, h*w, p, q)`` of the module docstring for ``theta (B, 2, 3)``: separable, ``M = m_y[i] m_x[j]``
-        with ``m_x[j] = sum_{c in {x0, x0+1}, 0 <= c < w} beta_c [|c - j| <= 1]`` (``x0 = floor(m_x)``)."""
+        """The warped identity mask ``M (B, h*w, p, q)`` for ``theta (B, 2, 3)``, frame cells row-major:
+        ``M[(i, j), u, v] = max(0, 1 - |X - j|) max(0, 1 - |Y - i|)``, the bilinear weight of cell
+        ``(i, j)`` at the point ``g(u, v)`` of :func:`feature_crop_grid` in cells (``X = (g_x + 1)(w - 1) / 2``,
+        ``Y = (g_y + 1)(h - 1) / 2``): the authors' undilated mask (``dilation_filter=0``,
+        ``use_conv_filter=False``) sampled like their ``grid_sample``, at most 4 cells per patch cell."""
         (h, w), (p, q) = self.frame_size, self.patch_size
-        gy = normalise_pixels(cell_to_pixel(torch.arange(p, device=theta.device, dtype=theta.dtype), 1), p)
-        gx = normalise_pixels(cell_to_pixel(torch.arange(q, device=theta.device, dtype=theta.dtype), 1), q)
-        grid = torch.stack([*torch.meshgrid(gx, gy, indexing="xy"), torch.ones(p, q, device=theta.device,
-                                                                                 dtype=theta.dtype)], dim=-1)
-        mapped = torch.einsum("bij,uvj->buvi", theta, grid)                                # B, p, q, 2 (X, Y)
-        radius = NEIGHBOURHOOD // 2
-
-        def axis_weights(coord: torch.Tensor, size: int) -> torch.Tensor:                  # B, p, q -> B, p, q, size
-            cell = pixel_to_cell(denormalise_pixels(coord, size), 1)
-            low = cell.floor()
-            frac = cell - low
-            cells = torch.arange(size, device=coord.device, dtype=coord.dtype)
-            out = 0
-            for corner, weight in ((low, 1 - frac), (low + 1, frac)):
-                inside = ((corner >= 0) & (corner <= size - 1)).to(coord.dtype)
-                near = ((corner[..., None] - cells).abs() <= radius).to(coord.dtype)
-                out = out + (weight * inside)[..., None] * near
-            return out
-
-        mx, my = axis_weights(mapped[..., 0], w), axis_weights(mapped[..., 1], h)
-        mask = torch.einsum("buvi,buvj->bijuv", my, mx)                                   # B, h, w, p, q
-        return mask.flatten(1, 2)
+        grid = feature_crop_grid(theta, (p, q))                                             # B, p, q, 2
+        x = (grid[..., 0] + 1) * (w - 1) / 2
+        y = (grid[..., 1] + 1) * (h - 1) / 2
+        mx = (1 - (x[..., None] - torch.arange(w, device=theta.device, dtype=theta.dtype)).abs()).clamp_min(0)
+        my = (1 - (y[..., None] - torch.arange(h, device=theta.device, dtype=theta.dtype)).abs()).clamp_min(0)
+        return torch.einsum("buvi,buvj->bijuv", my, mx).flatten(1, 2)                     # B, h*w, p, q
 
     def inlier(self, affinity: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """``inlier_t (B,)`` of the module docstring from ``affinity (B, h*w, p, q)`` and ``theta (B, 2, 3)``."""
+        """The authors' weak inlier score ``(B,)`` of ``affinity (B, h*w, p, q)`` (frame cells row-major)
+        under ``theta (B, 2, 3)``: ``sum(M * affinity) / sum(M + 1e-5)``, the sums over all ``h w p q``
+        entries (the 1e-5 is added to every entry), ``M`` = :meth:`inlier_mask`. The loss term is its negative."""
         mask = self.inlier_mask(theta.float())
-        total = mask.flatten(1).sum(1).clamp_min(1e-6)
-        return NEIGHBOURHOOD ** 2 * (mask * affinity.float()).flatten(1).sum(1) / total
+        total = (mask + INLIER_EPS).flatten(1).sum(1)
+        return (mask * affinity.float()).flatten(1).sum(1) / total
 
     def candidate_centres(self, device=None) -> torch.Tensor:
         """``(n*n, 2)`` normalised patch centres ``(cx, cy)`` of the placement lattice, row-major (y, x)."""
@@ -256,7 +272,7 @@ class CycleConsistencyLoss(nn.Module):
             tracked_norm = F.normalize(tracked, dim=1)
             inliers.append(self.inlier(affinity, theta_t).mean())
             if self.similarity == "inlier":
-                sim_terms.append((1 - inliers[-1]) / NEIGHBOURHOOD ** 2)
+                sim_terms.append(-inliers[-1])
             else:
                 sim_terms.append(1 - (tracked_norm * patch_norm).sum(1).mean())
             theta_back, _ = self.track(tracked_norm, target_norm, target_raw)
@@ -285,7 +301,7 @@ class CycleConsistencyLoss(nn.Module):
         theta0 = self.patch_transform(frames[:, -1], reference, generator)                 # B, 2, 3
         p, q = self.patch_size
         patch_px = (round(height * p / self.frame_size[0]), round(width * q / self.frame_size[1]))
-        patch_image = crop(frames[:, -1], theta0, patch_px)                                # B, 3, P, Q
+        patch_image = image_crop(frames[:, -1], theta0, patch_px)                          # B, 3, P, Q
         raw, norm = self.embed(encoder, frames.flatten(0, 1))                              # BT, C, h, w
         if tuple(raw.shape[-2:]) != self.frame_size:
             raise ValueError(f"frames of {height}x{width} px give {tuple(raw.shape[-2:])} feature cells, but the "

@@ -11,7 +11,9 @@ palindrome walk of length ``k`` goes from frame 0 to frame ``k`` and back:
 
 Products are taken in probability space, in float32 (or float64) even under autocast.
 Diagnostics per length: ``loss/k=K`` and ``acc/k=K`` (fraction of start nodes whose most likely
-end node is themselves). Edge dropout applies in training mode only, like ``nn.Dropout``.
+end node is themselves). Edge dropout applies in training mode only, like ``nn.Dropout``; with
+``shared_mask`` the backward transitions also drop the edges the forward ones dropped
+(:func:`corr.graph.forward_backward_logits`, CRW's code).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ EPS = 1e-20
 class ContrastiveRandomWalk(nn.Module):
     """``(B, T, N, C)`` unit nodes -> ``(loss, {"loss/k=K": float, "acc/k=K": float, ...})``."""
 
-    def __init__(self, temperature: float = 0.07, edge_dropout: float = 0.0, include_one_step: bool = False):
+    def __init__(self, temperature: float = 0.07, edge_dropout: float = 0.0, include_one_step: bool = False,
+                 shared_mask: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -35,6 +38,7 @@ class ContrastiveRandomWalk(nn.Module):
         self.temperature = temperature
         self.edge_dropout = edge_dropout
         self.include_one_step = include_one_step
+        self.shared_mask = shared_mask
 
     def walk_lengths(self, num_frames: int) -> list[int]:
         """The palindrome lengths ``k`` used for a clip of ``num_frames`` frames."""
@@ -51,7 +55,8 @@ class ContrastiveRandomWalk(nn.Module):
         dropout = self.edge_dropout if self.training else 0.0
         with torch.autocast(device_type=nodes.device.type, enabled=False):
             forward, backward = transition_matrices(
-                nodes.to(torch.promote_types(nodes.dtype, torch.float32)), self.temperature, dropout)  # B, T-1, N, N
+                nodes.to(torch.promote_types(nodes.dtype, torch.float32)), self.temperature, dropout,
+                self.shared_mask)                                                               # B, T-1, N, N
             num_nodes = nodes.shape[2]
             identity = torch.arange(num_nodes, device=nodes.device)
             there = forward[:, 0]                 # A_0 ... A_{k-1}          B, N, N

@@ -42,7 +42,8 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 
 #: Settings a resumed run must share with its checkpoint, before the objectives' ``resume_keys``.
-RESUME_KEYS = ("encoder", "head_dim", "mode", "clip_len", "clip_offsets", "batch_size", "seed", "loss")
+RESUME_KEYS = ("encoder", "head_dim", "head_depth", "padding", "mode", "clip_len", "clip_offsets", "batch_size",
+               "seed", "loss")
 
 
 def seed_everything(seed: int) -> None:
@@ -83,7 +84,7 @@ def checkpoint_dict(cfg: TrainConfig, model: WalkModel, optimizer, scaler, sched
     """The ``corr-checkpoint-v1`` layout (module docstring)."""
     return {
         "format": CHECKPOINT_FORMAT,
-        "encoder": {"name": cfg.encoder, "kwargs": encoder_kwargs(cfg.encoder),
+        "encoder": {"name": cfg.encoder, "kwargs": encoder_kwargs(cfg.encoder, cfg.padding),
                     "state_dict": model.encoder.state_dict()},
         "heads": {"walk": model.head.state_dict(),
                   **({"losses": loss_fn.state_dict()} if loss_fn is not None and loss_fn.state_dict() else {})},
@@ -105,10 +106,11 @@ def resume_keys() -> tuple[str, ...]:
     return tuple(keys)
 
 
-def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimizer, scaler, scheduler,
+def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimisation: Optimisation,
                         loss_fn: Optional[nn.Module] = None) -> int:
     """Restore everything from ``path``; return the step it was saved at. Settings older
-    checkpoints lack count as the ``crw`` preset's."""
+    checkpoints lack count as the ``crw`` preset's; a checkpoint without a step schedule (saved
+    with a constant rate) resumes on the configured schedule at its step."""
     state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -124,9 +126,12 @@ def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimize
     model.head.load_state_dict(state["heads"]["walk"])
     if loss_fn is not None and "losses" in state["heads"]:
         loss_fn.load_state_dict(state["heads"]["losses"])       # heads that live in losses (cycle tracker, ...)
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    scheduler.load_state_dict(state["scheduler"])
+    optimisation.optimizer.load_state_dict(state["optimizer"])
+    optimisation.scaler.load_state_dict(state["scaler"])
+    if "milestones" in state.get("scheduler", {}):
+        optimisation.scheduler.load_state_dict(state["scheduler"])
+    else:
+        optimisation.fast_forward(int(state["step"]))
     set_rng_state(state["rng"])
     return int(state["step"])
 
@@ -139,8 +144,7 @@ def resume(path: Path, cfg: TrainConfig, runtime: Runtime, module: TrainModule, 
         if runtime.is_main:
             logger.warning("--resume: %s does not exist; starting from step 0", path)
         return 0
-    step = load_training_state(path, cfg, module.model, optimisation.optimizer, optimisation.scaler,
-                               optimisation.scheduler, module.losses)
+    step = load_training_state(path, cfg, module.model, optimisation, module.losses)
     if runtime.is_main:
         logger.info("resumed from %s at step %d", path, step)
     return step

@@ -1,13 +1,15 @@
 """Training configuration: :class:`TrainConfig` and the named presets it starts from.
 
 A preset is a complete configuration. ``crw`` is the CRW reference (docs/objectives.md, CRW):
-Adam, lr 1e-4 (constant), 4-frame clips sampled at 8 fps, up to 5 clips per video per epoch,
-tau 0.05, edge dropout 0.1, a 7x7 grid of 64x64 patches from 256x256 crops, batch 20 (per
-process: ``torchrun`` with G processes trains G x batch_size clips per step), 25 epochs
-(``steps`` none). ``crw-demo`` is the run without ``--data``: 150 steps of batch 2, dense
-nodes on 64x64 crops. Every objective ``name`` of :data:`corr.train.objectives.OBJECTIVES`
-has the preset ``name`` (``crw`` with its published settings, dense nodes for a frame loss)
-and ``name-demo`` (that with the demo's changes).
+Adam, lr 1e-4 multiplied by 0.3 at epochs 20, 30 and 40 (stepped per iteration), 4-frame clips
+sampled at 8 fps, up to 5 clips per video per epoch, tau 0.05, edge dropout 0.1 with the
+backward walk keeping the forward walk's dropped edges, no feature dropout, a linear head, a
+7x7 grid of 64x64 patches from 256x256 crops, no colour jitter or flip, batch 20 (per process:
+``torchrun`` with G processes trains G x batch_size clips per step), 25 epochs (``steps`` none).
+``crw-demo`` is the run without ``--data``: 150 steps of batch 2, dense nodes on 64x64 crops.
+Every objective ``name`` of :data:`corr.train.objectives.OBJECTIVES` has the preset ``name``
+(``crw`` with its published settings, dense nodes for a frame loss) and ``name-demo`` (that
+with the demo's changes).
 
 :func:`resolve_config` picks the preset: ``--preset NAME``, else the single ``--loss``
 objective's (a mix keeps the walk's, so adding a term to a walk run changes only the loss),
@@ -25,6 +27,8 @@ from corr.errors import OptionError
 from corr.graph import GRAPH_MODES
 from corr.train.objectives import OBJECTIVES, parse_loss_spec
 
+#: Convolution paddings of the trained encoder (``--padding``).
+PADDINGS = ("reflect", "zeros")
 #: Epochs of a preset run whose ``steps`` are none (known once the dataset is indexed).
 EPOCHS = 25
 #: The smallest ``crop_size``: two feature cells at stride 8.
@@ -54,6 +58,13 @@ class TrainConfig:
     same_crop: Optional[bool] = field(default=None, metadata={
         "help": "one random crop for the whole clip (off: each frame its own)"})
     flip: Optional[bool] = field(default=None, metadata={"help": "mirror the whole clip with probability 1/2"})
+    frame_flip: Optional[bool] = field(default=None, metadata={
+        "help": "mirror each frame on its own with probability 1/2 (CRW's flip frame transform)"})
+    color_jitter: Optional[float] = field(default=None, metadata={
+        "help": "per-frame brightness, contrast and saturation jitter of this strength (CRW's cj: 0.1; 0: off)"})
+    short_side: Optional[int] = field(default=None, metadata={
+        "help": "0: random resized crops; N: resize the short side to N px and cut one crop-size crop per clip "
+                "(TimeCycle)"})
     clips_per_video: Optional[int] = field(default=None, metadata={"help": "clips per video per epoch"})
     mode: Optional[str] = field(default=None, metadata={
         "help": "nodes: grid (7x7 patches) or dense (feature cells)"})
@@ -61,10 +72,17 @@ class TrainConfig:
     loss: Optional[str] = field(default=None, metadata={
         "help": f"loss name or name=weight,... over one encoder (known: {', '.join(OBJECTIVES)})"})
     lr: Optional[float] = field(default=None, metadata={"help": "Adam learning rate"})
+    lr_milestones: Optional[tuple[int, ...]] = field(default=None, metadata={
+        "help": "epochs after which the rate is multiplied by --lr-gamma, stepped per iteration (empty: constant)"})
+    lr_gamma: Optional[float] = field(default=None, metadata={"help": "learning-rate factor at each milestone"})
     betas: Optional[tuple[float, ...]] = field(default=None, metadata={"help": "Adam betas"})
     grad_clip: Optional[float] = field(default=None, metadata={"help": "clip the gradient norm to this (0: off)"})
     temperature: Optional[float] = field(default=None, metadata={"help": "walk temperature tau"})
     edge_dropout: Optional[float] = field(default=None, metadata={"help": "edge dropout probability"})
+    shared_edge_mask: Optional[bool] = field(default=None, metadata={
+        "help": "the backward walk keeps the edges the forward walk dropped (CRW's code) and drops its own too"})
+    featdrop: Optional[float] = field(default=None, metadata={
+        "help": "dropout probability on the encoder's feature maps before pooling (CRW's --featdrop)"})
     include_one_step: Optional[bool] = field(default=None, metadata={"help": "also train the one-step cycle k=1"})
     pixel_radius: Optional[int] = field(default=None, metadata={
         "help": "pixel loss: half-size R of the local window, in feature cells ((2R+1)^2 displacements)"})
@@ -72,6 +90,10 @@ class TrainConfig:
         "help": "pixel loss: weight of the gradient-reversal domain term, warped vs real pairs (0: off)"})
     encoder: Optional[str] = field(default=None, metadata={"help": "encoder name, corr.encoders.ENCODERS"})
     head_dim: Optional[int] = field(default=None, metadata={"help": "node embedding size"})
+    head_depth: Optional[int] = field(default=None, metadata={
+        "help": "hidden layers of the walk head's MLP (0: linear; -1: no head, the encoder's channels)"})
+    padding: Optional[str] = field(default=None, metadata={
+        "help": "the encoder's convolution padding: reflect (CRW) or zeros (TimeCycle, torchvision)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     amp: Optional[bool] = field(default=None, metadata={"help": "mixed precision (none: on with CUDA; CUDA only)"})
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm under DDP"})
@@ -98,8 +120,10 @@ SETUP_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name 
 CRW = TrainConfig(
     preset="crw", loss="crw", encoder="resnet18-crw", head_dim=128, mode="grid", crop_size=256,
     clip_len=4, fps=8.0, frame_skip=None, clip_offsets=None, clips_per_video=5, same_crop=False, flip=False,
-    temperature=0.05, edge_dropout=0.1, include_one_step=False, pixel_radius=6, pixel_domain_weight=0.0,
-    steps=None, batch_size=20, lr=1e-4, betas=(0.9, 0.999), grad_clip=0.0,
+    frame_flip=False, color_jitter=0.0, short_side=0, head_depth=0, padding="reflect",
+    temperature=0.05, edge_dropout=0.1, shared_edge_mask=True, featdrop=0.0, include_one_step=False,
+    pixel_radius=6, pixel_domain_weight=0.0,
+    steps=None, batch_size=20, lr=1e-4, lr_milestones=(20, 30, 40), lr_gamma=0.3, betas=(0.9, 0.999), grad_clip=0.0,
     num_workers=4, checkpoint_every=500, log_every=20, image_every=500)
 
 #: The demo's changes to a preset: finishes in minutes on a 2-core CPU.
@@ -153,7 +177,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         cfg = dataclasses.replace(cfg, mode="dense")                         # frame losses read whole frames
     cfg = _resolve_clip_frames(cfg, given, table[name].loss)
     check_config(cfg, losses)
-    return dataclasses.replace(cfg, betas=tuple(float(b) for b in cfg.betas))
+    return dataclasses.replace(cfg, betas=tuple(float(b) for b in cfg.betas),
+                               lr_milestones=tuple(int(m) for m in cfg.lr_milestones))
 
 
 def _resolve_clip_frames(cfg: TrainConfig, given: dict[str, Any], preset_loss: str) -> TrainConfig:
@@ -196,6 +221,16 @@ def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
                          f"and {cfg.pixel_domain_weight}")
     if not cfg.lr > 0 or cfg.grad_clip < 0:
         raise OptionError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
+    if any(m < 0 for m in cfg.lr_milestones) or not cfg.lr_gamma > 0:
+        raise OptionError(f"--lr-milestones must be >= 0 and --lr-gamma > 0, got {cfg.lr_milestones} and "
+                          f"{cfg.lr_gamma}")
+    if not 0 <= cfg.featdrop < 1 or cfg.head_depth < -1 or cfg.color_jitter < 0 or cfg.short_side < 0:
+        raise OptionError(f"need 0 <= --featdrop < 1, --head-depth >= -1, --color-jitter >= 0 and --short-side >= 0; "
+                         f"got {cfg.featdrop}, {cfg.head_depth}, {cfg.color_jitter}, {cfg.short_side}")
+    if cfg.padding not in PADDINGS:
+        raise OptionError(f"--padding must be one of {PADDINGS}, got {cfg.padding!r}")
+    if 0 < cfg.short_side < cfg.crop_size:
+        raise OptionError(f"--short-side {cfg.short_side} is smaller than --crop-size {cfg.crop_size}")
     if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
         raise OptionError(f"--betas must be two numbers in [0, 1), got {cfg.betas}")
     for loss in losses:

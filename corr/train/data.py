@@ -61,13 +61,15 @@ def build_dataset(cfg: TrainConfig, source: str | Path) -> Dataset:
 
 
 def make_transform(transform_cls: type, cfg: TrainConfig) -> Callable:
-    """``ClipTransform`` for the configured node mode, crop size, shared crop and flip.
+    """``ClipTransform`` for the configured node mode, crop size, shared crop, flips, colour jitter
+    and short-side resize.
 
     Grid patches keep the reference proportions: side ``crop/4`` at stride ``crop/8``
     (256 -> 7x7 windows of 64x64 at stride 32).
     """
     return transform_cls(mode=cfg.mode, size=cfg.crop_size, patch_size=cfg.crop_size // 4,
-                         patch_stride=cfg.crop_size // 8, same_crop=bool(cfg.same_crop), flip=bool(cfg.flip))
+                         patch_stride=cfg.crop_size // 8, same_crop=bool(cfg.same_crop), flip=bool(cfg.flip),
+                         color_jitter=cfg.color_jitter, frame_flip=bool(cfg.frame_flip), short_side=cfg.short_side)
 
 
 def batches_per_epoch(dataset_len: int, batch_size: int, world_size: int) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from corr.losses.cycle import OFFSET_FACTOR
 from datasets.transforms import denormalize_frames
 
 
@@ -98,13 +99,14 @@ def walk_image(clip: torch.Tensor, nodes: torch.Tensor, mode: str, stride: int) 
     return walk_figure(frames[0], frames[-1], centres, walk.argmax(dim=-1).numpy())
 
 
-def _theta_quad(theta: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixel corners ``(4, 2)`` (x, y) of the region that ``theta (2, 3)`` crops (``affine_grid``
-    convention, ``align_corners=False``): patch corners ``(+-1, +-1)`` mapped to the frame's
-    normalised coordinates, then ``x = (u + 1) W / 2 - 1/2``."""
-    corners = np.array([[-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], dtype=np.float64)
-    uv = corners @ np.asarray(theta, dtype=np.float64).T                                 # 4, 2
-    return np.stack([(uv[:, 0] + 1) * width / 2 - 0.5, (uv[:, 1] + 1) * height / 2 - 0.5], axis=1)
+def _theta_quad(theta: np.ndarray, height: int, width: int, offset: float = 1.0) -> np.ndarray:
+    """Pixel corners ``(4, 2)`` (x, y) of the region that ``theta (2, 3)`` crops (TimeCycle's grids,
+    ``align_corners=True``): patch corners ``(+-1, +-1)`` mapped to ``A c + offset * t`` (``offset``:
+    1 for the image patch, ``OFFSET_FACTOR`` for a feature crop), then ``x = (u + 1)(W - 1) / 2``."""
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64)
+    theta = np.asarray(theta, dtype=np.float64)
+    uv = corners @ theta[:, :2].T + offset * theta[:, 2]                                  # 4, 2
+    return np.stack([(uv[:, 0] + 1) * (width - 1) / 2, (uv[:, 1] + 1) * (height - 1) / 2], axis=1)
 
 
 def _draw_quad(image: np.ndarray, quad: np.ndarray, colour: tuple[int, int, int], scale: int) -> None:
@@ -131,9 +133,10 @@ def cycle_image(clip: torch.Tensor, visuals: dict[str, torch.Tensor], min_height
     height, width = frames[0].shape[:2]
     frames, scale = _enlarge(frames, min_height)
     for t in range(n):
-        _draw_quad(frames[t], _theta_quad(skip[t], height, width), (255, 220, 0), scale)
+        _draw_quad(frames[t], _theta_quad(skip[t], height, width, OFFSET_FACTOR), (255, 220, 0), scale)
     _draw_quad(frames[n], _theta_quad(visuals["theta0"].float().cpu().numpy(), height, width), (0, 220, 0), scale)
-    _draw_quad(frames[n], _theta_quad(visuals["long"][-1].float().cpu().numpy(), height, width), (255, 0, 0), scale)
+    _draw_quad(frames[n], _theta_quad(visuals["long"][-1].float().cpu().numpy(), height, width, OFFSET_FACTOR),
+               (255, 0, 0), scale)
     return np.concatenate(frames, axis=1)
 
 

@@ -74,7 +74,7 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
         cfg = dataclasses.replace(cfg, steps=max(1, EPOCHS * per_epoch))
 
     module = build_train_module(cfg, runtime)
-    optimisation = Optimisation.build(module, cfg, runtime)
+    optimisation = Optimisation.build(module, cfg, runtime, per_epoch)
     checkpoint_path = out / CHECKPOINT_FILE
     first_step = resume(checkpoint_path, cfg, runtime, module, optimisation)
     if runtime.is_main:

@@ -6,8 +6,10 @@ and the losses together), so every loss runs the encoder inside the wrapper and 
 of every parameter (the encoder, the walk head and the weights the losses own, such as the
 TimeCycle tracker) are averaged over the processes (``find_unused_parameters`` when a frame
 loss leaves some of them out of the graph). The optimiser is Adam over all of them, in the
-order walk model then losses (the checkpoint's order), with a constant learning rate as in
-the reference, and a gradient scaler for mixed precision.
+order walk model then losses (the checkpoint's order), with CRW's schedule (a ``MultiStepLR``
+stepped once per iteration, its milestones the ``lr_milestones`` epochs times the batches per
+epoch, as the reference computes them; none: a constant rate), and a gradient scaler for
+mixed precision.
 """
 from __future__ import annotations
 
@@ -98,8 +100,9 @@ class TrainModule(nn.Module):
 def build_train_module(cfg: TrainConfig, runtime: Runtime) -> TrainModule:
     """The encoder, walk head and losses of ``cfg``, on the runtime's device (SyncBatchNorm under DDP
     with ``sync_bn``)."""
-    encoder = build_encoder(cfg.encoder, **encoder_kwargs(cfg.encoder))
-    module = TrainModule(WalkModel(encoder, head_dim=cfg.head_dim, mode=cfg.mode), build_losses(cfg))
+    encoder = build_encoder(cfg.encoder, **encoder_kwargs(cfg.encoder, cfg.padding))
+    model = WalkModel(encoder, head_dim=cfg.head_dim, mode=cfg.mode, head_depth=cfg.head_depth, featdrop=cfg.featdrop)
+    module = TrainModule(model, build_losses(cfg))
     if runtime.distributed and cfg.sync_bn:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return module.to(runtime.device)
@@ -116,23 +119,36 @@ def distribute(module: TrainModule, runtime: Runtime) -> nn.Module:
 
 @dataclass
 class Optimisation:
-    """Adam over ``parameters``, a constant learning-rate schedule and the AMP gradient scaler."""
+    """Adam over ``parameters``, the step schedule and the AMP gradient scaler.
+
+    Step ``s`` (1-based) trains at ``lr * gamma ** #{m : m * per_epoch <= s - 1}`` for the
+    milestones ``m`` (epochs): epoch ``e`` (0-based) starts at iteration ``e * per_epoch``.
+    """
 
     parameters: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
     scaler: torch.amp.GradScaler
 
     @classmethod
-    def build(cls, module: nn.Module, cfg: TrainConfig, runtime: Runtime) -> "Optimisation":
+    def build(cls, module: nn.Module, cfg: TrainConfig, runtime: Runtime, per_epoch: int) -> "Optimisation":
+        """``per_epoch``: batches per epoch of this process (the milestones' unit)."""
         parameters = list(module.parameters())
         optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant, as the reference
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[per_epoch * m for m in cfg.lr_milestones], gamma=cfg.lr_gamma)
         return cls(parameters, optimizer, scheduler, torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp))
 
     @property
     def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return self.optimizer.param_groups[0]["lr"]
+
+    def fast_forward(self, step: int) -> None:
+        """Put the schedule where it is after ``step`` steps (for checkpoints saved without one)."""
+        self.scheduler.last_epoch = step
+        decays = sum(count for milestone, count in self.scheduler.milestones.items() if milestone <= step)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * self.scheduler.gamma ** decays
 
     def step(self, loss: torch.Tensor, grad_clip: float) -> Optional[float]:
         """Backward, clip the gradient norm to ``grad_clip`` (0: off), step; the norm before clipping."""

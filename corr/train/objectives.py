@@ -61,11 +61,16 @@ class Objective:
         return self.name.replace("_", "-")
 
 
-def encoder_kwargs(name: str) -> dict[str, Any]:
-    """Constructor options of the trained encoder: layer4 where it has one (docs/objectives.md, CRW)."""
+def encoder_kwargs(name: str, padding: Optional[str] = None) -> dict[str, Any]:
+    """Constructor options of the trained encoder: layer4 where it has one (docs/objectives.md, CRW),
+    and the convolution ``padding`` (``padding_mode``) where it takes one and it is given."""
     if name not in ENCODERS:
         raise OptionError(f"unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}")
-    return {"out_layer": "layer4"} if "out_layer" in inspect.signature(ENCODERS[name]).parameters else {}
+    parameters = inspect.signature(ENCODERS[name]).parameters
+    kwargs: dict[str, Any] = {"out_layer": "layer4"} if "out_layer" in parameters else {}
+    if padding is not None and "padding_mode" in parameters:
+        kwargs["padding_mode"] = padding
+    return kwargs
 
 
 def build_cycle_loss(cfg: Config) -> nn.Module:
@@ -119,33 +124,36 @@ def crw_figure(clip: torch.Tensor, data: dict, cfg: Config, stride: int) -> tupl
 OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in [
     Objective(
         "crw", "contrastive random walk over the walk nodes (docs/objectives.md, CRW)",
-        lambda cfg: ContrastiveRandomWalk(cfg.temperature, cfg.edge_dropout, cfg.include_one_step),
+        lambda cfg: ContrastiveRandomWalk(cfg.temperature, cfg.edge_dropout, cfg.include_one_step,
+                                          cfg.shared_edge_mask),
         figure=crw_figure, check=check_walk_clip),
     # TimeCycle (the authors' training script and VLOG loader): ResNet-50 at stride 8 (layer3,
-    # 1024-d, under the loss's 1x1 conv to 512); Adam lr 2e-4, betas (0.5, 0.999), gradient norm
-    # clipped at 10; frames of a 12 fps source, base frames s, s+2, s+4, s+6, the target s+15
-    # and s+17 for the motion that places the patch; one crop and one flip for the whole clip;
-    # 240 px frames. The demo's generated sequences (24 frames) are too short for 12 fps steps
-    # of a 24 fps frame folder (35 frames): there each generated frame is one step.
+    # 1024-d, under the loss's 1x1 conv to 512) with zero padding; Adam lr 2e-4 (constant),
+    # betas (0.5, 0.999), gradient norm clipped at 10; frames of a 12 fps source, base frames s,
+    # s+2, s+4, s+6, the target s+15 and s+17 for the motion that places the patch; short side
+    # resized to 256, one 240 px crop and one flip for the whole clip. The demo's generated
+    # sequences (24 frames) are too short for 12 fps steps of a 24 fps frame folder (35
+    # frames): there each generated frame is one step, and its 64 px crops come from a 68 px
+    # short side (240 / 256 of it).
     Objective(
         "cycle", "TimeCycle cycle consistency of a tracked patch (docs/objectives.md, TimeCycle)",
         build_cycle_loss, needs_frames=True,
-        settings={"encoder": "resnet50", "lr": 2e-4, "betas": (0.5, 0.999), "grad_clip": 10.0, "fps": 12.0,
-                  "clip_offsets": (0, 2, 4, 6, 15, 17), "clip_len": 6, "same_crop": True, "flip": True,
-                  "crop_size": 240},
-        demo_settings={"frame_skip": 1},
+        settings={"encoder": "resnet50", "padding": "zeros", "lr": 2e-4, "lr_milestones": (), "betas": (0.5, 0.999),
+                  "grad_clip": 10.0, "fps": 12.0, "clip_offsets": (0, 2, 4, 6, 15, 17), "clip_len": 6,
+                  "same_crop": True, "flip": True, "crop_size": 240, "short_side": 256},
+        demo_settings={"frame_skip": 1, "short_side": 68},
         figure=lambda clip, data, cfg, stride: ("cycle/tracked_patch", cycle_image(clip, data)),
         resume_keys=("crop_size",), check=check_cycle_clip),
     Objective(
         "pixel", "fine-grained pixel loss on warped pairs, stride-4 features (docs/objectives.md, "
         "fine-grained pixel)",
-        build_pixel_loss, needs_frames=True, settings={"encoder": "resnet18-s4"},
+        build_pixel_loss, needs_frames=True, settings={"encoder": "resnet18-s4", "lr_milestones": ()},
         figure=lambda clip, data, cfg, stride: ("pixel/warped_pair", pixel_image(clip, data)),
         resume_keys=("pixel_radius", "pixel_domain_weight")),
     Objective(
         "global_walk", "two-frame global-matching walk with label warping; trains its own network "
         "(docs/objectives.md, GMRW)",
-        build_global_walk_loss, needs_frames=True,
+        build_global_walk_loss, needs_frames=True, settings={"lr_milestones": ()},
         trained_network="the global-match network (corr.global_match; --encoder unused)"),
 ]}
 

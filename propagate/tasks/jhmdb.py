@@ -3,6 +3,9 @@
 Frames are resized (bilinear) to the input size (default 320x320); frame 0's 15 joints
 become Gaussian heatmaps on the feature grid, each later frame is decoded by the top-k
 weighted mean of grid positions and mapped back to the original frame's pixels.
+``--keypoint-encoding`` picks the heatmaps: ``sub-cell`` (default, centred on the joint's
+sub-cell position) or ``reference`` (CRW's 4x4 integer-cell window, its point scaling and its
+decoding without the cell-centre offset; :mod:`propagate.labels`).
 Outputs under ``--out``: ``predictions/<action>/<video>.npy``, float64 ``[T, 15, 2]``
 predicted (x, y) per frame in the original frame's pixels, 0-based (pixel centres at
 integers, the ground truth's ``pos_img - 1``), joints in JHMDB order, ``-1`` = not
@@ -27,7 +30,16 @@ from datasets.synthetic_tasks import generate_jhmdb
 from ..cache import CacheSlot
 from ..config import PropagationConfig
 from ..eval_config import EvalConfig
-from ..labels import KEYPOINT_SIGMA, KEYPOINT_TOPK, heatmaps_to_keypoints, keypoints_to_heatmaps, rescale_points
+from ..labels import (
+    KEYPOINT_SIGMA,
+    KEYPOINT_TOPK,
+    heatmaps_to_keypoints,
+    keypoints_to_heatmaps,
+    reference_heatmaps_to_keypoints,
+    reference_keypoints_to_heatmaps,
+    reference_rescale_points,
+    rescale_points,
+)
 from ..metrics import JHMDB_PCK_THRESHOLDS, jhmdb_pck, jhmdb_pck_per_joint
 from ..task import Task, TaskDefaults, TaskRun, print_video_table, select_names, synthetic_banner, write_overlays
 from ..video import encoder_for_video, feature_cache, propagate_frames, resize_frame
@@ -37,26 +49,36 @@ from ..visualize import draw_skeleton
 @torch.inference_mode()
 def predict_jhmdb_video(video: JhmdbVideo, encoder: torch.nn.Module, prop_cfg: PropagationConfig,
                         device: torch.device, input_size: tuple[int, int], batch_size: int = 8,
-                        progress: bool = True, cache: Optional[CacheSlot] = None) -> tuple[np.ndarray, dict]:
+                        progress: bool = True, cache: Optional[CacheSlot] = None,
+                        encoding: str = "sub-cell") -> tuple[np.ndarray, dict]:
     """Propagate frame 0's joints -> (keypoints float64 [T, 15, 2] (x, y) original pixels, timings).
 
     Frame 0's joints become Gaussian heatmaps at ``input_size`` (:func:`keypoints_to_heatmaps`),
     each later frame is decoded by the top-3 weighted mean (:func:`heatmaps_to_keypoints`) and
-    mapped back with :func:`rescale_points`. Row 0 is the ground truth of frame 0.
+    mapped back with :func:`rescale_points`; ``encoding="reference"`` uses CRW's encoding,
+    decoding and scaling instead (:func:`reference_keypoints_to_heatmaps`). Row 0 is the ground
+    truth of frame 0.
     """
     size = video.size
     stride = encoder.stride
     preds = np.empty((video.num_frames, NUM_JOINTS, 2))
     preds[0] = video.keypoints[0]
+    reference = encoding == "reference"
+    rescale = reference_rescale_points if reference else rescale_points
+    first = rescale(video.keypoints[0], size, input_size)
+
+    def encode(grid: tuple[int, int]) -> torch.Tensor:
+        if reference:
+            return reference_keypoints_to_heatmaps(first, grid, stride, device=device)
+        return keypoints_to_heatmaps(first, input_size, grid, stride, device=device)
 
     def decode(t: int, labels: torch.Tensor) -> None:
-        preds[t] = rescale_points(heatmaps_to_keypoints(labels, stride), input_size, size)
+        points = (reference_heatmaps_to_keypoints if reference else heatmaps_to_keypoints)(labels, stride)
+        preds[t] = rescale(points, input_size, size)
 
     timings = propagate_frames(
         lambda t: resize_frame(video.read_frame(t), input_size), video.num_frames, encoder, prop_cfg, device,
-        first_label=lambda grid: keypoints_to_heatmaps(rescale_points(video.keypoints[0], size, input_size),
-                                                       input_size, grid, stride, device=device),
-        decode=decode, batch_size=batch_size, desc=video.name, progress=progress, cache=cache)
+        first_label=encode, decode=decode, batch_size=batch_size, desc=video.name, progress=progress, cache=cache)
     return preds, timings
 
 
@@ -98,7 +120,11 @@ class JhmdbTask(Task):
         return JhmdbDataset(root / (cfg.split or self.defaults.split), root=root)
 
     def settings(self, cfg: EvalConfig, dataset: JhmdbDataset) -> dict:
-        return {"input_size": list(cfg.input_size), "sigma": KEYPOINT_SIGMA, "topk": KEYPOINT_TOPK}
+        return {"input_size": list(cfg.input_size), "sigma": KEYPOINT_SIGMA, "topk": KEYPOINT_TOPK,
+                **({"keypoint_encoding": cfg.keypoint_encoding} if cfg.keypoint_encoding != "sub-cell" else {})}
+
+    def factors(self, cfg: EvalConfig) -> dict:
+        return {**super().factors(cfg), "keypoint_encoding": cfg.keypoint_encoding}
 
     def names(self, run: TaskRun) -> list[str]:
         return select_names([video.name for video in run.dataset], run.cfg)
@@ -113,7 +139,8 @@ class JhmdbTask(Task):
         encoder, adapt_seconds = encoder_for_video(
             run.encoder, lambda t: resize_frame(video.read_frame(t), cfg.input_size), video.num_frames, cfg, device)
         pred, timings = predict_jhmdb_video(video, encoder, run.prop_cfg, device, cfg.input_size, cfg.batch_size,
-                                            cache=feature_cache(cfg, run.encoder_info, run.identity, video.name))
+                                            cache=feature_cache(cfg, run.encoder_info, run.identity, video.name),
+                                            encoding=cfg.keypoint_encoding)
         timings["adaptation"] = adapt_seconds
         atomic_write(run.out / file, lambda f: np.save(f, pred))
         try:

@@ -8,46 +8,56 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from corr.encoders import build_encoder
-from corr.losses.cycle import CycleConsistencyLoss, affine_from_params, crop, grid_mse, patch_affinity
+from corr.losses.cycle import (
+    WEIGHTS,
+    CycleConsistencyLoss,
+    affine_from_params,
+    crop,
+    feature_crop_grid,
+    grid_mse,
+    image_crop,
+    patch_affinity,
+)
 
 h = w = 12
 
 
 class OracleTracker(nn.Module):
-    """Reads the patch position off the affinity (soft-argmax, mean over patch cells); ``bias`` errs."""
+    """Answers ``params`` (tx, ty, angle) whatever the affinity, plus ``bias`` on tx."""
 
-    def __init__(self, bias: float = 0.0):
+    def __init__(self, params: torch.Tensor, bias: float = 0.0):
         super().__init__()
-        self.bias = bias
+        self.params, self.bias = params, bias
 
     def forward(self, affinity):                                               # B, h*w, p, q
-        centres = (2 * torch.arange(h, dtype=torch.float32) + 1) / h - 1
-        gy, gx = torch.meshgrid(centres, centres, indexing="ij")
-        x = torch.einsum("bkuv,k->b", affinity, gx.ravel()) / affinity[0, 0].numel()
-        y = torch.einsum("bkuv,k->b", affinity, gy.ravel()) / affinity[0, 0].numel()
-        return torch.stack([x + self.bias, y, torch.zeros_like(x)], dim=-1)
+        return (self.params + torch.tensor([self.bias, 0.0, 0.0])).expand(affinity.shape[0], 3)
+
+
+PARAMS = torch.tensor([[-1 / 3, 1 / 6, 0.0]])
 
 
 def static_clip_terms(bias: float):
     loss_fn = CycleConsistencyLoss(in_channels=8, frame_size=(h, w), max_cycle=4)
-    loss_fn.tracker = OracleTracker(bias)
+    loss_fn.tracker = OracleTracker(PARAMS, bias)
     codes = torch.eye(h * w).reshape(1, h * w, h, w)                         # one-hot position features
-    theta0 = affine_from_params(torch.tensor([[-1 / 3, 1 / 6, 0.0]]), loss_fn.scale)  # cell-aligned patch
-    patch = crop(codes, theta0, loss_fn.patch_size)
+    theta0 = affine_from_params(PARAMS, loss_fn.scale)
+    patch = F.normalize(crop(codes, theta0, loss_fn.patch_size), dim=1)
     base = codes[:, None].expand(1, 4, -1, -1, -1)
     return loss_fn.cycle_terms(base, base, codes, codes, patch, theta0)
 
 
-def test_perfect_tracker_gives_zero_and_a_wrong_one_more():
+def test_perfect_tracker_gives_zero_cycles_and_a_wrong_one_more():
     perfect, diag, transforms = static_clip_terms(0.0)
     wrong, _, wrong_transforms = static_clip_terms(0.3)
-    assert all(float(v) < 1e-5 for v in perfect.values())
-    assert all(float(wrong[k]) > 0.01 for k in ("long", "skip", "sim"))
+    assert float(perfect["long"]) < 1e-10 and float(perfect["skip"]) < 1e-10
+    assert float(perfect["sim"]) == pytest.approx(-diag["inlier"]) and diag["inlier"] > 0
+    assert all(float(wrong[k]) > 0.01 for k in ("long", "skip"))
+    assert float(wrong["sim"]) > float(perfect["sim"]) + 0.01                       # fewer inliers off the patch
     assert set(diag) >= {"long", "skip", "sim", "long/c=1", "long/c=4"}
-    theta0 = affine_from_params(torch.tensor([[-1 / 3, 1 / 6, 0.0]]), (1 / 3, 1 / 3))
+    theta0 = affine_from_params(PARAMS, (1 / 3, 1 / 3))
     assert transforms["skip"].shape == (1, 4, 2, 3) and transforms["long"].shape == (1, 4, 2, 3)
-    assert torch.allclose(transforms["skip"], theta0[:, None].expand(1, 4, 2, 3), atol=1e-5)   # static clip
-    assert torch.allclose(transforms["long"][:, -1], theta0, atol=1e-5)
+    assert torch.allclose(transforms["skip"], theta0[:, None].expand(1, 4, 2, 3), atol=1e-6)
+    assert torch.allclose(transforms["long"][:, -1], theta0, atol=1e-6)
     assert not torch.allclose(wrong_transforms["long"][:, -1], theta0, atol=0.1)
 
 
@@ -154,32 +164,88 @@ def test_training_config_mixes_the_losses_over_one_encoder():
         resolve_config(TrainConfig(data="/videos", loss="crw=1,pixel=1", mode="grid"))
 
 
-def test_inlier_mask_is_the_warped_dilated_identity_and_scores_peaked_affinities():
-    loss_fn = CycleConsistencyLoss(in_channels=8, frame_size=(9, 12), top_k=1)
-    (h, w), (p, q) = loss_fn.frame_size, loss_fn.patch_size
-    # reference construction: channel k holds the 3x3-dilated one-hot map of frame cell k, sampled bilinearly
-    # (zeros outside) where theta sends each patch cell
-    identity = torch.eye(h * w).reshape(h * w, 1, h, w)
-    dilated = (F.max_pool2d(identity, 3, stride=1, padding=1)).reshape(1, h * w, h, w)
-    theta = affine_from_params(torch.tensor([[0.1, -0.2, 0.3], [-0.55, 0.4, -0.7], [0.9, 0.9, 0.0]]), loss_fn.scale)
-    grid = F.affine_grid(theta, [3, h * w, p, q], align_corners=False)
-    expected = F.grid_sample(dilated.expand(3, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=False)
-    assert torch.allclose(loss_fn.inlier_mask(theta), expected, atol=1e-5)
+# ---------------------------------------------------------------- the authors' formulas, by hand
+# (geotnf/transformation.py AffineGridGenV2 + offset_factor, geotnf/loss.py WeakInlierCountPool with
+# dilation_filter=0, use_conv_filter=False, normalize_inlier_count=True; the PyTorch of their code
+# sampled with align_corners=True)
 
-    # cell-aligned patch: every patch cell lands on a frame cell centre
-    aligned = affine_from_params(torch.tensor([[-1 / 3, 0.0, 0.0]]), loss_fn.scale)   # cell (u, v) -> (3 + u, 2 + v)
-    mask = loss_fn.inlier_mask(aligned)
-    assert torch.allclose(mask.sum(1), torch.full((1, p, q), 9.0))
-    peaked = torch.zeros(1, h * w, p, q)
-    for u in range(p):
-        for v in range(q):
-            peaked[0, (3 + u) * w + 2 + v, u, v] = 1.0
-            assert mask[0, (3 + u) * w + 2 + v, u, v] == 1 and mask[0, (5 + u) * w + 2 + v, u, v] == 0
-    assert torch.allclose(loss_fn.inlier(peaked, aligned), torch.ones(1))
-    shifted = torch.roll(peaked.reshape(1, h, w, p, q), 2, dims=2).reshape(1, h * w, p, q)   # 2 cells off: outside
-    assert torch.allclose(loss_fn.inlier(shifted, aligned), torch.zeros(1))
-    uniform = torch.full((1, h * w, p, q), 1 / (h * w))
-    assert torch.allclose(loss_fn.inlier(uniform, aligned), torch.tensor([9 / (h * w)]))
+def authors_grid(theta, n, offset=227 / 210):
+    """``linspace(-1, 1, n) / offset`` mapped by theta, then multiplied by ``offset``: (B, n, n, 2)."""
+    lin = torch.linspace(-1, 1, n, dtype=torch.float64)
+    gx, gy = torch.meshgrid(lin, lin, indexing="xy")
+    gx, gy = gx / offset, gy / offset
+    t = theta.double()
+    xp = gx * t[:, 0, 0, None, None] + gy * t[:, 0, 1, None, None] + t[:, 0, 2, None, None]
+    yp = gx * t[:, 1, 0, None, None] + gy * t[:, 1, 1, None, None] + t[:, 1, 2, None, None]
+    return torch.stack([xp, yp], dim=-1) * offset
+
+
+def authors_inlier(matches_xmajor, theta, side, out):
+    """Their score: identity mask (channel c = x * side + y holds a 1 at row y, column x), warped by
+    grid_sample on their grid, divided by sum(mask + 1e-5), times the matches, summed."""
+    mask_id = torch.zeros(side * side, side, side, dtype=torch.float64)
+    for x in range(side):
+        for y in range(side):
+            mask_id[x * side + y, y, x] = 1.0
+    b = theta.shape[0]
+    mask = F.grid_sample(mask_id.expand(b, -1, -1, -1), authors_grid(theta, out), mode="bilinear",
+                         padding_mode="zeros", align_corners=True)
+    mask = mask / (mask + 1e-5).sum(dim=(1, 2, 3), keepdim=True)
+    return (mask * matches_xmajor).sum(dim=(1, 2, 3))
+
+
+def row_major_to_x_major(affinity, side):
+    """Our frame cells (i * w + j) -> theirs (j * h + i): the frame map transposed before flattening."""
+    b, _, p, q = affinity.shape
+    return affinity.reshape(b, side, side, p, q).transpose(1, 2).reshape(b, side * side, p, q)
+
+
+THETAS = torch.tensor([[0.1, -0.2, 0.3], [-0.55, 0.4, -0.7], [0.6, 0.62, 0.0]])
+
+
+def test_inlier_score_and_its_gradient_are_the_authors():
+    loss_fn = CycleConsistencyLoss(in_channels=8, frame_size=(12, 12))
+    side, (p, q) = 12, loss_fn.patch_size
+    assert (p, q) == (4, 4)
+    params = THETAS.clone().double().requires_grad_(True)
+    theta = affine_from_params(params, loss_fn.scale)
+    torch.manual_seed(0)
+    affinity = torch.randn(3, side * side, p, q, dtype=torch.float64).softmax(1).requires_grad_(True)
+    ours = loss_fn.inlier_mask(theta)
+    ours = (ours * affinity).flatten(1).sum(1) / (ours + 1e-5).flatten(1).sum(1)
+    assert torch.allclose(loss_fn.inlier(affinity, theta).double(), ours.detach(), atol=1e-6)
+    theirs = authors_inlier(row_major_to_x_major(affinity, side), theta, side, p)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+    grad_ours = torch.autograd.grad((-ours).sum(), (affinity, params), retain_graph=True)
+    grad_theirs = torch.autograd.grad((-theirs).sum(), (affinity, params))
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(grad_ours, grad_theirs))
+    assert grad_ours[1].abs().max() > 1e-3                                         # the mask moves with theta
+    # the mask: at most 4 cells per patch cell (bilinear weights, no dilation), normalisation with the 1e-5 per entry
+    mask = loss_fn.inlier_mask(theta.detach())
+    assert ((mask > 0).sum(1) <= 4).all() and torch.allclose(mask.sum(1)[0], torch.ones(p, q).double())
+    peaked = (mask / mask.sum(1, keepdim=True).clamp_min(1e-12)).detach()
+    expected = (mask * peaked).flatten(1).sum(1) / (mask.flatten(1).sum(1) + 1e-5 * side * side * p * q)
+    assert torch.allclose(loss_fn.inlier(peaked, theta.detach()).double(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="similarity"):
         CycleConsistencyLoss(in_channels=8, frame_size=(9, 12), similarity="dot")
+
+
+def test_crop_grids_are_the_authors():
+    theta = affine_from_params(THETAS, (1 / 3, 1 / 3))
+    assert torch.allclose(feature_crop_grid(theta, (10, 10)).double(), authors_grid(theta, 10), atol=1e-6)
+    torch.manual_seed(0)
+    features = torch.randn(3, 5, 30, 30)
+    expected = F.grid_sample(features.double(), authors_grid(theta, 10), mode="bilinear", padding_mode="zeros",
+                             align_corners=True)
+    assert torch.allclose(crop(features, theta, (10, 10)).double(), expected, atol=1e-5)
+    # the image patch: the plain affine grid (no offset factor), align_corners=True
+    images = torch.randn(3, 3, 48, 48)
+    plain = authors_grid(theta, 16, offset=1.0)
+    expected = F.grid_sample(images.double(), plain, mode="bilinear", padding_mode="zeros", align_corners=True)
+    assert torch.allclose(image_crop(images, theta, (16, 16)).double(), expected, atol=1e-5)
+    assert not torch.allclose(feature_crop_grid(theta, (16, 16)).double(), plain, atol=1e-3)
+
+
+def test_the_loss_weights_and_sim_term_are_the_authors():
+    lamda = 0.1                                                                    # train_video_cycle_simple.py
+    assert WEIGHTS == pytest.approx({"long": lamda * 0.2, "sim": 1.0, "skip": lamda}, abs=1e-12)

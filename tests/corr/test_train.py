@@ -115,7 +115,8 @@ def test_checkpoint_layout_and_load_for_evaluation(videos, tmp_path):
     result = train(_config(videos, tmp_path / "run", steps=1, encoder="resnet18-crw", head_dim=8))
     state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
     assert state["format"] == "corr-checkpoint-v1"
-    assert state["encoder"]["name"] == "resnet18-crw" and state["encoder"]["kwargs"] == {"out_layer": "layer4"}
+    assert state["encoder"]["name"] == "resnet18-crw"
+    assert state["encoder"]["kwargs"] == {"out_layer": "layer4", "padding_mode": "reflect"}
     assert state["step"] == 1 and state["losses"] == {"crw": 1.0}
     assert set(state["heads"]) == {"walk"} and set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert state["config"]["batch_size"] == 2

@@ -115,3 +115,29 @@ def test_bad_input_is_a_clear_error():
         ClipTransform()(np.zeros((4, 32, 32, 3), np.float32))
     with pytest.raises(ValueError, match="mode"):
         ClipTransform("patches")
+
+
+def test_timecycle_crop_resizes_the_short_side_and_cuts_one_corner_for_the_clip():
+    """The authors' VLOG loader: short side to 256 (long side int(256 * long / short)), one
+    240 crop at x ~ U{0 .. W - 241}, y likewise, for every frame (here 20 and 16)."""
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (3, 30, 45, 3), dtype=np.uint8)
+    out = ClipTransform(mode="dense", size=16, short_side=20)(clip, rng=np.random.default_rng(5))
+    draw = np.random.default_rng(5)
+    left, top = int(draw.integers(0, 30 - 16)), int(draw.integers(0, 20 - 16))
+    resized = np.stack([cv2.resize(f, (30, 20), interpolation=cv2.INTER_LINEAR) for f in clip])
+    expected = normalize_frames(np.ascontiguousarray(resized[:, top:top + 16, left:left + 16]))
+    assert out.shape == (3, 3, 16, 16) and torch.equal(out, expected)
+    with pytest.raises(ValueError, match="short_side"):
+        ClipTransform(mode="dense", size=16, short_side=12)
+
+
+def test_frame_flip_mirrors_each_frame_on_its_own():
+    clip = np.tile(np.arange(16, dtype=np.uint8)[None, None, :, None] * 10, (8, 16, 1, 3))
+    plain = ClipTransform(mode="dense", size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    flipped = ClipTransform(mode="dense", size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), frame_flip=True)
+    a = plain(clip, rng=np.random.default_rng(2))
+    b = flipped(clip, rng=np.random.default_rng(2))
+    mirrored = [bool(torch.equal(b[t], a[t].flip(-1))) for t in range(8)]
+    kept = [bool(torch.equal(b[t], a[t])) for t in range(8)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)

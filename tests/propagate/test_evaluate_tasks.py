@@ -54,7 +54,7 @@ def check_header(results, task):
     assert results["checkpoint"]["encoder"] == "pixel"
 
 
-def positional_features(encoder, frames, device):
+def positional_features(encoder, frames, device, statistics=None):
     """One-hot position codes: each cell matches only itself, so propagation keeps frame 0's labels."""
     h, w = (math.ceil(n / encoder.stride) for n in frames.shape[1:3])
     codes = torch.eye(h * w, device=device).reshape(h * w, h, w)
@@ -107,6 +107,30 @@ def test_jhmdb_geometry_with_positional_features(roots, tmp_path, monkeypatch):
     assert inside.sum() >= 5
     assert np.abs(pred[1:, inside] - first[inside]).max() < cell
     assert (pred[1:, ~inside] == -1).all()
+
+
+def test_jhmdb_reference_keypoint_encoding_is_recorded_and_decodes_frame_zero(roots, tmp_path, monkeypatch):
+    """--keypoint-encoding reference: the results say which encoding produced them; labels that
+    stay put decode to frame 0's joints within the encoding's own round trip (a cell and a half)."""
+    monkeypatch.setattr(video_pipeline, "extract_features", positional_features)
+    cfg = config("jhmdb", roots["jhmdb"], tmp_path)
+    cfg.keypoint_encoding = "reference"
+    results = evaluate(cfg)
+    assert results["factors"]["keypoint_encoding"] == "reference"
+    video = JhmdbDataset(roots["jhmdb"] / JHMDB_SPLIT, root=roots["jhmdb"])[0]
+    pred = np.load(tmp_path / "predictions" / f"{video.name}.npy")
+    H, W = video.size
+    cell = 8 * max(W / SIZE[1], H / SIZE[0])
+    first = video.keypoints[0]
+    inside = (first >= 1.5 * cell).all(1) & (first[:, 0] < W - 1.5 * cell) & (first[:, 1] < H - 1.5 * cell)
+    assert inside.sum() >= 3
+    assert np.abs(pred[1:, inside] - first[inside]).max() < 1.5 * cell
+    default = evaluate(config("jhmdb", roots["jhmdb"], tmp_path / "default"))
+    assert default["factors"]["keypoint_encoding"] == "sub-cell"
+    with pytest.raises(ValueError, match="--keypoint-encoding"):
+        EvalConfig(task="davis", keypoint_encoding="reference").validate()
+    with pytest.raises(ValueError, match="--keypoint-encoding"):
+        EvalConfig(task="jhmdb", keypoint_encoding="integer").validate()
 
 
 def test_vip_outputs_format_and_resume(roots, tmp_path, monkeypatch):

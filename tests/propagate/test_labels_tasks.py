@@ -13,6 +13,9 @@ from propagate.labels import (
     labels_to_parts,
     parts_to_labels,
     queries_to_heatmaps,
+    reference_heatmaps_to_keypoints,
+    reference_keypoints_to_heatmaps,
+    reference_rescale_points,
     rescale_points,
     track_points,
 )
@@ -58,6 +61,67 @@ def test_keypoint_heatmap_recipe_and_absent_joints():
     np.testing.assert_array_equal(decoded[1], [-1, -1])
     np.testing.assert_array_equal(decoded[2], [-1, -1])
     np.testing.assert_allclose(decoded[3], [75.5, 59.5], atol=0.6)  # clamped to the last cells
+
+
+def _authors_draw(img, pt, sigma):
+    """videowalk data/jhmdb.py draw_labelmap_np, re-derived: int() truncation, an unnormalised
+    Gaussian on arange(0, 6 sigma + 1) centred at size // 2, pasted into the clipped window."""
+    ul = [int(pt[0] - 3 * sigma), int(pt[1] - 3 * sigma)]
+    br = [int(pt[0] + 3 * sigma + 1), int(pt[1] + 3 * sigma + 1)]
+    if ul[0] >= img.shape[1] or ul[1] >= img.shape[0] or br[0] < 0 or br[1] < 0:
+        return img
+    size = 6 * sigma + 1
+    x = np.arange(0, size, 1, float)
+    y = x[:, None]
+    g = np.exp(-((x - size // 2) ** 2 + (y - size // 2) ** 2) / (2 * sigma ** 2))
+    gx = max(0, -ul[0]), min(br[0], img.shape[1]) - ul[0]
+    gy = max(0, -ul[1]), min(br[1], img.shape[0]) - ul[1]
+    ix = max(0, ul[0]), min(br[0], img.shape[1])
+    iy = max(0, ul[1]), min(br[1], img.shape[0])
+    img[iy[0]:iy[1], ix[0]:ix[1]] = g[gy[0]:gy[1], gx[0]:gx[1]]
+    return img
+
+
+def _authors_process_pose(pred, topk=3):
+    """videowalk utils/test_utils.py process_pose: pred (h, w, 1 + J); top-k over cells, weights
+    normalised, (x, y) = weighted mean of (id % w, id // w); an all-zero channel gives -1."""
+    pred = pred[..., 1:]
+    flat = pred.flatten(0, 1)
+    vals, ids = torch.topk(flat, k=min(flat.shape[0], topk), dim=0)
+    vals = vals / vals.sum(0)[None]
+    xx, yy = ids % pred.shape[1], ids // pred.shape[1]
+    coord = torch.stack([(xx * vals).sum(0), (yy * vals).sum(0)], dim=0)
+    coord[:, flat.sum(0) == 0] = -1
+    return coord
+
+
+def test_reference_keypoint_encoding_round_trip_is_the_authors():
+    rng = np.random.default_rng(3)
+    original, size = (240, 320), (320, 320)
+    grid = grid_size(*size, STRIDE)
+    keypoints = np.concatenate([rng.uniform(0, [319, 239], size=(13, 2)), [[2.0, 1.0], [318.0, 238.5]]])
+    # theirs: (pos_img - 1) * new / old / mapScale, drawn per joint, background where every joint is 0
+    cells = keypoints * np.array([size[1] / original[1], size[0] / original[0]]) / STRIDE
+    theirs = np.zeros((*grid, len(keypoints)))
+    for j, point in enumerate(cells):
+        _authors_draw(theirs[:, :, j], point, 0.5)
+    theirs = torch.from_numpy(theirs)
+    theirs = torch.cat([(theirs.sum(-1) == 0)[..., None] * 1.0, theirs], dim=-1)
+    ours = reference_keypoints_to_heatmaps(reference_rescale_points(keypoints, original, size), grid, STRIDE)
+    assert torch.allclose(ours.double(), theirs.permute(2, 0, 1), atol=1e-6)
+    assert ((ours[1:] > 0).flatten(1).sum(1) <= 16).all()                     # the 4x4 window
+    # decoding: their coordinates times the map scale, scaled back to the original frame
+    decoded = reference_rescale_points(reference_heatmaps_to_keypoints(ours, STRIDE), size, original)
+    expected = (_authors_process_pose(theirs.float()).T.double() * STRIDE).numpy()
+    expected = expected * np.array([original[1] / size[1], original[0] / size[0]])
+    np.testing.assert_allclose(decoded, expected, atol=1e-5)
+    # the sub-cell encoding is the more accurate round trip (frame 0)
+    sub_cell = rescale_points(heatmaps_to_keypoints(keypoints_to_heatmaps(
+        rescale_points(keypoints, original, size), size, grid, STRIDE), STRIDE), size, original)
+    reference_error = np.linalg.norm(decoded - keypoints, axis=1).mean()
+    assert np.linalg.norm(sub_cell - keypoints, axis=1).mean() < reference_error
+    empty = reference_keypoints_to_heatmaps(np.array([[np.nan, 3.0], [-40.0, 5.0]]), grid, STRIDE)
+    assert empty[1:].sum() == 0 and (reference_heatmaps_to_keypoints(empty, STRIDE) == -1).all()
 
 
 def test_rescale_points_pixel_centre_convention():
