@@ -249,9 +249,14 @@ def test_unscored_sequences_are_listed_with_their_reason(davis_root, tmp_path):
     folder = sorted((root / "Annotations" / "480p").iterdir())[1]
     for png in sorted(folder.glob("*.png"))[1:]:
         png.unlink()                                             # first-frame-only (test-dev layout)
+    short = sorted((root / "Annotations" / "480p").iterdir())[0].name
+    for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
+        for frame in sorted((root / kind / "480p" / short).glob(f"*.{ext}"))[2:]:
+            frame.unlink()                                       # two frames: nothing DAVIS can score
     results = evaluate.evaluate(evaluate.parse_args(davis_args(root, tmp_path / "eval")))
-    assert results["unscored_sequences"] == {folder.name: "only the first frame is annotated (test-dev layout)"}
-    assert folder.name not in results["per_sequence"] and len(results["per_sequence"]) == 1
+    assert results["unscored_sequences"] == {folder.name: "only the first frame is annotated (test-dev layout)",
+                                             short: "fewer than 3 frames (DAVIS scores frames 1 .. T-2)"}
+    assert results["metrics"] is None and "per_sequence" not in results
 
 
 @pytest.mark.parametrize("extra, expected", [

@@ -37,6 +37,7 @@ from ..visualize import overlay_mask
 
 #: Why a sequence of the test-dev layout is predicted but not scored.
 FIRST_FRAME_ONLY = "only the first frame is annotated (test-dev layout)"
+TOO_SHORT = "fewer than 3 frames (DAVIS scores frames 1 .. T-2)"
 
 
 @torch.inference_mode()
@@ -146,6 +147,8 @@ class DavisTask(Task):
         record = {"num_frames": seq.num_frames, "timings": timings, "scores": None}
         if not seq.fully_annotated:
             record["unscored"] = FIRST_FRAME_ONLY
+        elif seq.num_frames < 3:
+            record["unscored"] = TOO_SHORT
         else:
             scores = davis_sequence_scores(seq.annotations(), predictions, sequence=seq.name)
             record["scores"] = {str(k): {s: (v.tolist() if isinstance(v, np.ndarray) else v) for s, v in obj.items()}

@@ -1,4 +1,4 @@
-"""evaluate.py with a ViT (--encoder dino-vits16 --weights FILE in DINO's layout) and with a
+"""evaluate.py with a ViT (--encoder dino-vits16 --weights FILE in DINO's layout) and with each
 published checkpoint layout (--checkpoint), end to end on real DAVIS frames (davis-mini)."""
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -100,3 +101,40 @@ def test_evaluate_a_mast_checkpoint_and_a_named_spa_then_temp_variant(davis_mini
                       "--encoder", "resnet18-stt-s4", "--device", "cpu"])
     encoder, info = load_encoder(cfg, torch.device("cpu"))
     assert (info["encoder"], info["format"], encoder.stride) == ("resnet18-stt-s4", "spa-then-temp", 4)
+
+
+def _inflated(key: str, value: torch.Tensor) -> torch.Tensor:
+    return value[:, :, None] if value.ndim == 4 else value            # TimeCycle's (O, I, 1, k, k) kernels
+
+
+#: One file per remaining family, in the authors' layout, built from our encoder's weights.
+PUBLISHED_FILES = {
+    "timecycle": ("resnet50", lambda state: {"epoch": 14, "state_dict": {
+        f"module.encoderVideo.{k}": _inflated(k, v) for k, v in state.items()}}),
+    "uvc": ("resnet18-uvc", lambda state: {"epoch": 30, "state_dict": {
+        f"module.gray_encoder.{k}": v for k, v in state.items()}}),
+    "fgvc": ("resnet18-fgvc", lambda state: {"meta": {}, "state_dict": {
+        **{_to_mmcv(f"backbone.{k}"): v for k, v in state.items()},
+        **{_to_mmcv(f"backbone.{k}").replace("backbone.", "teacher.", 1): v for k, v in state.items()}}}),
+    "dinov2": ("dinov2-vits14", lambda state: dict(state)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(PUBLISHED_FILES))
+def test_evaluate_each_remaining_published_layout_end_to_end(layout, davis_mini, tmp_path):
+    root = few_frames(davis_mini, tmp_path / "DAVIS", frames=3)
+    for image in root.glob("*/480p/*/*"):  # a quarter of the pixels keeps ResNet-50 and ViT runs short
+        picture = Image.open(image)
+        picture.resize((picture.width // 2, picture.height // 2), Image.NEAREST).save(image)
+    name, to_file = PUBLISHED_FILES[layout]
+    torch.manual_seed(0)
+    state = {k: v for k, v in build_encoder(name).state_dict().items() if not k.startswith("fc.")}
+    path = tmp_path / f"{layout}.pth"
+    torch.save(to_file(state), path)
+    out = tmp_path / "out"
+    evaluate(parse_args(["--data-root", str(root), "--checkpoint", str(path), "--context", "1", "--device", "cpu",
+                         "--out", str(out)]))
+    results = json.loads((out / "results.json").read_text())
+    assert (results["checkpoint"]["encoder"], results["checkpoint"]["format"]) == (name, layout)
+    assert results["checkpoint"]["sha256"] == file_sha256(path) and 0.0 <= results["metrics"]["J&F-Mean"] <= 1.0
+    assert results["factors"]["context"] == 1 and len(list((out / "predictions" / "dog-agility").glob("*.png"))) == 3
