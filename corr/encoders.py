@@ -9,6 +9,10 @@ Inputs are normalised with ``datasets.transforms.normalize_frames``. Every encod
 - ``resnet50``: the same for ResNet-50 (TimeCycle; layer3 1024-d);
 - ``resnet18-s4`` / ``resnet18-s2``: ``resnet18-crw`` with layer2 (and the stem's max-pool) at
   stride 1 as well: stride 4 / 2 (docs/objectives.md, fine-grained pixel); same weights;
+- ``resnet18-fgvc``: the released fine-grained pixel encoder (docs/objectives.md, fine-grained
+  pixel): ResNet-18 without max-pool, layer1..layer4 strides (1, 1, 1, 4), zero padding, the
+  last BatchNorm of each block initialised to 0; layer3 (256-d) at stride 2, layer4 at stride 8;
+  LAB input (:func:`datasets.transforms.normalised_lab`, applied inside the encoder);
 - ``pixel``: raw pixels averaged over s x s cells (3-d), no parameters.
 
 ResNets always hold layer1..layer4 (torchvision key names minus ``fc.*``); ``forward`` runs up
@@ -36,11 +40,13 @@ import torchvision
 from einops import reduce
 
 from corr.io import file_sha256
+from datasets.transforms import normalised_lab
 
 __all__ = [
     "ENCODERS",
     "CHECKPOINT_FORMAT",
     "StrideEightResNet",
+    "LabResNet",
     "PixelEncoder",
     "build_encoder",
     "load_checkpoint",
@@ -112,9 +118,18 @@ class StrideEightResNet(nn.Module):
         _check_images(images, min_size=9 if self.padding_mode != "zeros" else 1)
         return self.stage_features(images, (self.out_layer,))[self.out_layer]
 
-    def stage_features(self, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's input from normalised RGB frames ``(B, 3, H, W)`` (here: themselves)."""
+        return images
+
+    def stage_features(self, images: torch.Tensor, layers: Sequence[str], prepared: bool = False
+                       ) -> dict[str, torch.Tensor]:
         """The outputs of the stages ``layers`` (any of layer1..layer4) in one pass of the stem and
-        the stages up to the last one asked for: ``(B, 3, H, W) -> {layer: (B, C_layer, h, w)}``."""
+        the stages up to the last one asked for: ``(B, 3, H, W) -> {layer: (B, C_layer, h, w)}``.
+        ``images`` are normalised RGB frames, or with ``prepared`` already the network's input
+        (:meth:`prepare`)."""
+        if not prepared:
+            images = self.prepare(images)
         unknown = [name for name in layers if name not in STAGES]
         if unknown or not layers:
             raise ValueError(f"layers must be a non-empty subset of {STAGES}, got {list(layers)}")
@@ -159,6 +174,29 @@ def resnet18_stride2(out_layer: str = "layer3", padding_mode: str = "reflect") -
     return encoder
 
 
+class LabResNet(StrideEightResNet):
+    """``resnet18-fgvc`` (module docstring): the authors' ResNet-18 with strides (1, 1, 1, 4) and
+    no max-pool, reading normalised LAB. Output stride 2 up to layer3 (layer1..layer3 keep the
+    stem's resolution, ceil(H / 2)), 8 at layer4. ``forward`` takes normalised RGB frames like
+    every encoder; :meth:`prepare` turns them into the network's LAB input."""
+
+    def __init__(self, out_layer: str = "layer3", padding_mode: str = "zeros"):
+        super().__init__(depth=18, out_layer=out_layer, padding_mode=padding_mode)
+        self.maxpool = nn.Identity()
+        for conv in self.layer2.modules():
+            if isinstance(conv, nn.Conv2d):
+                conv.stride = (1, 1)
+        first = self.layer4[0]
+        first.conv1.stride = first.downsample[0].stride = (4, 4)
+        for block in (*self.layer1, *self.layer2, *self.layer3, *self.layer4):
+            nn.init.zeros_(block.bn2.weight)                                  # zero-initialised residuals
+        self.stride = 8 if out_layer == "layer4" else 2
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised RGB ``(B, 3, H, W)`` -> normalised LAB (:func:`datasets.transforms.normalised_lab`)."""
+        return normalised_lab(images)
+
+
 class PixelEncoder(nn.Module):
     """Raw-pixel baseline: the mean image value over each s x s cell (no parameters).
 
@@ -192,15 +230,18 @@ class PixelEncoder(nn.Module):
         return f"stride={self.stride}"
 
 
-def encoder_features(encoder: nn.Module, images: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
+def encoder_features(encoder: nn.Module, images: torch.Tensor, layer: Optional[str] = None,
+                     prepared: bool = False) -> torch.Tensor:
     """``(B, 3, H, W) -> (B, C, h, w)``: the encoder's output (``layer=None``), or the output of
-    stage ``layer`` of a :class:`StrideEightResNet` (:meth:`StrideEightResNet.stage_features`)."""
-    if layer is None:
+    stage ``layer`` of a :class:`StrideEightResNet` (:meth:`StrideEightResNet.stage_features`).
+    With ``prepared`` (ResNets only) ``images`` are already the network's input (its ``prepare``)."""
+    if layer is None and not prepared:
         return encoder(images)
-    if layer not in STAGES or not isinstance(encoder, StrideEightResNet):
-        raise ValueError(f"layer={layer!r} needs a ResNet encoder with stages {STAGES}; "
+    if not isinstance(encoder, StrideEightResNet) or (layer is not None and layer not in STAGES):
+        raise ValueError(f"layer={layer!r}, prepared={prepared} needs a ResNet encoder with stages {STAGES}; "
                          f"got {type(encoder).__name__} (use layer=None for its own output)")
-    return encoder.stage_features(images, (layer,))[layer]
+    layer = layer or encoder.out_layer
+    return encoder.stage_features(images, (layer,), prepared=prepared)[layer]
 
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
@@ -208,6 +249,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50_stride8,
     "resnet18-s4": resnet18_stride4,
     "resnet18-s2": resnet18_stride2,
+    "resnet18-fgvc": LabResNet,
     "pixel": PixelEncoder,
 }
 
@@ -218,6 +260,7 @@ EVALUATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet50": {"out_layer": "layer3"},
     "resnet18-s4": {"out_layer": "layer3"},
     "resnet18-s2": {"out_layer": "layer3"},
+    "resnet18-fgvc": {"out_layer": "layer3"},
 }
 
 

@@ -58,6 +58,8 @@ class TrainConfig:
     loss: Optional[str] = field(default=None, metadata={
         "help": f"loss name or name=weight,... over one encoder (known: {', '.join(OBJECTIVES)})"})
     lr: Optional[float] = field(default=None, metadata={"help": "Adam learning rate"})
+    lr_schedule: Optional[str] = field(default=None, metadata={
+        "help": "constant, or cosine: per step from lr down to lr/1000 at the last step"})
     betas: Optional[tuple[float, ...]] = field(default=None, metadata={"help": "Adam betas"})
     grad_clip: Optional[float] = field(default=None, metadata={"help": "clip the gradient norm to this (0: off)"})
     temperature: Optional[float] = field(default=None, metadata={"help": "walk temperature tau"})
@@ -65,8 +67,15 @@ class TrainConfig:
     include_one_step: Optional[bool] = field(default=None, metadata={"help": "also train the one-step cycle k=1"})
     pixel_radius: Optional[int] = field(default=None, metadata={
         "help": "pixel loss: half-size R of the local window, in feature cells ((2R+1)^2 displacements)"})
+    pixel_rec_weight: Optional[float] = field(default=None, metadata={
+        "help": "pixel loss: weight of the LAB colour reconstruction term (0: off)"})
+    pixel_sup_weight: Optional[float] = field(default=None, metadata={
+        "help": "pixel loss: weight of the teacher-supervised term on warped pairs (0: off)"})
     pixel_domain_weight: Optional[float] = field(default=None, metadata={
         "help": "pixel loss: weight of the gradient-reversal domain term, warped vs real pairs (0: off)"})
+    teacher: Optional[str] = field(default=None, metadata={
+        "help": "pixel loss: checkpoint of the frozen teacher of the supervised term (none: the trained "
+                "encoder itself, detached)"})
     encoder: Optional[str] = field(default=None, metadata={"help": "encoder name, corr.encoders.ENCODERS"})
     head_dim: Optional[int] = field(default=None, metadata={"help": "node embedding size"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
@@ -92,13 +101,16 @@ SETUP_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name 
 CRW = TrainConfig(
     preset="crw", loss="crw", encoder="resnet18-crw", head_dim=128, mode="grid", crop_size=256,
     clip_len=4, fps=8.0, frame_skip=None, clip_offsets=None, clips_per_video=5, same_crop=False, flip=False,
-    temperature=0.05, edge_dropout=0.1, include_one_step=False, pixel_radius=6, pixel_domain_weight=0.0,
-    steps=None, batch_size=20, lr=1e-4, betas=(0.9, 0.999), grad_clip=0.0,
+    temperature=0.05, edge_dropout=0.1, include_one_step=False, pixel_radius=24, pixel_rec_weight=1.0,
+    pixel_sup_weight=1.0, pixel_domain_weight=1.0, teacher=None,
+    steps=None, batch_size=20, lr=1e-4, lr_schedule="constant", betas=(0.9, 0.999), grad_clip=0.0,
     num_workers=4, checkpoint_every=500, log_every=20, image_every=500)
 
-#: The demo's changes to a preset: finishes in minutes on a 2-core CPU.
+#: The demo's changes to a preset: finishes in minutes on a 2-core CPU (a 9x9-cell pixel window).
 DEMO = {"steps": 150, "batch_size": 2, "mode": "dense", "crop_size": 64, "checkpoint_every": 50,
-        "log_every": 10, "image_every": 50, "num_workers": 1}
+        "log_every": 10, "image_every": 50, "num_workers": 1, "pixel_radius": 4}
+#: Learning-rate schedules (``lr_schedule``).
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def presets() -> dict[str, TrainConfig]:
@@ -174,9 +186,11 @@ def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
     for name in ("batch_size", "clip_len", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.pixel_radius < 1 or cfg.pixel_domain_weight < 0:
-        raise ValueError(f"--pixel-radius must be >= 1 and --pixel-domain-weight >= 0, got {cfg.pixel_radius} "
-                         f"and {cfg.pixel_domain_weight}")
+    if cfg.pixel_radius < 1 or min(cfg.pixel_rec_weight, cfg.pixel_sup_weight, cfg.pixel_domain_weight) < 0:
+        raise ValueError(f"--pixel-radius must be >= 1 and the --pixel-*-weight options >= 0, got {cfg.pixel_radius}, "
+                         f"{cfg.pixel_rec_weight}, {cfg.pixel_sup_weight} and {cfg.pixel_domain_weight}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     if not cfg.lr > 0 or cfg.grad_clip < 0:
         raise ValueError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
     if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):

@@ -6,11 +6,13 @@ and the losses together), so every loss runs the encoder inside the wrapper and 
 of every parameter (the encoder, the walk head and the weights the losses own, such as the
 TimeCycle tracker) are averaged over the processes (``find_unused_parameters`` when a frame
 loss leaves some of them out of the graph). The optimiser is Adam over all of them, in the
-order walk model then losses (the checkpoint's order), with a constant learning rate as in
-the reference, and a gradient scaler for mixed precision.
+order walk model then losses (the checkpoint's order), with the configured learning-rate
+schedule (constant as in the CRW reference, or the pixel configuration's cosine), and a
+gradient scaler for mixed precision.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Collection, Optional
 
@@ -114,9 +116,25 @@ def distribute(module: TrainModule, runtime: Runtime) -> nn.Module:
         find_unused_parameters=module.unused_parameters_possible())
 
 
+#: The cosine schedule's final learning rate, as a fraction of ``lr`` (the released pixel configuration).
+COSINE_MIN_RATIO = 1e-3
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Learning rate of the update after ``step`` optimiser steps, as a fraction of ``lr``:
+    ``constant`` 1; ``cosine`` ``m + (1 - m) (1 + cos(pi step / steps)) / 2`` with
+    ``m = COSINE_MIN_RATIO`` (annealed per step over the whole run, no warm-up)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return COSINE_MIN_RATIO + (1 - COSINE_MIN_RATIO) * (1 + math.cos(math.pi * step / steps)) / 2
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
 @dataclass
 class Optimisation:
-    """Adam over ``parameters``, a constant learning-rate schedule and the AMP gradient scaler."""
+    """Adam over ``parameters``, the learning-rate schedule of ``lr_schedule`` (stepped per
+    iteration, :func:`lr_factor`) and the AMP gradient scaler."""
 
     parameters: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
@@ -127,7 +145,8 @@ class Optimisation:
     def build(cls, module: nn.Module, cfg: TrainConfig, runtime: Runtime) -> "Optimisation":
         parameters = list(module.parameters())
         optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant, as the reference
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(cfg.lr_schedule, step, cfg.steps))
         return cls(parameters, optimizer, scheduler, torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp))
 
     @property

@@ -330,7 +330,7 @@ def test_name_conflict_and_pixel_checkpoint(tmp_path):
 
 
 def test_registry_names():
-    assert set(ENCODERS) == {"resnet18-crw", "resnet50", "resnet18-s4", "resnet18-s2", "pixel"}
+    assert set(ENCODERS) == {"resnet18-crw", "resnet50", "resnet18-s4", "resnet18-s2", "resnet18-fgvc", "pixel"}
 
 
 class _UnlistedConfig:
