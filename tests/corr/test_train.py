@@ -93,8 +93,6 @@ def test_resume_gives_the_same_next_losses_and_skips_the_corrupt_video(videos, t
     assert stopped.losses == {1: straight.losses[1], 2: straight.losses[2]}
     with pytest.raises(ValueError, match="batch_size: 2 -> 1"):
         train(_config(videos, tmp_path / "resumed", resume=True, batch_size=1))
-    with pytest.raises(ValueError, match="pixel_radius: 24 -> 3"):
-        train(_config(videos, tmp_path / "resumed", resume=True, pixel_radius=3))
     saved_path = tmp_path / "resumed" / "checkpoint.pt"
     saved = torch.load(saved_path, weights_only=True)
     for key in ("pixel_radius", "pixel_domain_weight"):                  # as written before those settings existed
@@ -477,3 +475,11 @@ def test_cosine_schedule_is_mmcvs_per_iteration_cosine_annealing():
     assert lr_factor("constant", 7, steps) == 1.0
     with pytest.raises(ValueError, match="schedule"):
         lr_factor("step", 1, steps)
+
+
+def test_resume_checks_the_settings_of_the_runs_own_losses():
+    from corr.train.checkpoint import resume_keys
+
+    assert {"pixel_radius", "pixel_domain_weight"} <= set(resume_keys("crw=1,pixel=1"))
+    assert "pixel_radius" not in resume_keys("crw") and "batch_size" in resume_keys("crw")
+    assert "crop_size" in resume_keys("cycle") and "crop_size" in resume_keys("crw=1,cycle=0.5")
