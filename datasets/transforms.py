@@ -1,4 +1,5 @@
-"""The one image normalisation shared by training and evaluation.
+"""The one image normalisation shared by training and evaluation (LAB encoders convert from it:
+``corr.encoders.lab``).
 
 Frames are RGB ``uint8`` arrays laid out ``(T, H, W, 3)`` (or ``(H, W, 3)``); models take
 ``float32`` tensors ``(T, 3, H, W)`` normalised with the ImageNet mean and standard

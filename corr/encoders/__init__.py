@@ -32,7 +32,7 @@ from .lab import normalised_lab, opencv_lab
 from .loading import build_encoder, load_checkpoint, load_encoder_weights, load_weights_file
 from .mast import MASTEncoder
 from .pixel import PixelEncoder
-from .published import PublishedResNet
+from .published import LAB_ENCODERS, PublishedResNet, reads_lab
 from .registry import ENCODERS, EVALUATION_DEFAULTS, VIT_ENCODERS, encoder_features, is_import_spec, resolve_encoder
 from .resnet import STAGES, StrideEightResNet
 from .vit import ViTEncoder, interpolate_pos_embed
@@ -56,6 +56,8 @@ __all__ = [
     "check_encoder",
     "check_images",
     "is_import_spec",
+    "LAB_ENCODERS",
+    "reads_lab",
     "load_checkpoint",
     "load_encoder_weights",
     "load_weights_file",

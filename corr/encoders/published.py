@@ -46,7 +46,7 @@ from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .lab import normalised_lab, opencv_lab
 from .resnet import STAGES, StrideEightResNet
 
-__all__ = ["PublishedResNet", "PUBLISHED_RESNETS"]
+__all__ = ["PublishedResNet", "PUBLISHED_RESNETS", "LAB_ENCODERS", "reads_lab"]
 
 _POOLS: dict[str, Callable[[], nn.Module]] = {
     "max": lambda: nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
@@ -73,11 +73,11 @@ class PublishedResNet(StrideEightResNet):
     """A ResNet with a published model's stem pool, stage strides and input (module docstring).
 
     ``forward(images (B, 3, H, W) normalised RGB) -> (B, C, ceil(H / stride), ceil(W / stride))``;
-    :meth:`stage_features` converts the input the same way.
+    :meth:`stage_features` converts the input the same way (:meth:`prepare`), unless ``prepared``.
     """
 
     def __init__(self, depth: int = 18, out_layer: str = "layer3", stem_pool: str = "none",
-                 strides: Sequence[int] = (1, 2, 2, 1), input: str = "lab"):
+                 strides: Sequence[int] = (1, 2, 2, 1), input: str = "lab", zero_init_residual: bool = False):
         super().__init__(depth=depth, out_layer=out_layer, padding_mode="zeros")
         if stem_pool not in _POOLS:
             raise ValueError(f"stem_pool must be one of {sorted(_POOLS)}, got {stem_pool!r}")
@@ -89,7 +89,15 @@ class PublishedResNet(StrideEightResNet):
         for name, stride in zip(STAGES, strides):
             _set_stage_stride(getattr(self, name), stride)
         self.stem_pool, self.strides, self.input = stem_pool, tuple(strides), input
+        if zero_init_residual:              # each block's last BatchNorm starts at 0 (the block starts as identity)
+            for block in (*self.layer1, *self.layer2, *self.layer3, *self.layer4):
+                nn.init.zeros_(block.bn3.weight if hasattr(block, "bn3") else block.bn2.weight)
+
         self.stride = 2 * (1 if stem_pool == "none" else 2) * math.prod(strides[: self.num_stages])
+
+    @property
+    def reads_lab(self) -> bool:
+        return self.input == "lab"
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised RGB ``(B, 3, H, W)`` -> the network's input ``(B, 3, H, W)`` (module docstring)."""
@@ -100,8 +108,6 @@ class PublishedResNet(StrideEightResNet):
         std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
         return (lightness.expand(-1, 3, -1, -1) - mean) / std
 
-    def stage_features(self, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        return super().stage_features(self.prepare(images), layers)
 
     def extra_repr(self) -> str:
         return (f"depth={self.depth}, out_layer={self.out_layer!r}, stem_pool={self.stem_pool!r}, "
@@ -109,11 +115,12 @@ class PublishedResNet(StrideEightResNet):
 
 
 def _published(depth: int, default_layer: str, stem_pool: str, strides: tuple[int, ...], input: str,
-               doc: str) -> Callable[..., PublishedResNet]:
+               doc: str, zero_init_residual: bool = False) -> Callable[..., PublishedResNet]:
     def build(out_layer: str = default_layer) -> PublishedResNet:
-        return PublishedResNet(depth, out_layer, stem_pool, strides, input)
+        return PublishedResNet(depth, out_layer, stem_pool, strides, input, zero_init_residual)
 
     build.__doc__ = doc
+    build.input, build.evaluated_layer = input, default_layer
     return build
 
 
@@ -124,7 +131,17 @@ PUBLISHED_RESNETS: dict[str, Callable[..., nn.Module]] = {
                                   "Spa-then-Temp ResNet-18, stride 4 (average-pooled stem), LAB."),
     "resnet50-stt-s4": _published(50, "layer3", "avg", (1, 1, 1, 1), "lab",
                                   "Spa-then-Temp ResNet-50, stride 4 (average-pooled stem), LAB."),
-    "resnet18-fgvc": _published(18, "layer3", "none", (1, 1, 1, 4), "lab", "FGVC ResNet-18, stride 2, LAB."),
+    "resnet18-fgvc": _published(18, "layer3", "none", (1, 1, 1, 4), "lab", "FGVC ResNet-18, stride 2, LAB "
+                                "(zero-initialised residuals, as their training builds it).", zero_init_residual=True),
     "resnet18-uvc": _published(18, "layer4", "max", (1, 2, 1, 1), "lightness",
                                "UVC ResNet-18, layer4 at stride 8, the LAB lightness as grey input."),
 }
+
+
+#: The encoders that read LAB (the fine-grained pixel loss's input).
+LAB_ENCODERS = tuple(name for name, build in PUBLISHED_RESNETS.items() if build.input == "lab")
+
+
+def reads_lab(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` converts its normalised RGB input to normalised LAB (:meth:`PublishedResNet.prepare`)."""
+    return isinstance(encoder, PublishedResNet) and encoder.reads_lab

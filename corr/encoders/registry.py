@@ -57,6 +57,7 @@ EVALUATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet50": {"out_layer": "layer3"},
     "resnet18-s4": {"out_layer": "layer3"},
     "resnet18-s2": {"out_layer": "layer3"},
+    **{name: {"out_layer": build.evaluated_layer} for name, build in PUBLISHED_RESNETS.items()},
 }
 
 
@@ -89,12 +90,15 @@ def resolve_encoder(name: str) -> Callable[..., nn.Module]:
     return function
 
 
-def encoder_features(encoder: nn.Module, images: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
+def encoder_features(encoder: nn.Module, images: torch.Tensor, layer: Optional[str] = None,
+                     prepared: bool = False) -> torch.Tensor:
     """``(B, 3, H, W) -> (B, C, h, w)``: the encoder's output (``layer=None``), or the output of
-    stage ``layer`` of a :class:`StrideEightResNet` (:meth:`StrideEightResNet.stage_features`)."""
-    if layer is None:
+    stage ``layer`` of a :class:`StrideEightResNet` (:meth:`StrideEightResNet.stage_features`).
+    With ``prepared`` (ResNets only) ``images`` are already the network's input (its ``prepare``)."""
+    if layer is None and not prepared:
         return encoder(images)
-    if layer not in STAGES or not isinstance(encoder, StrideEightResNet):
-        raise ValueError(f"layer={layer!r} needs a ResNet encoder with stages {STAGES}; "
+    if not isinstance(encoder, StrideEightResNet) or (layer is not None and layer not in STAGES):
+        raise ValueError(f"layer={layer!r}, prepared={prepared} needs a ResNet encoder with stages {STAGES}; "
                          f"got {type(encoder).__name__} (use layer=None for its own output)")
-    return encoder.stage_features(images, (layer,))[layer]
+    layer = layer or encoder.out_layer
+    return encoder.stage_features(images, (layer,), prepared=prepared)[layer]

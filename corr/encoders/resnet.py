@@ -69,9 +69,19 @@ class StrideEightResNet(nn.Module):
         check_images(images, min_size=9 if self.padding_mode != "zeros" else 1)
         return self.stage_features(images, (self.out_layer,))[self.out_layer]
 
-    def stage_features(self, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's input from normalised RGB frames ``(B, 3, H, W)`` (here: themselves; LAB
+        encoders convert, :class:`corr.encoders.published.PublishedResNet`)."""
+        return images
+
+    def stage_features(self, images: torch.Tensor, layers: Sequence[str], prepared: bool = False
+                       ) -> dict[str, torch.Tensor]:
         """The outputs of the stages ``layers`` (any of layer1..layer4) in one pass of the stem and
-        the stages up to the last one asked for: ``(B, 3, H, W) -> {layer: (B, C_layer, h, w)}``."""
+        the stages up to the last one asked for: ``(B, 3, H, W) -> {layer: (B, C_layer, h, w)}``.
+        ``images`` are normalised RGB frames, or with ``prepared`` already the network's input
+        (:meth:`prepare`)."""
+        if not prepared:
+            images = self.prepare(images)
         unknown = [name for name in layers if name not in STAGES]
         if unknown or not layers:
             raise ValueError(f"layers must be a non-empty subset of {STAGES}, got {list(layers)}")

@@ -1,26 +1,34 @@
 """Fine-grained pixel correspondence loss (docs/objectives.md, fine-grained pixel; Li et al.,
-"Learning Fine-Grained Features for Pixel-wise Video Correspondences", ICCV 2023).
+"Learning Fine-Grained Features for Pixel-wise Video Correspondences", ICCV 2023), as the
+authors' mixed tracker computes it.
 
-Input: a normalised clip ``frames (B, T >= 2, 3, H, W)`` and a high-resolution encoder (stride
-4 or 2) whose unit features are ``f (B, C, h, w)``. Over displacements ``d_k``, ``|d|_inf <= R``
-(``K = (2R+1)^2``; displacements leaving the map excluded):
+Input: a normalised RGB clip ``frames (B, T >= 2, 3, H, W)`` and a LAB encoder
+(``resnet18-fgvc``) whose trained stage gives ``f (B, C, h, w)`` at stride ``s``. Window:
+displacements ``d_k`` with ``|d|_inf <= R``, ``K = (2R+1)^2``, dy-major; a displacement leaving
+the map correlates with zeros (logit 0) and carries the value 0.
 
-1. warp term: frame 0 ``I`` warped by a random warp (:mod:`corr.warps`) into ``J`` gives the
-   true match ``m(p)`` of every cell (cell units, :mod:`corr.geometry`);
-   ``L_warp = mean_p -sum_k target_k(p) log softmax_k(<f_I(p), f_J(p + d_k)> / tau)`` with
-   ``target_k ∝ exp(-|p + d_k - m(p)|^2 / (2 sigma^2))``, over cells whose match is in view and
-   ``|m(p) - p|_inf <= R - 1``;
-2. reconstruction: frame 1's colours (pooled to the grid) rebuilt from frame 0's through
-   ``softmax_k(<f_1(p), f_0(p + d_k)> / tau)``, smooth-L1;
-3. optional domain term: a classifier tells warped from real correlation distributions through
-   a gradient-reversal layer.
+1. reconstruction (real pair: frame 0 the reference, frame 1 the target): frames in normalised
+   LAB, one colour channel ``c`` (a or b) zeroed in both inputs and the rest scaled by 3/2;
+   ``a_k(p) = softmax_k(<f_1(p), f_0(p + d_k)> / sqrt(C))`` on raw features;
+   ``out(p) = sum_k a_k(p) lab_0[c](s (p + d_k))`` (the reference's channel at every s-th pixel),
+   upsampled bilinearly to ``H x W``; ``L_rec = mean smooth_L1(20 out, 20 lab_1[c])``.
+2. supervised (synthetic pair ``(J, I)``: ``J`` is frame 0 warped by a random warp, ``I`` frame 0;
+   ``flow`` on ``I``'s pixels points into ``J``, ``flow_back`` the other way): a frozen teacher's
+   features ``g`` of the undropped ``J`` give the targets
+   ``t_k(p) = <g(p + flow(p)/s), g(p + d_k)> / 0.07`` (``g`` L2-normalised over the map's rows,
+   as the authors' code does), the student's ``<f_I(p), f_J(p + d_k)> / 0.07`` on channel-dropped
+   inputs (``f`` L2-normalised per cell); ``L_sup = mean_p -sum_k softmax(t(p))_k log softmax_k``
+   over cells whose flow stays in the window and passes the forward-backward check.
+3. domain: a discriminator (gradient reversal, then ``K -> K/2 -> K/4 -> 1``) tells each cell's
+   raw correlation of the synthetic pair (label 0) from the real pair's (label 1), BCE.
 
-``loss = L_warp + rec_weight L_rec + domain_weight L_dom``. Diagnostics: ``warp_ce``, ``warp_kl``,
-``warp_acc``, ``warp_used``, ``rec`` (and ``domain``, ``domain_acc``); ``visuals=True`` also returns
-``warped``, ``in_view``, ``matches``, ``predicted`` and ``used``.
+``loss = rec_weight L_rec + sup_weight L_sup + domain_weight L_dom``. Diagnostics: ``rec``,
+``sup``, ``sup_used``, ``sup_acc``, ``domain``, ``domain_acc`` for the terms that are on;
+``visuals=True`` also returns ``warped``, ``in_view``, ``matches``, ``predicted`` and ``used``.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -28,9 +36,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from corr.encoders import encoder_features
-from corr.geometry import cell_centre_offset, pixel_to_cell, to_integer_centres
-from corr.warps import WARP_KINDS, Warp, random_warp, source_matches, warp_image
+from corr.encoders import encoder_features, reads_lab
+from corr.encoders.lab import normalised_lab as frame_lab
+from corr.warps import WARP_KINDS, Warp, pixel_grid, random_warp, warp_image
+
+#: The scale of the reconstruction's smooth-L1 (the authors' ``weight``): both sides times 20.
+RECONSTRUCTION_SCALE = 20.0
 
 
 def window_displacements(radius: int, device=None) -> torch.Tensor:
@@ -40,21 +51,51 @@ def window_displacements(radius: int, device=None) -> torch.Tensor:
     return torch.stack([dx.ravel(), dy.ravel()], dim=-1)
 
 
-def local_correlation(query: torch.Tensor, reference: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``corr[b, k, i, j] = <query[b, :, i, j], reference[b, :, i + dy_k, j + dx_k]>``.
+class _LocalCorrelation(torch.autograd.Function):
+    """:func:`local_correlation` with a hand-written backward that loops over the displacements
+    like the forward, so memory stays ``O(B C h w)`` whatever the window (autograd through the
+    loop would keep one gradient map per displacement)."""
 
-    ``query, reference (B, C, h, w)`` -> ``(corr (B, K, h, w), valid bool (K, h, w))``; a
-    displacement leaving the map is not valid (its corr is 0).
-    """
-    b, c, h, w = query.shape
-    padded = F.pad(reference, (radius, radius, radius, radius))
-    disp = window_displacements(radius).tolist()
-    corr = torch.stack([(query * padded[:, :, radius + dy:radius + dy + h, radius + dx:radius + dx + w]).sum(1)
-                        for dx, dy in disp], dim=1)                                # B, K, h, w
-    ones = F.pad(torch.ones(1, 1, h, w, device=query.device), (radius, radius, radius, radius))
-    valid = torch.stack([ones[0, 0, radius + dy:radius + dy + h, radius + dx:radius + dx + w] > 0
-                         for dx, dy in disp])                                       # K, h, w
-    return corr, valid
+    @staticmethod
+    def forward(ctx, query: torch.Tensor, reference: torch.Tensor, radius: int) -> torch.Tensor:
+        h, w = query.shape[-2:]
+        padded = F.pad(reference, (radius, radius, radius, radius))
+        shifts = window_displacements(radius).tolist()
+        out = query.new_empty(query.shape[0], len(shifts), h, w)
+        for k, (dx, dy) in enumerate(shifts):
+            out[:, k] = (query * padded[:, :, radius + dy:radius + dy + h, radius + dx:radius + dx + w]).sum(1)
+        ctx.save_for_backward(query, reference)
+        ctx.radius = radius
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        query, reference = ctx.saved_tensors
+        radius, (h, w) = ctx.radius, query.shape[-2:]
+        padded = F.pad(reference, (radius, radius, radius, radius))
+        grad_query, grad_padded = torch.zeros_like(query), torch.zeros_like(padded)
+        for k, (dx, dy) in enumerate(window_displacements(radius).tolist()):
+            window = (slice(None), slice(None), slice(radius + dy, radius + dy + h),
+                      slice(radius + dx, radius + dx + w))
+            g = grad[:, k:k + 1]
+            grad_query += g * padded[window]
+            grad_padded[window] += g * query
+        return grad_query, grad_padded[:, :, radius:radius + h, radius:radius + w], None
+
+
+def local_correlation(query: torch.Tensor, reference: torch.Tensor, radius: int) -> torch.Tensor:
+    """``corr[b, k, i, j] = <query[b, :, i, j], reference[b, :, i + dy_k, j + dx_k]>``, 0 where
+    the displacement leaves the map (zero padding). ``(B, C, h, w)`` twice -> ``(B, K, h, w)``."""
+    if query.shape != reference.shape or query.ndim != 4:
+        raise ValueError(f"query and reference must be (B, C, h, w) alike, got {tuple(query.shape)} "
+                         f"and {tuple(reference.shape)}")
+    return _LocalCorrelation.apply(query, reference, radius)
+
+
+def window_valid(height: int, width: int, radius: int, device=None) -> torch.Tensor:
+    """``bool (K, h, w)``: displacement k of cell (i, j) stays inside the ``h x w`` map."""
+    ones = torch.ones(1, 1, height, width, device=device)
+    return local_correlation(ones, ones, radius)[0] > 0
 
 
 def neighbour_values(values: torch.Tensor, radius: int) -> torch.Tensor:
@@ -64,39 +105,93 @@ def neighbour_values(values: torch.Tensor, radius: int) -> torch.Tensor:
     return rearrange(patches, "b (c k) (h w) -> b c k h w", c=c, h=h, w=w)
 
 
-def soft_targets(matches: torch.Tensor, radius: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian soft targets around the true match, and the nearest displacement.
+def drop_colour_channel(lab: torch.Tensor, channel: int) -> torch.Tensor:
+    """Normalised LAB ``(..., 3, H, W)`` with colour ``channel`` (1: a, 2: b) zeroed and all
+    channels scaled by 3 / (3 - 1) (a new tensor)."""
+    if channel not in (1, 2):
+        raise ValueError(f"channel must be 1 (a) or 2 (b), got {channel}")
+    keep = torch.ones(3, 1, 1, dtype=lab.dtype, device=lab.device)
+    keep[channel] = 0
+    return lab * keep * (3 / 2)
 
-    ``matches (B, h, w, 2)`` (x, y) in cell units of the reference map -> ``target (B, K, h, w)``
-    (unnormalised; renormalised after masking) and ``nearest (B, h, w)`` long index into K.
+
+def reconstruction_loss(target_features: torch.Tensor, reference_features: torch.Tensor,
+                        reference_channel: torch.Tensor, target_channel: torch.Tensor, radius: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Term 1 of the module docstring. ``*_features (B, C, h, w)`` raw; ``reference_channel (B, 1,
+    H, W)`` and ``target_channel`` the dropped channel of the undropped frames, ``H = s h``
+    (``s`` = H / h). Returns ``(loss, raw correlation (B, K, h, w))``."""
+    h, w = target_features.shape[-2:]
+    stride = reference_channel.shape[-2] // h
+    corr = local_correlation(target_features, reference_features, radius)
+    weights = torch.softmax(corr / math.sqrt(target_features.shape[1]), dim=1)        # B, K, h, w
+    sampled = reference_channel[:, :, ::stride, ::stride][:, :, :h, :w]               # B, 1, h, w
+    rebuilt = (weights[:, None] * neighbour_values(sampled, radius)).sum(2)           # B, 1, h, w
+    rebuilt = F.interpolate(rebuilt, size=target_channel.shape[-2:], mode="bilinear", align_corners=False)
+    loss = F.smooth_l1_loss(rebuilt * RECONSTRUCTION_SCALE, target_channel * RECONSTRUCTION_SCALE)
+    return loss, corr
+
+
+def warp_by_flow(values: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``values`` sampled at ``p + flow(p)`` as the authors' flow warp does: the position scaled
+    by ``2 / (size - 1)`` but sampled with ``align_corners=False``, zeros outside, and pixels
+    whose warped all-ones mask is not above 0.9999 set to 0. ``(B, C, H, W)``, ``flow (B, 2, H, W)``
+    (x, y) pixels."""
+    b, _, height, width = flow.shape
+    ys, xs = torch.meshgrid(torch.arange(height, device=flow.device, dtype=flow.dtype),
+                            torch.arange(width, device=flow.device, dtype=flow.dtype), indexing="ij")
+    x = (xs + flow[:, 0]) * 2 / max(width - 1, 1) - 1
+    y = (ys + flow[:, 1]) * 2 / max(height - 1, 1) - 1
+    grid = torch.stack([x, y], dim=-1)                                                 # B, H, W, 2
+    out = F.grid_sample(values, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mask = F.grid_sample(torch.ones_like(values), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out * (mask > 0.9999)
+
+
+def forward_backward_visible(flow: torch.Tensor, flow_back: torch.Tensor) -> torch.Tensor:
+    """``bool (B, H, W)``: the authors' forward-backward check, with their expressions,
+
+        w = flow_back warped by flow (:func:`warp_by_flow`)
+        visible = |flow + w|^2 < 0.01 * sum_xy(2 flow + w^2) + 0.5
     """
-    b, h, w, _ = matches.shape
-    disp = window_displacements(radius, matches.device).to(matches.dtype)               # K, 2
-    ys, xs = torch.meshgrid(torch.arange(h, device=matches.device, dtype=matches.dtype),
-                            torch.arange(w, device=matches.device, dtype=matches.dtype), indexing="ij")
-    offset = matches - torch.stack([xs, ys], dim=-1)                                      # B, h, w, 2: m(p) - p
-    dist2 = ((disp[:, None, None, None, :] - offset[None]) ** 2).sum(-1)                 # K, B, h, w
-    target = torch.exp(-dist2 / (2 * sigma ** 2)).permute(1, 0, 2, 3)                      # B, K, h, w
-    return target, dist2.argmin(dim=0)
+    warped = warp_by_flow(flow_back, flow)
+    squared_difference = ((flow + warped) ** 2).sum(1)
+    scale = (flow * 2 + warped ** 2).sum(1)
+    return squared_difference < scale * 0.01 + 0.5
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
-                       used: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """``-sum_k t_k log softmax_k(logits)`` averaged over ``used (B, h, w)`` cells.
+def teacher_targets(teacher_features: torch.Tensor, flow: torch.Tensor, flow_back: torch.Tensor, radius: int,
+                    temperature: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
+    """Term 2's targets: ``(logits (B, K, h, w), used bool (B, h, w))``.
 
-    ``logits, target (B, K, h, w)``; ``valid (K, h, w)`` displacements take part in both the
-    softmax and the (renormalised) target.
+    ``teacher_features (B, C, h, w)`` of the reference frame (raw; L2-normalised here over the
+    rows, dim 2, as the authors' code does), ``flow``/``flow_back (B, 2, H, W)`` pixels with
+    ``H = s h``. Cell ``p`` reads the flow at pixel ``s p``, divided by ``s``: ``u(p)``;
+    ``logits_k(p) = <g(p + u(p)), g(p + d_k)> / temperature`` with ``g(p + u)`` bilinear
+    (align-corners cell coordinates, zeros outside); ``used`` where ``|u|_inf <= R`` and the
+    pixel passes :func:`forward_backward_visible`.
     """
-    logits = logits.masked_fill(~valid, float("-inf"))
-    target = target * valid
-    target = target / target.sum(1, keepdim=True).clamp_min(1e-12)
-    log_p = torch.log_softmax(logits, dim=1).masked_fill(~valid, 0.0)
-    ce = -(target * log_p).sum(1)                                                           # B, h, w
-    entropy = -(target * torch.log(target.clamp_min(1e-12))).sum(1)
-    count = used.sum().clamp_min(1)
-    loss = (ce * used).sum() / count
-    kl = float(((ce - entropy) * used).sum().detach() / count)
-    return loss, {"warp_kl": kl}
+    h, w = teacher_features.shape[-2:]
+    stride = flow.shape[-2] // h
+    g = F.normalize(teacher_features, dim=2)
+    visible = forward_backward_visible(flow, flow_back)[:, ::stride, ::stride][:, :h, :w]
+    cell_flow = flow[:, :, ::stride, ::stride][:, :, :h, :w] / stride                    # B, 2, h, w
+    used = visible & (cell_flow.abs() <= radius).all(1)
+    ys, xs = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
+                            torch.arange(w, device=flow.device, dtype=flow.dtype), indexing="ij")
+    x = (xs + cell_flow[:, 0]) * 2 / max(w - 1, 1) - 1
+    y = (ys + cell_flow[:, 1]) * 2 / max(h - 1, 1) - 1
+    at_match = F.grid_sample(g, torch.stack([x, y], dim=-1), mode="bilinear", padding_mode="zeros",
+                             align_corners=True)                                            # B, C, h, w
+    return local_correlation(at_match, g, radius) / temperature, used
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    """``sum_p -sum_k softmax(target(p))_k log softmax(logits(p))_k / #used`` over ``used (B, h, w)``
+    cells; ``logits, target_logits (B, K, h, w)``. No used cell: 0."""
+    log_p = torch.log_softmax(rearrange(logits, "b k h w -> b h w k")[used], dim=-1)
+    target = torch.softmax(rearrange(target_logits, "b k h w -> b h w k")[used], dim=-1)
+    return -(target * log_p).sum() / max(int(used.sum()), 1)
 
 
 class GradientReversal(torch.autograd.Function):
@@ -112,38 +207,82 @@ class GradientReversal(torch.autograd.Function):
         return -ctx.scale * grad, None
 
 
+class CorrelationDiscriminator(nn.Module):
+    """The authors' discriminator: gradient reversal (strength ``reversal``), then
+    ``Linear(K, K//2) ReLU Linear(K//2, K//4) ReLU Linear(K//4, 1)`` per cell.
+    ``(B, K, h, w) -> (B h w, 1)`` logits, cells in ``(b, i, j)`` order."""
+
+    def __init__(self, window: int, reversal: float = 1.0):
+        super().__init__()
+        self.reversal = reversal
+        self.layers = nn.Sequential(nn.Linear(window, window // 2), nn.ReLU(), nn.Linear(window // 2, window // 4),
+                                    nn.ReLU(), nn.Linear(window // 4, 1))
+
+    def forward(self, corr: torch.Tensor) -> torch.Tensor:
+        return self.layers(GradientReversal.apply(rearrange(corr, "b k h w -> (b h w) k"), self.reversal))
+
+
+def domain_loss(discriminator: nn.Module, synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """BCE of ``discriminator`` on raw correlations ``(B, K, h, w)``: synthetic cells label 0, real 1
+    (synthetic first). Returns ``(loss, accuracy)``."""
+    scores = torch.cat([discriminator(synthetic), discriminator(real)])
+    labels = torch.cat([torch.zeros(scores.shape[0] - real[:, 0].numel(), 1),
+                        torch.ones(real[:, 0].numel(), 1)]).to(scores)
+    loss = F.binary_cross_entropy_with_logits(scores, labels)
+    return loss, float(((scores > 0).float() == labels).float().mean())
+
+
+def warp_flows(warps: Sequence[Warp], height: int, width: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense flows of the synthetic pairs ``(J, I)`` (``J`` = ``I`` warped): ``flow (B, 2, H, W)``
+    on ``I``'s pixels into ``J`` (``to_warped(q) - q``) and ``flow_back`` on ``J``'s pixels into
+    ``I`` (``to_source(p) - p``), in integer-centre pixels (pixel (i, j) at (j, i))."""
+    grid = pixel_grid(height, width)                                                      # H, W, 2
+    flow = torch.stack([warp.to_warped(grid) - grid for warp in warps])
+    back = torch.stack([warp.to_source(grid) - grid for warp in warps])
+    return (rearrange(flow, "b h w c -> b c h w").to(device, torch.float32),
+            rearrange(back, "b h w c -> b c h w").to(device, torch.float32))
+
+
 class FinePixelLoss(nn.Module):
     """``(frames (B, T, 3, H, W), encoder) -> (loss, diagnostics)`` (module docstring).
 
     Args:
-        radius: local window half-size R in feature cells (window (2R+1)^2).
-        temperature: tau of the correlation softmaxes.
-        sigma: width of the soft targets, in feature cells.
-        rec_weight, domain_weight: weights of the reconstruction and domain terms.
+        radius: window half-size R in feature cells (window (2R+1)^2).
+        rec_weight, sup_weight, domain_weight: weights of the three terms (0: the term is off).
+        temperature: tau of the supervised term (targets and student).
         layer: ResNet stage whose features are trained (None: the encoder's output).
-        warp_kinds: the warp families drawn from (uniformly).
-        reversal: gradient-reversal strength lambda of the domain term.
+        teacher: frozen LAB encoder giving the supervised targets (its output stage); None: the
+            student's own features, detached. Not a submodule: never trained nor saved.
+        warp_kinds: the warp families the synthetic pairs are drawn from (uniformly).
+        reversal: gradient-reversal strength of the domain term.
     """
 
     needs_frames = True  # the training loop passes the clip and the encoder, not walk nodes
 
-    def __init__(self, radius: int = 6, temperature: float = 0.07, sigma: float = 0.5, rec_weight: float = 1.0,
-                 domain_weight: float = 0.0, layer: Optional[str] = "layer3",
+    def __init__(self, radius: int = 24, rec_weight: float = 1.0, sup_weight: float = 1.0, domain_weight: float = 1.0,
+                 temperature: float = 0.07, layer: Optional[str] = "layer3", teacher: Optional[nn.Module] = None,
                  warp_kinds: Sequence[str] = WARP_KINDS, reversal: float = 1.0):
         super().__init__()
         if radius < 1:
             raise ValueError(f"radius must be >= 1, got {radius}")
-        if temperature <= 0 or sigma <= 0:
-            raise ValueError(f"temperature and sigma must be positive, got {temperature}, {sigma}")
+        if temperature <= 0 or min(rec_weight, sup_weight, domain_weight) < 0:
+            raise ValueError(f"temperature must be positive and the weights >= 0, got {temperature}, "
+                             f"{rec_weight}, {sup_weight}, {domain_weight}")
         unknown = [k for k in warp_kinds if k not in WARP_KINDS]
         if unknown or not warp_kinds:
             raise ValueError(f"warp_kinds must be a non-empty subset of {WARP_KINDS}, got {list(warp_kinds)}")
-        self.radius, self.temperature, self.sigma = radius, temperature, sigma
-        self.rec_weight, self.domain_weight, self.layer = rec_weight, domain_weight, layer
-        self.warp_kinds, self.reversal = tuple(warp_kinds), reversal
-        k = (2 * radius + 1) ** 2
-        self.domain_classifier = (nn.Sequential(nn.Linear(k, 64), nn.ReLU(inplace=True), nn.Linear(64, 1))
+        self.radius, self.temperature, self.layer = radius, temperature, layer
+        self.rec_weight, self.sup_weight, self.domain_weight = rec_weight, sup_weight, domain_weight
+        self.warp_kinds = tuple(warp_kinds)
+        self.teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()
+        self.domain_classifier = (CorrelationDiscriminator((2 * radius + 1) ** 2, reversal)
                                   if domain_weight > 0 else None)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Moves and casts reach the teacher too (it is not a submodule)."""
+        for teacher in self.teacher:
+            teacher._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
 
     def make_pairs(self, images: torch.Tensor, generator: Optional[torch.Generator] = None
                    ) -> tuple[torch.Tensor, list[Warp], torch.Tensor]:
@@ -159,93 +298,80 @@ class FinePixelLoss(nn.Module):
             in_view.append(view)
         return torch.stack(warped), warps, torch.stack(in_view)
 
-    @staticmethod
-    def cell_matches(warps: Sequence[Warp], height: int, width: int, stride: int, device=None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Matches of the source cells in cell units of the warped map, ``(B, h, w, 2)``, and
-        their visibility ``bool (B, h, w)`` (warps work in integer-centre pixels, :mod:`corr.geometry`)."""
-        found = [source_matches(warp, height, width, stride) for warp in warps]
-        offset = to_integer_centres(cell_centre_offset(stride))                              # (s - 1) / 2
-        matches = torch.stack([pixel_to_cell(m, stride, offset) for m, _ in found])
-        visible = torch.stack([v for _, v in found])
-        return matches.to(device, torch.float32), visible.to(device)
-
-    def used_cells(self, matches: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """``bool (B, h, w)``: cells whose match ``matches (B, h, w, 2)`` is visible and inside the window."""
-        ys, xs = torch.meshgrid(torch.arange(matches.shape[1], device=matches.device),
-                                torch.arange(matches.shape[2], device=matches.device), indexing="ij")
-        offset = matches - torch.stack([xs, ys], dim=-1)
-        return visible & (offset.abs().amax(-1) <= self.radius - 1)
+    def features(self, encoder: nn.Module, lab: torch.Tensor) -> torch.Tensor:
+        """The trained stage of ``encoder`` on normalised LAB ``(N, 3, H, W)``: ``(N, C, h, w)`` float32."""
+        return encoder_features(encoder, lab, self.layer, prepared=True).float()
 
     def predicted_matches(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(B, h, w, 2)`` cell ``(x, y)`` of the most likely displacement of ``logits (B, K, h, w)``
-        (displacements leaving the map excluded)."""
+        """``(B, h, w, 2)`` cell ``(x, y)`` of the most likely in-map displacement of ``logits (B, K, h, w)``."""
         b, _, h, w = logits.shape
-        _, valid = local_correlation(logits[:, :1], logits[:, :1], self.radius)
+        valid = window_valid(h, w, self.radius, logits.device)
         best = logits.masked_fill(~valid, float("-inf")).argmax(1)                            # B, h, w
         disp = window_displacements(self.radius, logits.device)[best]                         # B, h, w, 2
         ys, xs = torch.meshgrid(torch.arange(h, device=logits.device), torch.arange(w, device=logits.device),
                                 indexing="ij")
         return (disp + torch.stack([xs, ys], dim=-1)).float()
 
-    def warp_term(self, source: torch.Tensor, warped: torch.Tensor, matches: torch.Tensor, visible: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Soft cross-entropy of source features ``(B, C, h, w)`` against the warped ones.
-        Returns ``(loss, correlation logits (B, K, h, w), diagnostics)``."""
-        corr, valid = local_correlation(source, warped, self.radius)
-        logits = corr / self.temperature
-        target, nearest = soft_targets(matches, self.radius, self.sigma)
-        used = self.used_cells(matches, visible)
-        loss, diagnostics = soft_cross_entropy(logits, target, valid, used)
-        hits = (logits.masked_fill(~valid, float("-inf")).argmax(1) == nearest) & used
-        diagnostics.update(warp_ce=float(loss.detach()), warp_acc=float(hits.sum() / used.sum().clamp_min(1)),
-                           warp_used=float(used.float().mean()))
-        return loss, logits, diagnostics
-
-    def reconstruction_term(self, query: torch.Tensor, reference: torch.Tensor, query_colour: torch.Tensor,
-                            reference_colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Smooth-L1 of ``query_colour (B, 3, h, w)`` rebuilt from ``reference_colour`` through
-        the local correlation of the features. Returns ``(loss, logits (B, K, h, w))``."""
-        corr, valid = local_correlation(query, reference, self.radius)
-        logits = corr / self.temperature
-        weights = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=1)            # B, K, h, w
-        rebuilt = (weights[:, None] * neighbour_values(reference_colour, self.radius)).sum(2)  # B, 3, h, w
-        return F.smooth_l1_loss(rebuilt, query_colour), logits
-
-    def domain_term(self, synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """BCE of the classifier telling warped (0) from real (1) correlation distributions."""
-        def samples(logits):
-            return rearrange(torch.softmax(logits, dim=1), "b k h w -> (b h w) k")
-        x = torch.cat([samples(synthetic), samples(real)])
-        labels = torch.cat([torch.zeros(x.shape[0] // 2), torch.ones(x.shape[0] - x.shape[0] // 2)]).to(x)
-        scores = self.domain_classifier(GradientReversal.apply(x, self.reversal)).squeeze(-1)
-        loss = F.binary_cross_entropy_with_logits(scores, labels)
-        return loss, float(((scores > 0).float() == labels).float().mean())
-
     def forward(self, frames: torch.Tensor, encoder: nn.Module, generator: Optional[torch.Generator] = None,
                 visuals: bool = False):
         """``(loss, diagnostics)``, or ``(loss, diagnostics, visuals)`` with ``visuals=True``."""
         if frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[1] < 2:
             raise ValueError(f"frames must be (B, T >= 2, 3, H, W), got shape {tuple(frames.shape)}")
+        if not reads_lab(encoder):
+            raise ValueError(f"the pixel loss feeds LAB frames: it needs a LAB encoder (resnet18-fgvc), "
+                             f"got {type(encoder).__name__}")
         b, _, _, height, width = frames.shape
-        first, second = frames[:, 0], frames[:, 1]                                           # B, 3, H, W
-        warped, warps, in_view = self.make_pairs(first, generator)
-        feats = F.normalize(encoder_features(encoder, torch.cat([first, warped, second]), self.layer), dim=1)
-        f_first, f_warped, f_second = feats.float().split(b)                                  # B, C, h, w each
-        h, w = f_first.shape[-2:]
-        stride = max(1, round(height / h))                                                    # input pixels per cell
-        matches, visible = self.cell_matches(warps, height, width, stride, frames.device)
-        warp_loss, warp_logits, diagnostics = self.warp_term(f_first, f_warped, matches, visible)
-        colour = F.adaptive_avg_pool2d(torch.cat([first, second]).float(), (h, w))           # 2B, 3, h, w
-        rec_loss, real_logits = self.reconstruction_term(f_second, f_first, colour[b:], colour[:b])
-        diagnostics["rec"] = float(rec_loss.detach())
-        loss = warp_loss + self.rec_weight * rec_loss
+        loss, diagnostics, real_corr = frames.new_zeros(()), {}, None
+        if self.rec_weight > 0 or self.domain_classifier is not None:
+            real = normalised_lab(frames[:, :2].float())                                        # B, 2, 3, H, W
+            channel = 1 + int(torch.randint(2, (1,), generator=generator))
+            f_ref, f_tar = self.features(encoder, rearrange(drop_colour_channel(real, channel),
+                                                            "b t c h w -> (t b) c h w")).split(b)
+            rec, real_corr = reconstruction_loss(f_tar, f_ref, real[:, 0, channel:channel + 1],
+                                                 real[:, 1, channel:channel + 1], self.radius)
+            loss = loss + self.rec_weight * rec
+            diagnostics["rec"] = float(rec.detach())
+        if self.sup_weight == 0 and self.domain_classifier is None:
+            return (loss, diagnostics, {}) if visuals else (loss, diagnostics)
+
+        source = frames[:, 0].float()                                                          # I
+        warped, warps, in_view = self.make_pairs(source, generator)                            # J
+        flow, flow_back = warp_flows(warps, height, width, frames.device)
+        synthetic = normalised_lab(torch.stack([warped, source], dim=1))                       # B, 2, 3, H, W: (J, I)
+        channel = 1 + int(torch.randint(2, (1,), generator=generator))
+        s_ref, s_tar = self.features(encoder, rearrange(drop_colour_channel(synthetic, channel),
+                                                        "b t c h w -> (t b) c h w")).split(b)
+        student = local_correlation(F.normalize(s_tar, dim=1), F.normalize(s_ref, dim=1), self.radius)
+        student = student / self.temperature
+        with torch.no_grad():
+            teacher = self.teacher[0] if self.teacher else encoder
+            target, used = teacher_targets(self.features(teacher, synthetic[:, 0]).detach(), flow, flow_back,
+                                           self.radius, self.temperature)
+        if self.sup_weight > 0:
+            sup = soft_cross_entropy(student, target, used)
+            loss = loss + self.sup_weight * sup
+            hits = (student.argmax(1) == target.argmax(1)) & used
+            diagnostics.update(sup=float(sup.detach()), sup_used=float(used.float().mean()),
+                               sup_acc=float(hits.sum() / used.sum().clamp_min(1)))
         if self.domain_classifier is not None:
-            domain_loss, domain_acc = self.domain_term(warp_logits, real_logits)
-            diagnostics.update(domain=float(domain_loss.detach()), domain_acc=domain_acc)
-            loss = loss + self.domain_weight * domain_loss
+            domain, accuracy = domain_loss(self.domain_classifier, local_correlation(s_tar, s_ref, self.radius),
+                                           real_corr)
+            loss = loss + self.domain_weight * domain
+            diagnostics.update(domain=float(domain.detach()), domain_acc=accuracy)
         if visuals:
-            return loss, diagnostics, {
-                "warped": warped.detach(), "in_view": in_view, "matches": matches,
-                "used": self.used_cells(matches, visible), "predicted": self.predicted_matches(warp_logits.detach())}
+            h, w = student.shape[-2:]
+            ys, xs = torch.meshgrid(torch.arange(h, device=flow.device), torch.arange(w, device=flow.device),
+                                    indexing="ij")
+            cell_flow = flow[:, :, ::height // h, ::width // w][:, :, :h, :w] / (height // h)
+            matches = rearrange(cell_flow, "b c h w -> b h w c") + torch.stack([xs, ys], dim=-1)
+            return loss, diagnostics, {"warped": warped.detach(), "in_view": in_view, "matches": matches,
+                                       "used": used, "predicted": self.predicted_matches(student.detach())}
         return loss, diagnostics
+
+
+def normalised_lab(frames: torch.Tensor) -> torch.Tensor:
+    """Normalised RGB clips ``(B, T, 3, H, W)`` -> the LAB encoders' normalised LAB, same shape
+    (:func:`corr.encoders.lab.normalised_lab`: OpenCV's conversion of the 8-bit frames, as the
+    authors' loader computes it)."""
+    b = frames.shape[0]
+    return rearrange(frame_lab(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) c h w -> b t c h w", b=b)

@@ -98,10 +98,11 @@ def checkpoint_dict(cfg: TrainConfig, model: WalkModel, optimizer, scaler, sched
     }
 
 
-def resume_keys() -> tuple[str, ...]:
-    """:data:`RESUME_KEYS`, then every objective's (they fix the shapes of loss-owned weights)."""
+def resume_keys(loss: str) -> tuple[str, ...]:
+    """:data:`RESUME_KEYS`, then those of the objectives of ``loss`` (they fix the shapes of the
+    weights those losses own)."""
     keys = list(RESUME_KEYS)
-    for objective in OBJECTIVES.values():
+    for objective in (OBJECTIVES[name] for name in parse_loss_spec(loss)):
         keys += [key for key in objective.resume_keys if key not in keys]
     return tuple(keys)
 
@@ -118,7 +119,7 @@ def load_training_state(path: Path, cfg: TrainConfig, model: WalkModel, optimisa
                               "of train.py")
     saved = {**asdict(CRW), **state.get("config", {})}
     changed = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}"
-               for k in resume_keys() if saved.get(k) != getattr(cfg, k)]
+               for k in resume_keys(cfg.loss) if saved.get(k) != getattr(cfg, k)]
     if changed:
         raise CheckpointError(f"{path} was trained with other settings; resuming would not continue it "
                          f"({'; '.join(changed)})")

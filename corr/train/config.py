@@ -72,8 +72,12 @@ class TrainConfig:
     loss: Optional[str] = field(default=None, metadata={
         "help": f"loss name or name=weight,... over one encoder (known: {', '.join(OBJECTIVES)})"})
     lr: Optional[float] = field(default=None, metadata={"help": "Adam learning rate"})
+    lr_schedule: Optional[str] = field(default=None, metadata={
+        "help": "step (the --lr-milestones; none: constant), or cosine: per step from lr down to lr/1000 at "
+                "the last step"})
     lr_milestones: Optional[tuple[int, ...]] = field(default=None, metadata={
-        "help": "epochs after which the rate is multiplied by --lr-gamma, stepped per iteration (empty: constant)"})
+        "help": "step schedule: epochs after which the rate is multiplied by --lr-gamma, stepped per iteration "
+                "(empty: constant)"})
     lr_gamma: Optional[float] = field(default=None, metadata={"help": "learning-rate factor at each milestone"})
     betas: Optional[tuple[float, ...]] = field(default=None, metadata={"help": "Adam betas"})
     grad_clip: Optional[float] = field(default=None, metadata={"help": "clip the gradient norm to this (0: off)"})
@@ -86,8 +90,15 @@ class TrainConfig:
     include_one_step: Optional[bool] = field(default=None, metadata={"help": "also train the one-step cycle k=1"})
     pixel_radius: Optional[int] = field(default=None, metadata={
         "help": "pixel loss: half-size R of the local window, in feature cells ((2R+1)^2 displacements)"})
+    pixel_rec_weight: Optional[float] = field(default=None, metadata={
+        "help": "pixel loss: weight of the LAB colour reconstruction term (0: off)"})
+    pixel_sup_weight: Optional[float] = field(default=None, metadata={
+        "help": "pixel loss: weight of the teacher-supervised term on warped pairs (0: off)"})
     pixel_domain_weight: Optional[float] = field(default=None, metadata={
         "help": "pixel loss: weight of the gradient-reversal domain term, warped vs real pairs (0: off)"})
+    teacher: Optional[str] = field(default=None, metadata={
+        "help": "pixel loss: checkpoint of the frozen teacher of the supervised term (none: the trained "
+                "encoder itself, detached)"})
     encoder: Optional[str] = field(default=None, metadata={"help": "encoder name, corr.encoders.ENCODERS"})
     head_dim: Optional[int] = field(default=None, metadata={"help": "node embedding size"})
     head_depth: Optional[int] = field(default=None, metadata={
@@ -122,13 +133,16 @@ CRW = TrainConfig(
     clip_len=4, fps=8.0, frame_skip=None, clip_offsets=None, clips_per_video=5, same_crop=False, flip=False,
     frame_flip=False, color_jitter=0.0, short_side=0, head_depth=0, padding="reflect",
     temperature=0.05, edge_dropout=0.1, shared_edge_mask=True, featdrop=0.0, include_one_step=False,
-    pixel_radius=6, pixel_domain_weight=0.0,
-    steps=None, batch_size=20, lr=1e-4, lr_milestones=(20, 30, 40), lr_gamma=0.3, betas=(0.9, 0.999), grad_clip=0.0,
+    pixel_radius=24, pixel_rec_weight=1.0, pixel_sup_weight=1.0, pixel_domain_weight=1.0, teacher=None,
+    steps=None, batch_size=20, lr=1e-4, lr_schedule="step", lr_milestones=(20, 30, 40), lr_gamma=0.3,
+    betas=(0.9, 0.999), grad_clip=0.0,
     num_workers=4, checkpoint_every=500, log_every=20, image_every=500)
 
-#: The demo's changes to a preset: finishes in minutes on a 2-core CPU.
+#: The demo's changes to a preset: finishes in minutes on a 2-core CPU (a 9x9-cell pixel window).
 DEMO = {"steps": 150, "batch_size": 2, "mode": "dense", "crop_size": 64, "checkpoint_every": 50,
-        "log_every": 10, "image_every": 50, "num_workers": 1}
+        "log_every": 10, "image_every": 50, "num_workers": 1, "pixel_radius": 4}
+#: Learning-rate schedules (``lr_schedule``).
+LR_SCHEDULES = ("step", "cosine")
 
 
 def presets() -> dict[str, TrainConfig]:
@@ -216,9 +230,14 @@ def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
     if not cfg.temperature > 0 or not 0 <= cfg.edge_dropout < 1:
         raise OptionError(f"--temperature must be > 0 and --edge-dropout in [0, 1), got {cfg.temperature} and "
                           f"{cfg.edge_dropout}")
-    if cfg.pixel_radius < 1 or cfg.pixel_domain_weight < 0:
-        raise OptionError(f"--pixel-radius must be >= 1 and --pixel-domain-weight >= 0, got {cfg.pixel_radius} "
-                         f"and {cfg.pixel_domain_weight}")
+    if cfg.pixel_radius < 1 or min(cfg.pixel_rec_weight, cfg.pixel_sup_weight, cfg.pixel_domain_weight) < 0:
+        raise OptionError(f"--pixel-radius must be >= 1 and the --pixel-*-weight options >= 0, got "
+                          f"{cfg.pixel_radius}, {cfg.pixel_rec_weight}, {cfg.pixel_sup_weight} and "
+                          f"{cfg.pixel_domain_weight}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise OptionError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+    if cfg.lr_schedule == "cosine" and cfg.lr_milestones:
+        raise OptionError(f"--lr-milestones belong to --lr-schedule step, not cosine; got {cfg.lr_milestones}")
     if not cfg.lr > 0 or cfg.grad_clip < 0:
         raise OptionError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
     if any(m < 0 for m in cfg.lr_milestones) or not cfg.lr_gamma > 0:

@@ -6,13 +6,15 @@ and the losses together), so every loss runs the encoder inside the wrapper and 
 of every parameter (the encoder, the walk head and the weights the losses own, such as the
 TimeCycle tracker) are averaged over the processes (``find_unused_parameters`` when a frame
 loss leaves some of them out of the graph). The optimiser is Adam over all of them, in the
-order walk model then losses (the checkpoint's order), with CRW's schedule (a ``MultiStepLR``
-stepped once per iteration, its milestones the ``lr_milestones`` epochs times the batches per
-epoch, as the reference computes them; none: a constant rate), and a gradient scaler for
-mixed precision.
+order walk model then losses (the checkpoint's order), with the configured learning-rate
+schedule, stepped once per iteration: ``step`` is CRW's (a ``MultiStepLR`` whose milestones are
+the ``lr_milestones`` epochs times the batches per epoch, as the reference computes them;
+none: a constant rate), ``cosine`` the pixel configuration's; and a gradient scaler for mixed
+precision.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Collection, Optional
 
@@ -117,12 +119,28 @@ def distribute(module: TrainModule, runtime: Runtime) -> nn.Module:
         find_unused_parameters=module.unused_parameters_possible())
 
 
+#: The cosine schedule's final learning rate, as a fraction of ``lr`` (the released pixel configuration).
+COSINE_MIN_RATIO = 1e-3
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Learning rate of the update after ``step`` optimiser steps, as a fraction of ``lr``:
+    ``step`` 1 (its milestones are a ``MultiStepLR``'s); ``cosine`` ``m + (1 - m) (1 + cos(pi step / steps)) / 2`` with
+    ``m = COSINE_MIN_RATIO`` (annealed per step over the whole run, no warm-up)."""
+    if schedule == "step":
+        return 1.0
+    if schedule == "cosine":
+        return COSINE_MIN_RATIO + (1 - COSINE_MIN_RATIO) * (1 + math.cos(math.pi * step / steps)) / 2
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
 @dataclass
 class Optimisation:
-    """Adam over ``parameters``, the step schedule and the AMP gradient scaler.
+    """Adam over ``parameters``, the learning-rate schedule of ``lr_schedule`` and the AMP gradient scaler.
 
-    Step ``s`` (1-based) trains at ``lr * gamma ** #{m : m * per_epoch <= s - 1}`` for the
-    milestones ``m`` (epochs): epoch ``e`` (0-based) starts at iteration ``e * per_epoch``.
+    ``step``: step ``s`` (1-based) trains at ``lr * gamma ** #{m : m * per_epoch <= s - 1}`` for
+    the milestones ``m`` (epochs): epoch ``e`` (0-based) starts at iteration ``e * per_epoch``.
+    ``cosine``: at ``lr * lr_factor("cosine", s - 1, steps)`` (:func:`lr_factor`).
     """
 
     parameters: list[nn.Parameter]
@@ -135,8 +153,11 @@ class Optimisation:
         """``per_epoch``: batches per epoch of this process (the milestones' unit)."""
         parameters = list(module.parameters())
         optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[per_epoch * m for m in cfg.lr_milestones], gamma=cfg.lr_gamma)
+        if cfg.lr_schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor("cosine", step, cfg.steps))
+        else:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, milestones=[per_epoch * m for m in cfg.lr_milestones], gamma=cfg.lr_gamma)
         return cls(parameters, optimizer, scheduler, torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp))
 
     @property

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from corr.encoders import ENCODERS, build_encoder
+from corr.encoders import ENCODERS, LAB_ENCODERS, build_encoder, load_checkpoint, reads_lab
 from corr.errors import OptionError
 from corr.global_match import seeded_global_match
 from corr.losses.cycle import CycleConsistencyLoss
@@ -91,10 +91,22 @@ def check_cycle_clip(cfg: Config) -> None:
 
 
 def build_pixel_loss(cfg: Config) -> nn.Module:
-    """Fine-grained pixel loss (docs/objectives.md, fine-grained pixel) on layer3; use a stride-4
-    encoder (resnet18-s4)."""
-    return FinePixelLoss(radius=cfg.pixel_radius, domain_weight=cfg.pixel_domain_weight,
-                         layer="layer3" if encoder_kwargs(cfg.encoder) else None)
+    """Fine-grained pixel loss (docs/objectives.md, fine-grained pixel) on layer3 of a LAB encoder
+    (resnet18-fgvc); ``teacher`` is read with :func:`corr.encoders.load_checkpoint` (its layer3)."""
+    teacher = None
+    if cfg.teacher is not None:
+        teacher, info = load_checkpoint(cfg.teacher)
+        if not reads_lab(teacher):
+            raise OptionError(f"--teacher {cfg.teacher} holds a {info['encoder']!r} encoder; the pixel loss "
+                              f"needs a LAB encoder ({', '.join(LAB_ENCODERS)})")
+    return FinePixelLoss(radius=cfg.pixel_radius, rec_weight=cfg.pixel_rec_weight, sup_weight=cfg.pixel_sup_weight,
+                         domain_weight=cfg.pixel_domain_weight, layer="layer3", teacher=teacher)
+
+
+def check_pixel_encoder(cfg: Config) -> None:
+    """The pixel loss feeds channel-dropped LAB frames: the encoder must read LAB."""
+    if cfg.encoder not in LAB_ENCODERS:
+        raise OptionError(f"--loss pixel needs a LAB encoder ({', '.join(LAB_ENCODERS)}), got --encoder {cfg.encoder}")
 
 
 def build_global_walk_loss(cfg: Config) -> nn.Module:
@@ -144,12 +156,20 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in [
         demo_settings={"frame_skip": 1, "short_side": 68},
         figure=lambda clip, data, cfg, stride: ("cycle/tracked_patch", cycle_image(clip, data)),
         resume_keys=("crop_size",), check=check_cycle_clip),
+    # FGVC's released configuration: ResNet-18 at stride 2 reading LAB, radius 24, weights 1 / 1 / 1,
+    # Adam lr 1e-3 annealed by a cosine to lr/1000 per iteration, one clip per process (their 4
+    # GPUs x 1), 2-frame clips of consecutive YouTube-VOS frames (6 fps), one 256 px crop and flip
+    # per clip.
     Objective(
-        "pixel", "fine-grained pixel loss on warped pairs, stride-4 features (docs/objectives.md, "
-        "fine-grained pixel)",
-        build_pixel_loss, needs_frames=True, settings={"encoder": "resnet18-s4", "lr_milestones": ()},
+        "pixel", "fine-grained pixel features: LAB reconstruction, teacher-supervised warped pairs, "
+        "domain term (docs/objectives.md, fine-grained pixel)",
+        build_pixel_loss, needs_frames=True,
+        settings={"encoder": "resnet18-fgvc", "lr": 1e-3, "lr_schedule": "cosine", "lr_milestones": (),
+                  "betas": (0.9, 0.999), "batch_size": 1, "clip_len": 2, "fps": 6.0, "same_crop": True, "flip": True,
+                  "crop_size": 256},
+        demo_settings={"batch_size": 2},
         figure=lambda clip, data, cfg, stride: ("pixel/warped_pair", pixel_image(clip, data)),
-        resume_keys=("pixel_radius", "pixel_domain_weight")),
+        resume_keys=("pixel_radius", "pixel_domain_weight"), check=check_pixel_encoder),
     Objective(
         "global_walk", "two-frame global-matching walk with label warping; trains its own network "
         "(docs/objectives.md, GMRW)",
@@ -192,6 +212,6 @@ def loss_images(clip: torch.Tensor, visuals: dict[str, dict], cfg: Config, strid
     images = []
     for name, data in visuals.items():
         figure = OBJECTIVES[name].figure
-        if figure is not None:
+        if figure is not None and data:
             images.append(figure(clip, {k: v[0] for k, v in data.items()}, cfg, stride))
     return images

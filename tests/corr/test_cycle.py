@@ -145,23 +145,23 @@ def test_training_config_mixes_the_losses_over_one_encoder():
     from corr.train.objectives import parse_loss_spec
 
     assert parse_loss_spec("crw=1,cycle=0.5,pixel=1") == {"crw": 1.0, "cycle": 0.5, "pixel": 1.0}
-    cfg = resolve_config(TrainConfig(loss="crw=1,cycle=0.5,pixel=1", encoder="resnet18-s4"))
+    cfg = resolve_config(TrainConfig(loss="crw=1,cycle=0.5,pixel=1", encoder="resnet18-fgvc"))
     mix = build_losses(cfg)
     assert isinstance(mix.losses["crw"], ContrastiveRandomWalk) and isinstance(mix.losses["pixel"], FinePixelLoss)
     cycle = mix.losses["cycle"]
-    assert cycle.frame_size == (16, 16) and cycle.project.in_channels == 256      # 64 px crops, stride 4, layer3
+    assert cycle.frame_size == (32, 32) and cycle.project.in_channels == 256      # 64 px crops, stride 2, layer3
     assert mix.needs_nodes and mix.weights == {"crw": 1.0, "cycle": 0.5, "pixel": 1.0}
-    pixel = build_losses(resolve_config(TrainConfig(loss="pixel"))).losses["pixel"]
-    assert pixel.radius == 6 and pixel.domain_classifier is None                  # published window, no domain term
+    pixel = build_losses(resolve_config(TrainConfig(loss="pixel", data="/videos"))).losses["pixel"]
+    assert pixel.radius == 24 and pixel.domain_classifier is not None            # the released window and terms
     pixel = build_losses(resolve_config(TrainConfig(loss="pixel", pixel_radius=3, pixel_domain_weight=0.1)))
     assert not pixel.needs_nodes
     assert pixel.losses["pixel"].radius == 3 and pixel.losses["pixel"].domain_weight == 0.1
-    assert pixel.losses["pixel"].domain_classifier[0].in_features == 49            # one input per displacement
-    with pytest.raises(ValueError, match="--pixel-domain-weight"):
+    assert pixel.losses["pixel"].domain_classifier.layers[0].in_features == 49     # one input per displacement
+    with pytest.raises(ValueError, match="--pixel-\\*-weight"):
         resolve_config(TrainConfig(loss="pixel", pixel_domain_weight=-1.0))
     assert resolve_config(TrainConfig(data="/videos", loss="cycle")).mode == "dense"
     with pytest.raises(ValueError, match="--mode dense"):
-        resolve_config(TrainConfig(data="/videos", loss="crw=1,pixel=1", mode="grid"))
+        resolve_config(TrainConfig(data="/videos", loss="crw=1,pixel=1", mode="grid", encoder="resnet18-fgvc"))
 
 
 # ---------------------------------------------------------------- the authors' formulas, by hand

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 from pathlib import Path
@@ -92,8 +93,6 @@ def test_resume_gives_the_same_next_losses_and_skips_the_corrupt_video(videos, t
     assert stopped.losses == {1: straight.losses[1], 2: straight.losses[2]}
     with pytest.raises(ValueError, match="batch_size: 2 -> 1"):
         train(_config(videos, tmp_path / "resumed", resume=True, batch_size=1))
-    with pytest.raises(ValueError, match="pixel_radius: 6 -> 3"):
-        train(_config(videos, tmp_path / "resumed", resume=True, pixel_radius=3))
     saved_path = tmp_path / "resumed" / "checkpoint.pt"
     saved = torch.load(saved_path, weights_only=True)
     for key in ("pixel_radius", "pixel_domain_weight"):                  # as written before those settings existed
@@ -275,13 +274,20 @@ def test_objective_defaults_resolve_as_published_and_mixes_keep_the_walks():
     mine = resolve_config(TrainConfig(loss="cycle", lr=1e-3, betas=(0.9, 0.99), grad_clip=0.0, clip_offsets=(0, 1, 2)))
     assert (mine.lr, mine.betas, mine.grad_clip, mine.clip_offsets, mine.clip_len) == (1e-3, (0.9, 0.99), 0.0,
                                                                                          (0, 1, 2), 3)
-    for spec in ("crw", "crw=1,cycle=0.5,pixel=1", "cycle=1,pixel=1"):
+    for spec in ("crw", "crw=1,cycle=0.5", "crw=1,cycle=0.5,pixel=1", "cycle=1,pixel=1"):
+        if "pixel" in spec:                                              # the pixel loss reads LAB frames
+            with pytest.raises(ValueError, match="needs a LAB encoder"):
+                resolve_config(TrainConfig(loss=spec))
+            continue
         mix = resolve_config(TrainConfig(loss=spec))
         assert (mix.lr, mix.betas, mix.grad_clip, mix.fps, mix.clip_offsets, mix.clip_len) == (
             1e-4, (0.9, 0.999), 0.0, 8.0, None, 4), spec
         assert (mix.same_crop, mix.flip, mix.encoder, mix.frame_skip) == (False, False, "resnet18-crw", None), spec
-    assert resolve_config(TrainConfig(loss="pixel")).encoder == "resnet18-s4"
-    assert resolve_config(TrainConfig(loss="pixel", encoder="resnet18-crw")).encoder == "resnet18-crw"
+    pixel = resolve_config(TrainConfig(loss="pixel", data="/videos"))
+    assert (pixel.encoder, pixel.pixel_radius, pixel.lr, pixel.lr_schedule, pixel.batch_size, pixel.clip_len) == (
+        "resnet18-fgvc", 24, 1e-3, "cosine", 1, 2)
+    assert (pixel.pixel_rec_weight, pixel.pixel_sup_weight, pixel.pixel_domain_weight) == (1.0, 1.0, 1.0)
+    assert resolve_config(TrainConfig(loss="crw=1,pixel=1", encoder="resnet18-fgvc")).encoder == "resnet18-fgvc"
     with pytest.raises(ValueError, match="give --clip-offsets instead"):
         resolve_config(TrainConfig(loss="cycle", clip_len=3))
     with pytest.raises(ValueError, match="strictly increasing"):
@@ -328,7 +334,8 @@ def test_loss_images_are_written_for_every_objective(videos, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    train(_config(videos, out, loss="crw=1,cycle=1,pixel=1", steps=1, crop_size=32, image_every=1))
+    train(_config(videos, out, loss="crw=1,cycle=1,pixel=1", encoder="resnet18-fgvc", pixel_radius=2, steps=1,
+                  crop_size=32, image_every=1))
     events = EventAccumulator(str(out), size_guidance={"images": 0})
     events.Reload()
     shapes = {tag: (events.Images(tag)[0].height, events.Images(tag)[0].width) for tag in events.Tags()["images"]}
@@ -352,7 +359,7 @@ def test_cycle_and_pixel_figures_draw_on_their_frames():
     assert not drawn[:5].any() and not drawn[:, :40].any()           # boxes around the centre, not the edge
 
     torch.manual_seed(0)
-    encoder = ENCODERS["resnet18-s4"](out_layer="layer4")
+    encoder = ENCODERS["resnet18-fgvc"](out_layer="layer4")
     frames = torch.randn(1, 2, 3, 32, 40)
     _, _, pixel_visuals = FinePixelLoss(radius=3)(frames, encoder, generator=torch.Generator().manual_seed(0),
                                                   visuals=True)
@@ -380,7 +387,7 @@ def test_a_batch_larger_than_an_epoch_is_refused_before_training(videos, tmp_pat
     assert batches_per_epoch(6, 2, 2) == 1 and batches_per_epoch(7, 2, 2) == 2
 
 
-@pytest.mark.parametrize("loss", ["crw", "crw=1,cycle=1,pixel=1"])
+@pytest.mark.parametrize("loss", ["crw", "crw=1,cycle=1"])
 def test_training_starts_from_evaluates_seeded_random_init(videos, tmp_path, monkeypatch, loss):
     """``evaluate.py --encoder NAME --seed S`` scores a run's initial weights (the "before" of a run)."""
     from propagate.encoder_loading import load_encoder
@@ -414,15 +421,15 @@ def test_presets_are_complete_and_only_given_options_override_them():
     assert list(table)[:2] == ["crw", "crw-demo"] and {"cycle", "pixel", "global-walk"} <= set(table)
     for name, preset in table.items():
         assert preset.preset == name and all(getattr(preset, k) is not None for k in SETUP_OPTIONS
-                                             if k not in ("steps", "frame_skip", "clip_offsets")), name
+                                             if k not in ("steps", "frame_skip", "clip_offsets", "teacher")), name
     with_data = resolve_config(TrainConfig(data="/videos"))
     assert resolve_config(TrainConfig(preset="crw", data="/videos")) == with_data and with_data.preset == "crw"
     assert resolve_config(TrainConfig()) == resolve_config(TrainConfig(preset="crw-demo"))
     cycle = resolve_config(TrainConfig(preset="cycle", lr=1e-3))
     assert cycle == dataclasses.replace(resolve_config(TrainConfig(loss="cycle", data="/videos", lr=1e-3)), data=None)
     assert (cycle.lr, cycle.betas, cycle.crop_size, cycle.preset) == (1e-3, (0.5, 0.999), 240, "cycle")
-    mix = resolve_config(TrainConfig(loss="crw=1,pixel=1", data="/videos"))
-    assert (mix.preset, mix.mode, mix.encoder) == ("crw", "dense", "resnet18-crw")          # a mix keeps the walk's
+    mix = resolve_config(TrainConfig(loss="crw=1,pixel=1", data="/videos", encoder="resnet18-fgvc"))
+    assert (mix.preset, mix.mode, mix.lr) == ("crw", "dense", 1e-4)                         # a mix keeps the walk's
     with pytest.raises(ValueError, match="unknown preset 'kinetics'"):
         resolve_config(TrainConfig(preset="kinetics"))
 
@@ -456,3 +463,24 @@ def test_an_objective_registered_in_one_entry_trains_through_the_command_line(vi
     initial = _TinyEncoder()                                  # what train() built from seed 0
     assert any(not torch.equal(value, state["encoder"]["state_dict"][name])
                for name, value in initial.state_dict().items() if value.is_floating_point())
+
+
+def test_cosine_schedule_is_mmcvs_per_iteration_cosine_annealing():
+    from corr.train.module import lr_factor
+
+    base, steps = 1e-3, 40
+    for step in (0, 1, 13, 20, 39, 40):
+        target = base * 0.001                                             # min_lr_ratio 0.001
+        expected = target + 0.5 * (base - target) * (math.cos(math.pi * step / steps) + 1)   # annealing_cos
+        assert base * lr_factor("cosine", step, steps) == pytest.approx(expected, abs=1e-12)
+    assert lr_factor("step", 7, steps) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor("linear", 1, steps)
+
+
+def test_resume_checks_the_settings_of_the_runs_own_losses():
+    from corr.train.checkpoint import resume_keys
+
+    assert {"pixel_radius", "pixel_domain_weight"} <= set(resume_keys("crw=1,pixel=1"))
+    assert "pixel_radius" not in resume_keys("crw") and "batch_size" in resume_keys("crw")
+    assert "crop_size" in resume_keys("cycle") and "crop_size" in resume_keys("crw=1,cycle=0.5")

@@ -30,7 +30,7 @@ CASES: dict[str, list[str]] = {
     "cycle": ["--loss", "cycle", "--steps", "2"],
     "pixel": ["--loss", "pixel", "--steps", "3"],
     "global_walk": ["--loss", "global_walk", "--steps", "3"],
-    "mix": ["--loss", "crw=1,cycle=0.5,pixel=1", "--steps", "2"],
+    "mix": ["--loss", "crw=1,cycle=0.5,pixel=1", "--encoder", "resnet18-fgvc", "--steps", "2"],
     # resumes global-walk-2steps.pt, written by ``train.py --loss global_walk --encoder pixel --steps 2``
     "resume-old-checkpoint": ["--loss", "global_walk", "--encoder", "pixel", "--steps", "4", "--resume"],
 }
