@@ -202,7 +202,9 @@ def _mmcv_to_torchvision(key: str) -> str:
     raise CheckpointError(f"unexpected mmaction2 ResNet key {key!r}")
 
 
-def _vfs(obj: Mapping, path: str | Path) -> EncoderState:
+def _mmcv_backbone(obj: Mapping) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The ``backbone.*`` weights of an mmcv/mmaction2 file under torchvision's key names, and the
+    file's info (the other keys are ignored and listed)."""
     state, ignored = {}, []
     for key, value in obj["state_dict"].items():
         k = _strip_prefixes(key)
@@ -210,8 +212,12 @@ def _vfs(obj: Mapping, path: str | Path) -> EncoderState:
             state[_mmcv_to_torchvision(k[len("backbone."):])] = value
         else:
             ignored.append(key)
-    return EncoderState("vfs", state, resnet_name_from_keys(state), {"padding_mode": "zeros"},
-                        {"step": None, "ignored_keys": ignored, "meta": _plain(obj.get("meta"))})
+    return state, {"step": None, "ignored_keys": ignored, "meta": _plain(obj.get("meta"))}
+
+
+def _vfs(obj: Mapping, path: str | Path) -> EncoderState:
+    state, info = _mmcv_backbone(obj)
+    return EncoderState("vfs", state, resnet_name_from_keys(state), {"padding_mode": "zeros"}, info)
 
 
 def _plain(value: Any) -> Any:
@@ -268,14 +274,7 @@ def _is_fgvc(obj: Any) -> bool:
 
 
 def _mm_backbone(obj: Mapping, family: str, name: str, variants: tuple[str, ...]) -> EncoderState:
-    state, ignored = {}, []
-    for key, value in obj["state_dict"].items():
-        k = _strip_prefixes(key)
-        if k.startswith("backbone."):
-            state[_mmcv_to_torchvision(k[len("backbone."):])] = value
-        else:
-            ignored.append(key)
-    info = {"step": None, "ignored_keys": ignored, "meta": _plain(obj.get("meta"))}
+    state, info = _mmcv_backbone(obj)
     return EncoderState(family, state, name, {}, info, variants)
 
 
