@@ -60,8 +60,7 @@ def start(task: Task, cfg: EvalConfig, runtime: Runtime) -> TaskRun:
     settings = task.settings(cfg, dataset)
     hashed = run_settings(cfg, encoder_info, identity, settings or None, propagation=propagates)
     key = settings_key(hashed)
-    if runtime.is_main:
-        claim_output(Path(cfg.out), key, hashed, cfg.overwrite)
+    claim_output(Path(cfg.out), key, hashed, cfg.overwrite, write=runtime.is_main)   # every rank stops alike
     runtime.barrier()                                   # no rank writes before the folder is claimed
     return TaskRun(cfg, runtime, encoder, encoder_info, cfg.propagation() if propagates else None, dataset,
                    identity, settings, key)

@@ -32,14 +32,17 @@ RESULTS_FILE = "results.json"
 RUN_OUTPUTS = (RESULTS_FILE, RUN_FILE, "sequences", "predictions", "vis")
 
 
-def claim_output(out: Path, key: str, settings: dict, overwrite: bool) -> None:
-    """Make ``out`` this run's (module docstring); call it on one process, before predicting."""
+def claim_output(out: Path, key: str, settings: dict, overwrite: bool, write: bool = True) -> None:
+    """Make ``out`` this run's (module docstring), before predicting. Every process checks (so each
+    stops with the same error); only the one with ``write`` deletes and writes."""
     earlier = _earlier_run(out, key)
     if earlier is not None and earlier.get("run_key") != key:
         if not overwrite:
             changed = _differences(earlier.get("settings"), settings)
             raise OutputError(f"{out} holds results of other settings ({changed}); choose another --out, or give "
                               "--overwrite to replace them")
+        if not write:
+            return
         for name in RUN_OUTPUTS:
             path = out / name
             if path.is_dir():
@@ -47,9 +50,10 @@ def claim_output(out: Path, key: str, settings: dict, overwrite: bool) -> None:
             elif path.exists():
                 path.unlink()
         logger.info("--overwrite: removed the results of other settings from %s", out)
-    for folder in (out, out / "sequences", out / "predictions"):
-        remove_stale_temporaries(folder, recursive=folder != out)
-    atomic_write_json(out / RUN_FILE, {"run_key": key, "settings": settings})
+    if write:
+        for folder in (out, out / "sequences", out / "predictions"):
+            remove_stale_temporaries(folder, recursive=folder != out)
+        atomic_write_json(out / RUN_FILE, {"run_key": key, "settings": settings})
 
 
 def _earlier_run(out: Path, key: str) -> Optional[dict]:

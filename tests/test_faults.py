@@ -344,3 +344,18 @@ def test_the_scripts_print_one_line_and_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, "train.py", "--steps", "0", "--debug"], cwd=REPO, capture_output=True,
                           text=True)
     assert done.returncode == 1 and "Traceback" in done.stderr and "OptionError" in done.stderr
+
+
+def test_every_process_checks_the_output_folder_and_only_one_writes(tmp_path):
+    from corr.errors import OutputError
+    from propagate.run_folder import claim_output
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    claim_output(out, "k1", {"topk": 10}, overwrite=False, write=False)
+    assert not (out / "run.json").exists()
+    claim_output(out, "k1", {"topk": 10}, overwrite=False)
+    with pytest.raises(OutputError, match=r"other settings \(topk: 10 -> 5\)"):
+        claim_output(out, "k2", {"topk": 5}, overwrite=False, write=False)      # another rank stops too
+    claim_output(out, "k2", {"topk": 5}, overwrite=True, write=False)
+    assert json.loads((out / "run.json").read_text())["run_key"] == "k1"         # only the writer replaces it
