@@ -32,7 +32,8 @@ from corr.runtime import Runtime
 from .config import PropagationConfig
 from .encoder_loading import load_encoder
 from .eval_config import EvalConfig
-from .visualize import contact_sheet, save_png, write_video
+from .video_writer import write_video
+from .visualize import contact_sheet, save_png
 
 #: One video of a task's stream: its name and how to open it.
 VideoEntry = tuple[str, Callable[[], object]]

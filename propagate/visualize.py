@@ -1,4 +1,5 @@
-"""Pictures of propagated labels: overlays, contact sheets and overlay videos."""
+"""Pictures of propagated labels: overlays, contact sheets, skeletons and tracks
+(videos of them: :mod:`propagate.video_writer`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,25 +52,6 @@ def contact_sheet(images: Sequence[np.ndarray], columns: int = 6, width: int = 2
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write an RGB image as PNG, atomically."""
     return atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
-
-
-def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 10.0) -> Path:
-    """Write RGB frames as an MP4 video (OpenCV 'mp4v'); sizes are made even for the codec."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    h2, w2 = h - h % 2, w - w % 2
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w2, h2))
-    if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV cannot open an MP4 writer")
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(np.ascontiguousarray(frame[:h2, :w2]), cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    tmp.replace(path)
-    return path
 
 
 def _colours(n: int) -> np.ndarray:

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from datasets.palette import davis_palette
+from propagate.video_writer import write_video
 from propagate.visualize import (
     contact_sheet,
     draw_skeleton,
@@ -12,7 +13,6 @@ from propagate.visualize import (
     overlay_mask,
     overlay_parts,
     save_png,
-    write_video,
 )
 
 
