@@ -92,3 +92,65 @@ def read_indexed_png(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"{path}: cannot read image ({error})") from error
     return ids.astype(np.uint8, copy=False)
+
+
+#: A colour mask with more distinct colours than this is taken to be anti-aliased or a photo.
+MAX_MASK_COLOURS = 32
+
+
+def read_mask_image(path: str | Path) -> tuple[np.ndarray, str]:
+    """A mask as people save them -> (ids ``uint8 (H, W)``, how they were read, in words).
+
+    * indexed (mode "P"): the pixel values are the ids and are kept (DAVIS masks);
+    * grey (modes "L", "1", "I", "I;16", "LA", or RGB whose three channels are equal): a map
+      whose values are all below 128 holds grey ids and is kept; otherwise it is a binary
+      mask (0/255, possibly with anti-aliased edges) thresholded at half: ``value >= 128``
+      (of 255) -> object 1;
+    * colour (RGB, RGBA: alpha is ignored): every distinct non-black colour becomes one object,
+      its DAVIS palette index when it is a palette colour (an indexed mask saved as RGB keeps
+      its ids), else ids 1, 2, ... in increasing order of ``(r, g, b)``; more than
+      :data:`MAX_MASK_COLOURS` colours is an error (save the mask as an indexed PNG).
+
+    Raises ``ValueError`` naming the file when it is missing or unreadable.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode == "P":
+                return np.array(image).astype(np.uint8), "indexed PNG: its ids are kept"
+            if mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+                rgb = np.asarray(image.convert("RGB"))
+                grey = None if (rgb != rgb[..., :1]).any() else rgb[..., 0]
+            else:
+                grey = np.asarray(image.convert("L") if mode not in ("I", "I;16") else image)
+                if mode in ("I", "I;16"):
+                    grey = (grey.astype(np.float64) * 255 / max(int(grey.max()), 255)).round().astype(np.uint8)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"{path}: cannot read image ({error})") from error
+    if grey is not None:
+        if int(grey.max()) < 128:
+            return grey.astype(np.uint8), "grey image with values below 128: its values are kept as ids"
+        return (grey >= 128).astype(np.uint8), "binary/grey mask thresholded at half (>= 128 -> object 1)"
+    return _colours_to_ids(rgb, path)
+
+
+def _colours_to_ids(rgb: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
+    """RGB (H, W, 3) -> ids: one id per distinct non-black colour (see :func:`read_mask_image`)."""
+    colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    objects = [tuple(int(v) for v in c) for c in colours if c.any()]
+    if len(objects) > MAX_MASK_COLOURS:
+        raise ValueError(f"{path}: {len(objects)} colours (an anti-aliased colour mask or a photo?); save the "
+                         f"mask as an indexed PNG, or as a 0/255 grey image for one object")
+    palette = {tuple(int(v) for v in c): i for i, c in enumerate(davis_palette()) if i > 0}
+    if all(c in palette for c in objects):
+        ids = {c: palette[c] for c in objects}
+        how = "DAVIS palette colours"
+    else:
+        ids = {c: i for i, c in enumerate(objects, start=1)}
+        how = "colours"
+    lookup = np.array([ids.get(tuple(int(v) for v in c), 0) for c in colours], dtype=np.uint8)
+    pairs = ", ".join(f"{c} -> {i}" for c, i in ids.items())
+    return lookup[inverse.reshape(-1)].reshape(rgb.shape[:2]), f"RGB mask, {how} mapped to ids: {pairs}"

@@ -1,5 +1,6 @@
 """Decoding videos and frame folders: the backend (decord or OpenCV), container metadata
-(:func:`probe_video`) and frames by index (:func:`read_clip`).
+(:func:`probe_video`), frames by index (:func:`read_clip`) and one at a time from an open
+video (:class:`FrameReader`).
 
 A video file is decoded by decord, or by OpenCV where decord is not importable
 (``backend`` forces one); a frame folder is its JPEG/PNG images in natural sort order.
@@ -133,12 +134,7 @@ def _read_frame_folder(path: str, indices: list[int]) -> np.ndarray:
     names = list_frame_files(path)
     if max(indices) >= len(names):
         raise VideoReadError(f"{path}: frame {max(indices)} requested but the folder holds {len(names)} images")
-    frames = []
-    for i in indices:
-        image = cv2.imread(os.path.join(path, names[i]), cv2.IMREAD_COLOR)
-        if image is None:
-            raise VideoReadError(f"{os.path.join(path, names[i])}: cannot decode the image")
-        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    frames = [_read_frame_folder_file(path, names[i]) for i in indices]
     if len({f.shape for f in frames}) > 1:
         raise VideoReadError(f"{path}: frames have different sizes {sorted({f.shape for f in frames})}")
     return np.stack(frames)
@@ -189,3 +185,90 @@ def _read_opencv(path: str, indices: list[int]) -> np.ndarray:
     finally:
         cap.release()
     return np.stack([decoded[i] for i in indices])
+
+
+class FrameReader:
+    """The frames of a video file or frame folder, one at a time: ``read(t)`` -> ``uint8 (H, W, 3)`` RGB.
+
+    Reading frames in increasing order decodes each once (the file stays open, frames are
+    grabbed in sequence); an earlier frame, or one more than a few frames ahead, is reached
+    by seeking. ``num_frames`` and ``fps`` come from :func:`probe_video` (a frame folder's
+    fps is 0.0), ``size`` ``(H, W)`` from the first frame. Use as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto"):
+        self.path = str(path)
+        if not os.path.exists(self.path):
+            raise VideoReadError(f"{self.path}: no such file or folder")
+        self._folder = os.path.isdir(self.path)
+        self._backend = "folder" if self._folder else resolve_backend(backend)
+        self.num_frames, self.fps = probe_video(self.path, self._backend)
+        self._names = list_frame_files(self.path) if self._folder else None
+        self._reader = None  # decord.VideoReader or cv2.VideoCapture, opened on the first read
+        self._position = 0   # OpenCV: the index of the frame the next grab() returns
+        self.size = tuple(self.read(0).shape[:2])
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read(self, t: int) -> np.ndarray:
+        """Frame ``t`` (0-based) as ``uint8 (H, W, 3)`` RGB."""
+        if not 0 <= t < self.num_frames:
+            raise VideoReadError(f"{self.path}: frame {t} requested but the video has {self.num_frames} frames")
+        if self._folder:
+            frame = _read_frame_folder_file(self.path, self._names[t])
+        elif self._backend == "decord":
+            frame = self._read_decord(t)
+        else:
+            frame = self._read_opencv(t)
+        if hasattr(self, "size") and tuple(frame.shape[:2]) != self.size:
+            raise VideoReadError(f"{self.path}: frame {t} is {frame.shape[1]}x{frame.shape[0]}, frame 0 is "
+                                 f"{self.size[1]}x{self.size[0]}")
+        return frame
+
+    def close(self) -> None:
+        if self._backend == "opencv" and self._reader is not None:
+            self._reader.release()
+        self._reader = None
+
+    def _read_decord(self, t: int) -> np.ndarray:
+        import decord
+
+        try:
+            if self._reader is None:
+                self._reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
+            return np.ascontiguousarray(self._reader[t].asnumpy(), dtype=np.uint8)
+        except Exception as e:
+            raise VideoReadError(f"{self.path}: decord failed to decode frame {t} ({short_reason(e)})") from None
+
+    def _read_opencv(self, t: int) -> np.ndarray:
+        if self._reader is None:
+            self._reader = cv2.VideoCapture(self.path)
+            self._position = 0
+            if not self._reader.isOpened():
+                raise VideoReadError(f"{self.path}: OpenCV cannot open the video")
+        cap = self._reader
+        if t < self._position or t - self._position > _OPENCV_SEEK_MIN_GAP:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, t)
+            self._position = t
+        while self._position <= t:
+            if not cap.grab():
+                raise VideoReadError(f"{self.path}: OpenCV could not read frame {self._position} "
+                                     f"(video ended or is corrupt)")
+            self._position += 1
+        ok, frame = cap.retrieve()
+        if not ok or frame is None:
+            raise VideoReadError(f"{self.path}: OpenCV could not decode frame {t}")
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def _read_frame_folder_file(folder: str, name: str) -> np.ndarray:
+    """One image of a frame folder as ``uint8 (H, W, 3)`` RGB."""
+    image = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoReadError(f"{os.path.join(folder, name)}: cannot decode the image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -53,6 +53,19 @@ class EvalConfig:
         default="propagation", metadata={"help": "TAP-Vid tracker: propagation (label propagation of --encoder "
                                                  "features) | walk (chained flows of a global-matching "
                                                  "--checkpoint, corr.flow_track)"})
+    video: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "--task video: the video file or frame folder to propagate through"})
+    mask: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "--task video: the mask to propagate, a PNG of the video's size: indexed "
+                                        "(ids kept), binary/grey (thresholded at half) or colours (one id each)"})
+    mask_frame: int = dataclasses.field(default=0, metadata={"help": "--task video: the frame --mask is of"})
+    points: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "--task video: points to track instead of a mask, 'x,y;x,y' pixels of "
+                                        "the video's frames"})
+    points_frame: int = dataclasses.field(default=0, metadata={"help": "--task video: the frame --points are on"})
+    max_side: Optional[int] = dataclasses.field(
+        default=None, metadata={"help": "--task video: downscale frames whose long side is longer (default 854; "
+                                        "DINO's frame protocol sizes frames itself)"})
     sequences: Optional[tuple[str, ...]] = dataclasses.field(
         default=None, metadata={"help": "comma-separated subset of the split's sequences"})
     encoder: Optional[str] = dataclasses.field(
@@ -150,6 +163,10 @@ class EvalConfig:
                              f"got {self.keypoint_encoding!r}")
         if self.keypoint_encoding != EvalConfig.keypoint_encoding and self.task != "jhmdb":
             raise OptionError("--keypoint-encoding is for --task jhmdb only")
+        if self.task != "video":
+            given = [name for name in VIDEO_OPTIONS if getattr(self, name) != getattr(EvalConfig, name)]
+            if given:
+                raise OptionError(f"--{', --'.join(n.replace('_', '-') for n in given)}: for --task video only")
         if self.query_mode not in ("first", "strided"):
             raise OptionError(f"--query-mode must be first or strided, got {self.query_mode!r}")
         if self.tracker not in ("propagation", "walk"):
@@ -187,6 +204,8 @@ class EvalConfig:
 #: The overrides of the propagation preset (:meth:`EvalConfig.propagation`).
 PROPAGATION_OVERRIDES = ("context", "topk", "temperature", "radius", "pad_with_first", "normalize_features",
                          "label_norm", "neighbourhood", "restrict_first", "output_norm", "frames")
+#: The options of ``--task video`` (a user's own video, :mod:`propagate.tasks.video`).
+VIDEO_OPTIONS = ("video", "mask", "mask_frame", "points", "points_frame", "max_side")
 #: The walk tracker's own options (:meth:`EvalConfig.flow_tracking`).
 WALK_SETTINGS = ("local_radius", "occlusion_threshold")
 #: ``--encoder`` name of the convolutional backbone of :class:`corr.global_match.GlobalMatchNet`.

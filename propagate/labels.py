@@ -44,7 +44,7 @@ __all__ = ["grid_size", "downsample_to_grid", "upsample_to_image", "normalize_ou
            "reference_heatmaps_to_keypoints",
            "parts_to_labels", "labels_to_parts", "QUERY_SIGMA", "QUERY_WINDOW",
            "OCCLUSION_THRESHOLD", "MIN_PEAK_RATIO", "queries_to_heatmaps", "heatmaps_to_points",
-           "backmatch_distance", "track_points"]
+           "backmatch_distance", "track_points", "decode_points"]
 
 
 
@@ -436,12 +436,34 @@ def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, strid
                 labels = propagate(feats[torch.as_tensor(frames, device=feats.device)], label0)
                 previous = start
                 for step, t in enumerate(frames[1:], start=1):
-                    points, peak = heatmaps_to_points(labels[step], stride, window)
-                    alive = peak > 0
-                    points = torch.where(alive[:, None], points, previous)
-                    far = backmatch_distance(feats[t0], feats[t], points, start, stride)
+                    points, hidden = decode_points(labels[step], feats[t0], feats[t], start, previous, peak0, stride,
+                                                   window, occlusion_threshold, min_peak_ratio)
                     tracks[chunk, t] = from_integer_centres(points.cpu().double().numpy())
-                    faded = peak < min_peak_ratio * peak0
-                    occluded[chunk, t] = (~alive | faded | (far > occlusion_threshold)).cpu().numpy()
+                    occluded[chunk, t] = hidden.cpu().numpy()
                     previous = points
     return tracks, occluded
+
+
+def decode_points(labels: torch.Tensor, query_feat: torch.Tensor, feat: torch.Tensor, start: torch.Tensor,
+                  previous: torch.Tensor, peak0: torch.Tensor, stride: int, window: int = QUERY_WINDOW,
+                  occlusion_threshold: float = OCCLUSION_THRESHOLD, min_peak_ratio: float = MIN_PEAK_RATIO
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame of :func:`track_points`: its propagated labels -> (points (Q, 2), occluded (Q,) bool).
+
+    labels:     (1 + Q, h, w) soft labels of the frame; feat, query_feat: (C, h, w) features
+                of the frame and of the query frame;
+    start:      (Q, 2) the query points, previous: (Q, 2) the points of the frame before,
+                both integer-centre (x, y) pixels; peak0: (Q,) each channel's peak in the
+                query frame (:func:`heatmaps_to_points` of the first labels).
+
+    Points: :func:`heatmaps_to_points`, where a channel died out (peak 0) the previous
+    frame's. Occluded: the channel died out, or faded below ``min_peak_ratio * peak0``, or
+    its feature matches back farther than ``occlusion_threshold`` cells from the query
+    (:func:`backmatch_distance`); see :func:`track_points`.
+    """
+    points, peak = heatmaps_to_points(labels, stride, window)
+    alive = peak > 0
+    points = torch.where(alive[:, None], points, previous)
+    far = backmatch_distance(query_feat, feat, points, start, stride)
+    faded = peak < min_peak_ratio * peak0
+    return points, ~alive | faded | (far > occlusion_threshold)

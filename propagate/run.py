@@ -130,7 +130,7 @@ def merge_records(task: Task, run: TaskRun, names: list[str]) -> dict:
     results.update(task.merge(run, records))
     atomic_write_json(run.out / "results.json", results)
     task.print_table(results)
-    print(f"predictions: {run.out / 'predictions'}   results: {run.out / 'results.json'}")
+    print(f"predictions: {task.prediction_path(run)}   results: {run.out / 'results.json'}")
     return results
 
 

@@ -29,7 +29,7 @@ logger = logging.getLogger("propagate")
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 #: What a run writes into its folder (the files and the folders under it).
-RUN_OUTPUTS = (RESULTS_FILE, RUN_FILE, "sequences", "predictions", "vis")
+RUN_OUTPUTS = (RESULTS_FILE, RUN_FILE, "sequences", "predictions", "vis", "masks", "tracks.npz", "overlay.mp4")
 
 
 def claim_output(out: Path, key: str, settings: dict, overwrite: bool, write: bool = True) -> None:

@@ -174,6 +174,10 @@ class Task(ABC):
         each opened as ``run.dataset[name]``. A task whose dataset streams overrides this."""
         return [(name, lambda name=name: run.dataset[name]) for name in self.names(run)]
 
+    def prediction_path(self, run: TaskRun) -> Path:
+        """Where the predictions are written (printed at the end)."""
+        return run.out / "predictions"
+
     @abstractmethod
     def predict(self, run: TaskRun, video: object) -> dict:
         """Predict one video, write its predictions (and overlays with ``--vis``); return its record."""

@@ -144,7 +144,7 @@ def propagate_frames(read_frame: Callable[[int], np.ndarray], num_frames: int, e
         for t, feat in enumerate(feats, start):
             if t == 0:
                 matcher.start(feat)
-                memory.start(first_label(_checked_grid(feat, frame_size, encoder.stride)))
+                memory.start(first_label(checked_grid(feat, frame_size, encoder.stride)))
             else:
                 batch_matches.append(matcher.match(feat))
                 decode(t, memory.step(batch_matches[-1]))
@@ -197,7 +197,7 @@ def _combine_cached_matches(cached_matches, grid: tuple[int, int], memory: Label
     bar.close()
 
 
-def _checked_grid(feat: torch.Tensor, frame_size: tuple[int, int], stride: int) -> tuple[int, int]:
+def checked_grid(feat: torch.Tensor, frame_size: tuple[int, int], stride: int) -> tuple[int, int]:
     """The feature grid ``(h, w)`` of frames of ``frame_size``; an error when ``feat`` (C, h, w) differs."""
     H, W = frame_size
     grid = grid_size(H, W, stride)

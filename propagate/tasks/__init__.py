@@ -12,6 +12,7 @@ from ..task import Task
 from .davis import DavisTask
 from .jhmdb import JhmdbTask
 from .tapvid import TapVidTask
+from .video import VideoTask
 from .vip import VipTask
 
 #: ``--task`` name -> task, in the order ``--help`` lists them.
@@ -20,6 +21,7 @@ TASKS: dict[str, Task] = {
     "jhmdb": JhmdbTask(),
     "vip": VipTask(),
     "tapvid": TapVidTask(),
+    "video": VideoTask(),
 }
 
 
