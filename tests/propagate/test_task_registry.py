@@ -116,7 +116,7 @@ def test_the_command_line_lists_the_registered_tasks(toy):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         parse_args(["--help"])
-    assert "benchmark: davis|jhmdb|vip|tapvid|toy" in " ".join(out.getvalue().split())
+    assert "benchmark: davis|jhmdb|vip|tapvid|video|toy" in " ".join(out.getvalue().split())
 
 
 def test_the_runner_knows_no_task():
