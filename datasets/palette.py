@@ -6,7 +6,8 @@ scorer reads ``np.array(Image.open(path))``, which gives the ids of a mode-"P" i
 
 Usual mistake: converting such a PNG to RGB (``Image.open(p).convert("RGB")``, or
 ``cv2.imread``) turns ids into colours, e.g. id 1 into (128, 0, 0); the ids are then lost.
-Read with :func:`read_indexed_png` and write with :func:`write_indexed_png`.
+Read with :func:`read_indexed_png` and write with :func:`write_indexed_png`. A mask someone
+drew (binary, grey, anti-aliased, colours) is read by :func:`read_mask_image`.
 
 Palette rule (PASCAL VOC): the bits of id ``i`` are dealt out, most significant first,
 to R, G, B in turn: bit ``3k`` of ``i`` sets bit ``7-k`` of R, bit ``3k+1`` of G, bit

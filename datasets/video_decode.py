@@ -195,9 +195,14 @@ class FrameReader:
     by seeking. ``num_frames`` and ``fps`` come from :func:`probe_video` (a frame folder's
     fps is 0.0), ``size`` ``(H, W)`` from the first frame. Use as a context manager, or call
     :meth:`close`.
+
+    The backend is OpenCV unless ``backend`` says otherwise: its sequential decoder holds
+    one frame, whereas reading a long video frame by frame through decord's random-access
+    reader was measured to take memory that grows with the video's length (about 1 MB per
+    480p frame), which is what this reader exists to avoid.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto"):
+    def __init__(self, path: str | Path, backend: str = "opencv"):
         self.path = str(path)
         if not os.path.exists(self.path):
             raise VideoReadError(f"{self.path}: no such file or folder")

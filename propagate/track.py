@@ -250,7 +250,8 @@ def track(video: Video, first_mask: Union[str, Path, np.ndarray, None] = None, p
                 for ``evaluate.py`` (:func:`propagate.encoder_loading.load_encoder`);
     preset:     the propagation preset (:data:`propagate.PRESETS`); ``options``: any other option of
                 :class:`propagate.eval_config.EvalConfig` (``topk``, ``radius``, ``context``, ``seed``,
-                ``tta_steps``, ...; with ``tta_steps`` every frame is read once more, for adaptation);
+                ``tta_steps``, ...; with ``tta_steps`` every frame is read into memory once more, for
+                adaptation, which does not stream);
     max_side:   the input's long side (default :data:`DEFAULT_MAX_SIDE`).
 
     Options are checked, the encoder loaded and the video opened when this is called; frames
