@@ -121,8 +121,7 @@ class VideoTask(Task):
         if cfg.points is not None and frames != "common":
             raise OptionError(f"--points are tracked with the common frame protocol; give --frames common "
                               f"(preset {cfg.preset} uses {frames})")
-        if frames == "dino" and cfg.max_side is not None:
-            framing_for((1, 1), 1, frames, cfg.max_side)  # the error of --max-side with DINO's frames
+        framing_for((1, 1), 1, frames, cfg.max_side)  # a bad --max-side fails before the output is claimed
         return cfg
 
     def factors(self, cfg: EvalConfig) -> dict:
