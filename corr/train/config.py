@@ -44,6 +44,9 @@ class TrainConfig:
         "help": "named configuration, listed above (none: the --loss objective's; NAME-demo without --data)"})
     data: Optional[str] = field(default=None, metadata={
         "help": "folder of videos, list file or frame folders; none: the demo's generated clips"})
+    flow_data: Optional[str] = field(default=None, metadata={
+        "help": "FlyingThings3D root (frames_cleanpass/, optical_flow/): the pixel loss's supervised and domain "
+                "terms take its pairs and flows instead of warps of the clip's first frame"})
     out: str = field(default="runs/crw", metadata={"help": "run folder (checkpoint.pt, TensorBoard logs)"})
     steps: Optional[int] = field(default=None, metadata={
         "help": f"optimisation steps (none in a preset: {EPOCHS} epochs)"})
@@ -123,8 +126,8 @@ class TrainConfig:
 
 
 #: Options that say where and how a run executes, not what it trains: no preset sets them.
-RUN_OPTIONS = ("preset", "data", "out", "device", "amp", "sync_bn", "seed", "resume", "overwrite", "cache_dir",
-               "backend", "progress", "debug")
+RUN_OPTIONS = ("preset", "data", "flow_data", "out", "device", "amp", "sync_bn", "seed", "resume", "overwrite",
+               "cache_dir", "backend", "progress", "debug")
 #: The options a preset sets (``None`` in ``TrainConfig()``).
 SETUP_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUN_OPTIONS)
 
@@ -255,6 +258,9 @@ def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
     for loss in losses:
         if OBJECTIVES[loss].check is not None:
             OBJECTIVES[loss].check(cfg)
+    if cfg.flow_data is not None and not any(OBJECTIVES[loss].takes_flow_pairs for loss in losses):
+        users = ", ".join(o.name for o in OBJECTIVES.values() if o.takes_flow_pairs)
+        raise OptionError(f"--flow-data feeds flow pairs to --loss {users}; --loss {cfg.loss} does not use them")
     frame_losses = sorted(loss for loss in losses if OBJECTIVES[loss].needs_frames)
     if frame_losses and cfg.mode != "dense":
         raise OptionError(f"--loss {','.join(frame_losses)} needs whole frames: use --mode dense, not {cfg.mode!r}")

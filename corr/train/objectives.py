@@ -9,8 +9,10 @@ returns a third item, the figure data of the batch (node losses: the loop keeps 
 ``settings`` are the objective's published options over the CRW reference (its preset
 ``name``, with ``--data``), ``demo_settings`` its changes to the demo (preset ``name-demo``);
 ``resume_keys`` are options that fix the shapes of the loss's own weights, so a resumed run
-must keep them. Adding an objective is a loss module and one entry here: it then mixes with
-the others (``--loss crw=1,name=0.5``) and has its presets, figure and resume check.
+must keep them. A loss that ``takes_flow_pairs`` also receives the batch's ``--flow-data``
+pairs (``flow_pairs=``, :class:`datasets.flow_files.FlowPairCrops`, batched). Adding an
+objective is a loss module and one entry here: it then mixes with the others
+(``--loss crw=1,name=0.5``) and has its presets, figure and resume check.
 Setups: docs/objectives.md (CRW, TimeCycle, fine-grained pixel, GMRW).
 """
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Objective:
     resume_keys: tuple[str, ...] = ()
     check: Optional[Callable[[Config], None]] = None   # raises ValueError for an unusable config
     trained_network: Optional[str] = None              # for the log, when the loss alone trains its own network
+    takes_flow_pairs: bool = False                     # forward(..., flow_pairs=) reads --flow-data pairs
 
     @property
     def preset(self) -> str:
@@ -169,7 +172,7 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in [
                   "crop_size": 256},
         demo_settings={"batch_size": 2},
         figure=lambda clip, data, cfg, stride: ("pixel/warped_pair", pixel_image(clip, data)),
-        resume_keys=("pixel_radius", "pixel_domain_weight"), check=check_pixel_encoder),
+        resume_keys=("pixel_radius", "pixel_domain_weight"), check=check_pixel_encoder, takes_flow_pairs=True),
     Objective(
         "global_walk", "two-frame global-matching walk with label warping; trains its own network "
         "(docs/objectives.md, GMRW)",

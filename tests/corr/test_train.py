@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -297,8 +298,6 @@ def test_objective_defaults_resolve_as_published_and_mixes_keep_the_walks():
 
 
 def test_gradient_clipping_is_applied_and_the_resolved_config_recorded(videos, tmp_path, monkeypatch):
-    import json
-
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     seen = []
@@ -342,6 +341,17 @@ def test_loss_images_are_written_for_every_objective(videos, tmp_path):
     # 32 px crops enlarged 8x; clips of 3 frames: 2 base frames + target for the cycle
     assert shapes == {"walk/frame0_to_frame2": (256, 512), "cycle/tracked_patch": (256, 768),
                       "pixel/warped_pair": (256, 512)}
+
+
+def test_flow_data_feeds_flyingthings_pairs_to_the_pixel_loss(videos, tmp_path, flyingthings):
+    flyingthings(tmp_path / "things", size=(40, 48))
+    result = train(_config(videos, tmp_path / "run", loss="pixel", encoder="resnet18-fgvc", clip_len=2, steps=2,
+                           pixel_radius=2, image_every=0, flow_data=str(tmp_path / "things")))
+    assert sorted(result.losses) == [1, 2]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert all("pixel/sup" in entry for entry in logged)
+    with pytest.raises(ValueError, match="--flow-data feeds flow pairs to --loss pixel"):
+        train(_config(videos, tmp_path / "crw", flow_data=str(tmp_path / "things")))
 
 
 def test_cycle_and_pixel_figures_draw_on_their_frames():
