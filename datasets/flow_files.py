@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from datasets.augment import random_blur
 from datasets.frames import DatasetError
 from datasets.transforms import normalize_frames
 
@@ -96,13 +97,15 @@ class FlowPairCrops:
     :meth:`sample` returns ``{"frames": (2, 3, S, S)`` normalised RGB (ImageNet statistics, as
     the clips), ``(reference, target)``; ``"flow": (2, S, S)`` on the target's pixels into
     the reference; ``"flow_back": (2, S, S)`` the other way``}`` (pixels, ``(u, v)``). A crop
-    does not change flow values. Frames and both flows of a pair must have one size, at least
+    does not change flow values; with ``blur`` the pair is blurred as FGVC's ``train_pipeline_sup``
+    does (:func:`datasets.augment.random_blur`). Frames and both flows of a pair must have one size, at least
     ``crop_size`` on each side; anything else is a :class:`datasets.frames.DatasetError` naming
     the file.
     """
 
-    def __init__(self, root: str | Path, crop_size: int, split: str = "TRAIN", camera: str = "left"):
-        self.root, self.crop_size = Path(root), crop_size
+    def __init__(self, root: str | Path, crop_size: int, split: str = "TRAIN", camera: str = "left",
+                 blur: float = 0.0):
+        self.root, self.crop_size, self.blur = Path(root), crop_size, blur
         self.pairs = flyingthings_pairs(root, split=split, camera=camera)
         if not self.pairs:
             raise DatasetError(f"{self.root}: no FlyingThings3D pairs found (expected frames_cleanpass/{split}/"
@@ -126,7 +129,10 @@ class FlowPairCrops:
             raise DatasetError(f"{pair.frames[0]}: {height}x{width} is smaller than the {size} px crop")
         y, x = int(rng.integers(height - size + 1)), int(rng.integers(width - size + 1))
         crop = (slice(y, y + size), slice(x, x + size))
-        return {"frames": normalize_frames(np.stack([frame[crop] for frame in frames])),
+        pair_frames = np.stack([frame[crop] for frame in frames])
+        if self.blur > 0:
+            pair_frames = random_blur(pair_frames, self.blur, rng)
+        return {"frames": normalize_frames(pair_frames),
                 "flow": torch.from_numpy(np.ascontiguousarray(flows[0][crop].transpose(2, 0, 1))),
                 "flow_back": torch.from_numpy(np.ascontiguousarray(flows[1][crop].transpose(2, 0, 1)))}
 

@@ -63,7 +63,7 @@ def build_dataset(cfg: TrainConfig, source: str | Path) -> Dataset:
                              frame_offsets=cfg.clip_offsets)
     if cfg.flow_data is None:
         return clips
-    return WithFlowPairs(clips, FlowPairCrops(cfg.flow_data, cfg.crop_size), cfg.seed)
+    return WithFlowPairs(clips, FlowPairCrops(cfg.flow_data, cfg.crop_size, blur=cfg.blur), cfg.seed)
 
 
 class WithFlowPairs(Dataset):
@@ -93,15 +93,16 @@ class WithFlowPairs(Dataset):
 
 
 def make_transform(transform_cls: type, cfg: TrainConfig) -> Callable:
-    """``ClipTransform`` for the configured node mode, crop size, shared crop, flips, colour jitter
-    and short-side resize.
+    """``ClipTransform`` for the configured node mode, crop size and crop boxes, shared crop, flips,
+    colour jitter, blur and short-side resize.
 
     Grid patches keep the reference proportions: side ``crop/4`` at stride ``crop/8``
     (256 -> 7x7 windows of 64x64 at stride 32).
     """
     return transform_cls(mode=cfg.mode, size=cfg.crop_size, patch_size=cfg.crop_size // 4,
                          patch_stride=cfg.crop_size // 8, same_crop=bool(cfg.same_crop), flip=bool(cfg.flip),
-                         color_jitter=cfg.color_jitter, frame_flip=bool(cfg.frame_flip), short_side=cfg.short_side)
+                         color_jitter=cfg.color_jitter, frame_flip=bool(cfg.frame_flip), short_side=cfg.short_side,
+                         crop_scale=cfg.crop_area, crop_ratio=cfg.crop_aspect, crop_style=cfg.crop_style, blur=cfg.blur)
 
 
 def batches_per_epoch(dataset_len: int, batch_size: int, world_size: int) -> int:
