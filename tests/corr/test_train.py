@@ -288,7 +288,8 @@ def test_objective_defaults_resolve_as_published_and_mixes_keep_the_walks():
     assert (pixel.encoder, pixel.pixel_radius, pixel.lr, pixel.lr_schedule, pixel.batch_size, pixel.clip_len) == (
         "resnet18-fgvc", 24, 1e-3, "cosine", 1, 2)
     assert (pixel.pixel_rec_weight, pixel.pixel_sup_weight, pixel.pixel_domain_weight) == (1.0, 1.0, 1.0)
-    assert (pixel.crop_area, pixel.crop_aspect, pixel.crop_style, pixel.blur) == ((0.6, 1.0), (1.5, 2.0), "mmaction", 0.8)
+    assert (pixel.crop_area, pixel.crop_aspect, pixel.crop_style, pixel.blur) == (
+        (0.6, 1.0), (1.5, 2.0), "mmaction", 0.8)
     crw = resolve_config(TrainConfig(loss="crw", data="/videos"))
     assert (crw.crop_area, crw.crop_aspect, crw.crop_style, crw.blur) == ((0.8, 0.95), (0.7, 1.3), "torchvision", 0.0)
     with pytest.raises(ValueError, match="--crop-area"):
