@@ -12,6 +12,12 @@ short)``, bilinear), one 240x240 crop at the same random corner for all frames
 (``x ~ U{0 .. W - 241}``, likewise y) and a horizontal flip of the whole clip with probability
 1/2 (``short_side=256, size=240, flip=True``).
 
+FGVC (its released training pipeline): one ``RandomResizedCrop`` per clip with areas in
+(0.6, 1) and aspect ratios in (1.5, 2) as mmaction draws them (20 tries, else the centred
+square; ``crop_style="mmaction"``), resized to 256x256, a flip of the clip with probability
+1/2, and with probability 0.8 a Gaussian blur of radius U(0.1, 0.2) px for the whole clip
+(``blur=0.8``, :func:`random_blur`).
+
 Crop boxes ``(top, left, h, w)`` follow ``torchvision.transforms.RandomResizedCrop.get_params``
 (10 tries, else a centre crop clamped to the ratio range), drawn from a ``numpy.random.Generator``;
 so frames wider than ``1.3 / 0.8`` always get the fallback centre crop. Resizing is OpenCV on
@@ -26,15 +32,22 @@ import cv2
 import numpy as np
 import torch
 from einops import rearrange
+from PIL import Image, ImageFilter
 
 from datasets.transforms import normalize_frames
 
 _DEFAULT_PATCH_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
+#: ``crop_style`` of :class:`ClipTransform`: where random resized crops follow torchvision
+#: (10 tries, then a centred crop with the aspect clamped to the range; CRW) or mmaction
+#: (20 tries, then the centred square of the short side; FGVC).
+CROP_STYLES = {"torchvision": (10, "clamp"), "mmaction": (20, "square")}
+
+
 def random_resized_crop_boxes(
     rng: np.random.Generator, height: int, width: int, count: int,
-    scale: tuple[float, float], ratio: tuple[float, float], attempts: int = 10,
+    scale: tuple[float, float], ratio: tuple[float, float], attempts: int = 10, fallback: str = "clamp",
 ) -> np.ndarray:
     """``count`` crop boxes ``(top, left, h, w)`` (int64, shape ``(count, 4)``) in a ``height x width`` image.
 
@@ -42,7 +55,8 @@ def random_resized_crop_boxes(
     ``s ~ U(scale)``, aspect ``r = exp(U(log ratio))``, ``w = round(sqrt(s * H * W * r))``,
     ``h = round(sqrt(s * H * W / r))``; the first of ``attempts`` tries that fits wins, its
     corner uniform over the valid positions; if none fits, the largest centred crop whose
-    aspect is clamped to ``ratio``.
+    aspect is clamped to ``ratio`` (``fallback="clamp"``) or the centred square of side
+    ``min(H, W)`` (``fallback="square"``, mmaction's ``RandomResizedCrop``).
     """
     area = height * width
     target = area * rng.uniform(scale[0], scale[1], size=(count, attempts))
@@ -58,7 +72,11 @@ def random_resized_crop_boxes(
     left = np.floor(u[:, 1] * (width - w + 1)).astype(np.int64)
 
     none_fit = ~fits.any(axis=1)
-    if none_fit.any():  # fallback: centre crop with the aspect clamped to the range
+    if none_fit.any() and fallback == "square":
+        side = min(height, width)
+        h[none_fit], w[none_fit] = side, side
+        top[none_fit], left[none_fit] = (height - side) // 2, (width - side) // 2
+    elif none_fit.any():  # fallback: centre crop with the aspect clamped to the range
         in_ratio = width / height
         if in_ratio < min(ratio):
             cw, ch = width, int(round(width / min(ratio)))
@@ -69,6 +87,22 @@ def random_resized_crop_boxes(
         h[none_fit], w[none_fit] = ch, cw
         top[none_fit], left[none_fit] = (height - ch) // 2, (width - cw) // 2
     return np.stack([top, left, h, w], axis=1)
+
+
+#: FGVC's ``RandomGaussianBlur`` sigma range, in pixels.
+BLUR_SIGMA = (0.1, 0.2)
+
+
+def random_blur(frames: np.ndarray, probability: float, rng: np.random.Generator,
+                sigma: tuple[float, float] = BLUR_SIGMA) -> np.ndarray:
+    """FGVC's ``RandomGaussianBlur(same_on_clip=True)``: with ``probability``, every frame of
+    ``uint8 (T, H, W, 3)`` blurred by PIL's ``GaussianBlur(radius=s)`` with one ``s ~ U(sigma)``."""
+    apply = rng.random() < probability
+    radius = rng.uniform(*sigma)
+    if not apply:
+        return frames
+    return np.stack([np.asarray(Image.fromarray(frame).filter(ImageFilter.GaussianBlur(radius=radius)))
+                     for frame in frames])
 
 
 def _luma(image: np.ndarray) -> np.ndarray:
@@ -140,6 +174,8 @@ class ClipTransform:
     (``patch_scale``, ratio 3/4..4/3) resized back to ``patch_size``.
     ``same_crop=True``: one crop box (same distribution) for all frames of the clip.
     ``flip=True``: the whole clip is mirrored left-right with probability 1/2 (after the crop).
+    ``crop_style``: the crop boxes' tries and fallback (:data:`CROP_STYLES`).
+    ``blur > 0``: with that probability the clip is blurred after the flip (:func:`random_blur`, FGVC).
     ``color_jitter > 0`` / ``frame_flip=True``: each frame jittered (:func:`color_jitter`) / mirrored
     with probability 1/2 on its own, in that order, after its crop (training only).
     ``short_side > 0`` (training): TimeCycle's crop (module docstring) instead of random resized crops.
@@ -167,6 +203,8 @@ class ClipTransform:
         color_jitter: float = 0.0,
         frame_flip: bool = False,
         short_side: int = 0,
+        crop_style: str = "torchvision",
+        blur: float = 0.0,
     ):
         if mode not in ("grid", "dense"):
             raise ValueError(f"mode must be 'grid' or 'dense', got {mode!r}")
@@ -187,6 +225,10 @@ class ClipTransform:
         self.color_jitter = float(color_jitter)
         self.frame_flip = bool(frame_flip)
         self.short_side = int(short_side)
+        if crop_style not in CROP_STYLES:
+            raise ValueError(f"crop_style must be one of {', '.join(CROP_STYLES)}, got {crop_style!r}")
+        self.crop_style = crop_style
+        self.blur = float(blur)
         if 0 < self.short_side < self.size:
             raise ValueError(f"short_side {short_side} must be >= size {size}")
         n = (self.size - self.patch_size) // self.patch_stride + 1
@@ -203,7 +245,8 @@ class ClipTransform:
         return (f"ClipTransform(mode={self.mode!r}, size={self.size}, patch_size={self.patch_size}, "
                 f"patch_stride={self.patch_stride}, crop_scale={self.crop_scale}, crop_ratio={self.crop_ratio}, "
                 f"patch_scale={self.patch_scale}, train={self.train}, same_crop={self.same_crop}, flip={self.flip}, "
-                f"color_jitter={self.color_jitter}, frame_flip={self.frame_flip}, short_side={self.short_side})")
+                f"color_jitter={self.color_jitter}, frame_flip={self.frame_flip}, short_side={self.short_side}, "
+                f"crop_style={self.crop_style!r}, blur={self.blur})")
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         frames = np.asarray(frames)
@@ -214,8 +257,8 @@ class ClipTransform:
         if self.train and self.short_side:
             resized = self._fixed_crops(frames, rng)
         elif self.train and self.same_crop:
-            top, left, h, w = random_resized_crop_boxes(rng, frames.shape[1], frames.shape[2], 1,
-                                                        self.crop_scale, self.crop_ratio)[0]
+            top, left, h, w = random_resized_crop_boxes(rng, frames.shape[1], frames.shape[2], 1, self.crop_scale,
+                                                        self.crop_ratio, *CROP_STYLES[self.crop_style])[0]
             resized = np.stack([_resize(frame[top:top + h, left:left + w], self.size) for frame in frames])
         else:
             resized = np.stack([self._frame(frame, rng) for frame in frames])  # T, S, S, 3 uint8
@@ -223,6 +266,8 @@ class ClipTransform:
             resized = np.stack([self._frame_transforms(frame, rng) for frame in resized])
         if self.train and self.flip and rng.random() < 0.5:
             resized = np.ascontiguousarray(resized[:, :, ::-1])
+        if self.train and self.blur > 0:
+            resized = random_blur(resized, self.blur, rng)
         if self.mode == "dense":
             return normalize_frames(resized)  # T, 3, S, S
         patches = self._patches(resized, rng)  # T * N, P, P, 3 uint8
@@ -232,8 +277,8 @@ class ClipTransform:
         """``uint8 (H, W, 3)`` -> ``(S, S, 3)``: random resized crop, or plain resize when not training."""
         if not self.train:
             return _resize(frame, self.size)
-        top, left, h, w = random_resized_crop_boxes(rng, frame.shape[0], frame.shape[1], 1,
-                                                    self.crop_scale, self.crop_ratio)[0]
+        top, left, h, w = random_resized_crop_boxes(rng, frame.shape[0], frame.shape[1], 1, self.crop_scale,
+                                                    self.crop_ratio, *CROP_STYLES[self.crop_style])[0]
         return _resize(frame[top:top + h, left:left + w], self.size)
 
     def _fixed_crops(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:

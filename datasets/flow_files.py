@@ -10,7 +10,8 @@ pixels; ``optical_flow/<split>/<letter>/<scene>/into_future/<camera>/OpticalFlow
 maps frame n to frame n + 1 and ``into_past`` frame n to frame n - 1.
 :func:`flyingthings_pairs` lists the pairs as the fine-grained pixel loss reads them: frames
 ``(reference, target)`` with ``flow`` on the target's pixels into the reference and
-``flow_back`` on the reference's pixels into the target.
+``flow_back`` on the reference's pixels into the target. :class:`FlowPairCrops` samples
+random crops of them for training (``train.py --flow-data``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
+
+from datasets.augment import random_blur
+from datasets.frames import DatasetError
+from datasets.transforms import normalize_frames
 
 _HEADER = re.compile(rb"^(PF|Pf)\s+(\d+)\s+(\d+)\s+([-+0-9.eE]+)\s", re.S)
 
@@ -82,3 +89,63 @@ def _opposite(path: Path, direction: str, opposite: str) -> Path:
     """The same frame's flow in the other direction."""
     name = path.name.replace("IntoFuture", "@").replace("IntoPast", "IntoFuture").replace("@", "IntoPast")
     return path.parents[1].parent / opposite / path.parent.name / name
+
+
+class FlowPairCrops:
+    """FlyingThings3D pairs as training samples: one random ``crop_size`` crop of a random pair.
+
+    :meth:`sample` returns ``{"frames": (2, 3, S, S)`` normalised RGB (ImageNet statistics, as
+    the clips), ``(reference, target)``; ``"flow": (2, S, S)`` on the target's pixels into
+    the reference; ``"flow_back": (2, S, S)`` the other way``}`` (pixels, ``(u, v)``). A crop
+    does not change flow values; with ``blur`` the pair is blurred as FGVC's ``train_pipeline_sup``
+    does (:func:`datasets.augment.random_blur`). Frames and both flows of a pair must have one size, at least
+    ``crop_size`` on each side; anything else is a :class:`datasets.frames.DatasetError` naming
+    the file.
+    """
+
+    def __init__(self, root: str | Path, crop_size: int, split: str = "TRAIN", camera: str = "left",
+                 blur: float = 0.0):
+        self.root, self.crop_size, self.blur = Path(root), crop_size, blur
+        self.pairs = flyingthings_pairs(root, split=split, camera=camera)
+        if not self.pairs:
+            raise DatasetError(f"{self.root}: no FlyingThings3D pairs found (expected frames_cleanpass/{split}/"
+                               f"<letter>/<scene>/{camera}/*.png and optical_flow/{split}/<letter>/<scene>/"
+                               f"into_future|into_past/{camera}/*.pfm)")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        pair = self.pairs[int(rng.integers(len(self.pairs)))]
+        frames = [_read_rgb(path) for path in pair.frames]
+        flows = [_read_flow_checked(path) for path in (pair.flow, pair.flow_back)]
+        height, width = frames[0].shape[:2]
+        for path, array in zip((*pair.frames, pair.flow, pair.flow_back), (*frames, *flows)):
+            if array.shape[:2] != (height, width):
+                raise DatasetError(f"{path}: {array.shape[0]}x{array.shape[1]}, but {pair.frames[0].name} of its "
+                                   f"pair is {height}x{width}")
+        size = self.crop_size
+        if height < size or width < size:
+            raise DatasetError(f"{pair.frames[0]}: {height}x{width} is smaller than the {size} px crop")
+        y, x = int(rng.integers(height - size + 1)), int(rng.integers(width - size + 1))
+        crop = (slice(y, y + size), slice(x, x + size))
+        pair_frames = np.stack([frame[crop] for frame in frames])
+        if self.blur > 0:
+            pair_frames = random_blur(pair_frames, self.blur, rng)
+        return {"frames": normalize_frames(pair_frames),
+                "flow": torch.from_numpy(np.ascontiguousarray(flows[0][crop].transpose(2, 0, 1))),
+                "flow_back": torch.from_numpy(np.ascontiguousarray(flows[1][crop].transpose(2, 0, 1)))}
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_flow_checked(path: Path) -> np.ndarray:
+    try:
+        return read_flow(path)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read the flow ({error})") from error

@@ -196,17 +196,22 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
 
 def collate_clips(samples: list[dict]) -> dict:
-    """Batch samples: ``{"clip": stacked (B, ...), "videos": [path] * B, "skipped": [(path, reason)]}``."""
+    """Batch samples: ``{"clip": stacked (B, ...), "videos": [path] * B, "skipped": [(path, reason)]}``,
+    plus ``"flow_pair": {key: stacked (B, ...)}`` when the samples carry one."""
     clips = [s["clip"] for s in samples]
     shapes = {tuple(c.shape) for c in clips}
     if len(shapes) > 1:
         raise ValueError(f"clips of one batch have different shapes {sorted(shapes)}; "
                          "give the dataset a transform that resizes (e.g. datasets.augment.ClipTransform)")
-    return {
+    batch = {
         "clip": torch.stack(clips),
         "videos": [s["video"] for s in samples],
         "skipped": [entry for s in samples for entry in s["skipped"]],
     }
+    if "flow_pair" in samples[0]:
+        pairs = [s["flow_pair"] for s in samples]
+        batch["flow_pair"] = {key: torch.stack([pair[key] for pair in pairs]) for key in pairs[0]}
+    return batch
 
 
 def measure_decode_throughput(dataset: VideoClipDataset, num_clips: int) -> dict:

@@ -20,7 +20,7 @@ from corr.flow_track import FlowTrackConfig
 
 from .cache import CACHE_DTYPES
 from .config import PropagationConfig
-from .labels import KEYPOINT_ENCODINGS
+from .labels import KEYPOINT_ENCODINGS, POINT_DECODINGS
 
 #: The encoder of a run without ``--encoder`` and ``--checkpoint``.
 DEFAULT_ENCODER = "resnet18-crw"
@@ -49,6 +49,9 @@ class EvalConfig:
     keypoint_encoding: str = dataclasses.field(
         default="sub-cell", metadata={"help": "JHMDB joints: sub-cell (Gaussian at the joint's sub-cell position) | "
                                               "reference (CRW's integer-cell window and decoding)"})
+    point_decoding: str = dataclasses.field(
+        default="window", metadata={"help": "TAP-Vid query heatmaps: window (sub-cell Gaussian, windowed mean on the "
+                                            "grid) | fgvc (FGVC's 6 px Gaussian, top-5 pixels at image resolution)"})
     tracker: str = dataclasses.field(
         default="propagation", metadata={"help": "TAP-Vid tracker: propagation (label propagation of --encoder "
                                                  "features) | walk (chained flows of a global-matching "
@@ -167,6 +170,11 @@ class EvalConfig:
             given = [name for name in VIDEO_OPTIONS if getattr(self, name) != getattr(EvalConfig, name)]
             if given:
                 raise OptionError(f"--{', --'.join(n.replace('_', '-') for n in given)}: for --task video only")
+        if self.point_decoding not in POINT_DECODINGS:
+            raise OptionError(f"--point-decoding must be one of {', '.join(POINT_DECODINGS)}, "
+                             f"got {self.point_decoding!r}")
+        if self.point_decoding != EvalConfig.point_decoding and (self.task != "tapvid" or self.tracker == "walk"):
+            raise OptionError("--point-decoding is for --task tapvid with label propagation only")
         if self.query_mode not in ("first", "strided"):
             raise OptionError(f"--query-mode must be first or strided, got {self.query_mode!r}")
         if self.tracker not in ("propagation", "walk"):

@@ -14,11 +14,14 @@ to the grid; decoding upsamples bilinearly and takes the argmax. Ids are palette
   encoding: :func:`reference_keypoints_to_heatmaps`);
 * part maps (VIP): one-hot channels of class ids 0..19, decoded by argmax (:func:`parts_to_labels`);
 * query points (TAP-Vid): one small Gaussian per query plus background, decoded to sub-cell
-  positions, with occlusion from fading or a forward-backward check (:func:`track_points`).
+  positions, with occlusion from fading or a forward-backward check (:func:`track_points`);
+  FGVC's own drawing and top-5 decoding at image resolution with ``decoding="fgvc"``
+  (:func:`fgvc_queries_to_heatmaps`, :func:`fgvc_heatmaps_to_points`).
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -44,7 +47,8 @@ __all__ = ["grid_size", "downsample_to_grid", "upsample_to_image", "normalize_ou
            "reference_heatmaps_to_keypoints",
            "parts_to_labels", "labels_to_parts", "QUERY_SIGMA", "QUERY_WINDOW",
            "OCCLUSION_THRESHOLD", "MIN_PEAK_RATIO", "queries_to_heatmaps", "heatmaps_to_points",
-           "backmatch_distance", "track_points", "decode_points"]
+           "backmatch_distance", "POINT_DECODINGS", "FGVC_SIGMA", "FGVC_TOPK", "fgvc_queries_to_heatmaps",
+           "fgvc_heatmaps_to_points", "track_points", "decode_points"]
 
 
 
@@ -354,6 +358,72 @@ def heatmaps_to_points(labels: torch.Tensor, stride: int, window: int = QUERY_WI
     return grid_to_pixel(torch.stack([gx, gy], dim=1), stride), peak
 
 
+# FGVC's TAP-Vid tracker (qianduoduolr/FGVC, mmpt/models/trackers/vanilla_tracker.py,
+# VanillaTracker.forward_test_main): a Gaussian of 6 px per query drawn at image resolution
+# and sampled every s pixels, propagated on the grid, upsampled bilinearly back to the image,
+# and read as the weighted mean of its 5 largest pixels (img2coord).
+
+#: ``decoding`` of :func:`track_points`: ``window`` (this project's sub-cell Gaussian and
+#: windowed mean) or ``fgvc`` (FGVC's image-resolution Gaussian and top-5 pixels).
+POINT_DECODINGS = ("window", "fgvc")
+#: FGVC's query Gaussian width in image pixels, and the pixels averaged by its decoding.
+FGVC_SIGMA = 6.0
+FGVC_TOPK = 5
+
+
+def fgvc_queries_to_heatmaps(points: torch.Tensor | np.ndarray, grid: tuple[int, int], stride: int,
+                             sigma: float = FGVC_SIGMA, device: torch.device | str | None = None) -> torch.Tensor:
+    """Query points (Q, 2) (x, y), integer-centre pixels -> labels (1 + Q, h, w), as FGVC draws them.
+
+    FGVC reads TAP-Vid's corner coordinates ``c = p + 0.5`` as pixel indices: channel ``1 + q``
+    at cell (i, j) is ``exp(-((s j - c_x)^2 + (s i - c_y)^2) / (2 sigma^2))``, the Gaussian of
+    width ``sigma`` image pixels at pixel ``(s j, s i)`` (the grid samples the image-resolution
+    map every ``s`` pixels from pixel 0), not truncated. FGVC has no background channel;
+    channel 0 here is ``clip(1 - sum, 0, 1)`` so that the layout matches
+    :func:`queries_to_heatmaps` (channels propagate independently; it is never decoded).
+    """
+    points = torch.as_tensor(points, dtype=torch.float32, device=device)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"query points must be (Q, 2) (x, y), got shape {tuple(points.shape)}")
+    h, w = grid
+    corner = from_integer_centres(points)                                     # FGVC's coordinates
+    xs = stride * torch.arange(w, device=points.device, dtype=torch.float32)
+    ys = stride * torch.arange(h, device=points.device, dtype=torch.float32)
+    dx2 = (xs[None, :] - corner[:, 0:1]) ** 2                                 # (Q, w)
+    dy2 = (ys[None, :] - corner[:, 1:2]) ** 2                                 # (Q, h)
+    channels = torch.exp(-(dy2[:, :, None] + dx2[:, None, :]) / (2 * sigma ** 2))
+    channels = torch.where(torch.isfinite(points).all(1)[:, None, None], channels, torch.zeros_like(channels))
+    background = (1 - channels.sum(0, keepdim=True)).clamp(0, 1)
+    return torch.cat([background, channels])
+
+
+def fgvc_heatmaps_to_points(labels: torch.Tensor, image_size: tuple[int, int], topk: int = FGVC_TOPK
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft labels (1 + Q, h, w) -> (points (Q, 2) (x, y) integer-centre pixels, peak values (Q,)), as FGVC.
+
+    Each query channel is upsampled bilinearly to ``image_size`` (H, W) (``align_corners=False``);
+    its ``topk`` largest pixels ``k`` give ``c = sum_k v_k idx_k / (sum_k v_k + 1e-9)`` with
+    ``idx = (k mod W, k div W)``, read as corner coordinates (returned as ``c - 0.5``). A
+    channel whose upsampled map sums to 0 has peak 0 (FGVC reports -1 there). ``peak`` is the
+    largest upsampled value.
+
+    Drawn at pixel ``s j`` (:func:`fgvc_queries_to_heatmaps`) but upsampled as if cell ``j``
+    were centred on ``s j + (s - 1) / 2``, a point comes back ``(s - 1) / 2`` px down and to
+    the right (0.5 px at FGVC's stride 2, 3.5 px at stride 8). That is what FGVC's published
+    TAP-Vid numbers measured, so ``decoding="fgvc"`` keeps it.
+    """
+    if labels.ndim != 3 or labels.shape[0] < 2:
+        raise ValueError(f"labels must be (1 + Q, h, w), got shape {tuple(labels.shape)}")
+    H, W = image_size
+    heat = F.interpolate(labels[None, 1:].float(), size=(H, W), mode="bilinear", align_corners=False)[0]
+    flat = heat.flatten(1)                                                    # (Q, H*W)
+    values, index = flat.topk(topk, dim=1)                                    # (Q, k)
+    weights = values / (values.sum(1, keepdim=True) + 1e-9)
+    corner = torch.stack([((index % W).float() * weights).sum(1), ((index // W).float() * weights).sum(1)], dim=1)
+    peak = torch.where(flat.sum(1) == 0, torch.zeros_like(values[:, 0]), values[:, 0])
+    return to_integer_centres(corner), peak
+
+
 def backmatch_distance(query_feat: torch.Tensor, target_feat: torch.Tensor, target_points: torch.Tensor,
                        query_points: torch.Tensor, stride: int) -> torch.Tensor:
     """Distance in grid cells from each query point to where its tracked feature matches back.
@@ -380,7 +450,8 @@ def backmatch_distance(query_feat: torch.Tensor, target_feat: torch.Tensor, targ
 def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, stride: int,
                  sigma: float = QUERY_SIGMA, window: int = QUERY_WINDOW,
                  occlusion_threshold: float = OCCLUSION_THRESHOLD, min_peak_ratio: float = MIN_PEAK_RATIO,
-                 backward: bool = True, max_queries: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                 backward: bool = True, max_queries: int = 256, decoding: str = "window",
+                 image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Track TAP-Vid query points by label propagation -> (tracks [Q, T, 2] x, y; occluded [Q, T]).
 
     propagate:    ``propagate(feats (T', C, h, w), first_label (K, h, w)) -> (T', K, h, w)``,
@@ -407,6 +478,10 @@ def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, strid
       lands more than ``occlusion_threshold`` grid cells from the query point
       (:func:`backmatch_distance`).
 
+    ``decoding="fgvc"`` draws and reads the heatmaps as FGVC does (:func:`fgvc_queries_to_heatmaps`,
+    :func:`fgvc_heatmaps_to_points` at ``image_size``, default ``(h s, w s)``; ``sigma`` and
+    ``window`` are then unused); the occlusion rule stays this one (FGVC predicts none).
+
     The query frame itself is visible at the query point. With ``backward=False`` frames
     before t0 are reported occluded at the query point (TAP-Vid "first" mode does not score
     them, and skipping them halves the work). Returned tracks use the TAP-Vid corner
@@ -414,6 +489,14 @@ def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, strid
     record them with every result.
     """
     T, _, h, w = feats.shape
+    if decoding not in POINT_DECODINGS:
+        raise ValueError(f"decoding must be one of {', '.join(POINT_DECODINGS)}, got {decoding!r}")
+    if decoding == "fgvc":
+        encode = partial(fgvc_queries_to_heatmaps, grid=(h, w), stride=stride, device=feats.device)
+        decode = partial(fgvc_heatmaps_to_points, image_size=image_size or (h * stride, w * stride))
+    else:
+        encode = partial(queries_to_heatmaps, grid=(h, w), stride=stride, sigma=sigma, device=feats.device)
+        decode = partial(heatmaps_to_points, stride=stride, window=window)
     query_points = np.asarray(query_points, dtype=np.float64)
     if query_points.ndim != 2 or query_points.shape[1] != 3:
         raise ValueError(f"query_points must be (Q, 3) [t, y, x], got shape {query_points.shape}")
@@ -428,8 +511,8 @@ def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, strid
         directions = [np.arange(t0, T)] + ([np.arange(t0, -1, -1)] if backward else [])
         for chunk in np.array_split(group, math.ceil(len(group) / max_queries)):
             start = centres[chunk].to(feats.device)
-            label0 = queries_to_heatmaps(start, (h, w), stride, sigma, device=feats.device)
-            _, peak0 = heatmaps_to_points(label0, stride, window)
+            label0 = encode(start)
+            _, peak0 = decode(label0)
             for frames in directions:
                 if len(frames) < 2:
                     continue
@@ -437,7 +520,7 @@ def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, strid
                 previous = start
                 for step, t in enumerate(frames[1:], start=1):
                     points, hidden = decode_points(labels[step], feats[t0], feats[t], start, previous, peak0, stride,
-                                                   window, occlusion_threshold, min_peak_ratio)
+                                                   decode, occlusion_threshold, min_peak_ratio)
                     tracks[chunk, t] = from_integer_centres(points.cpu().double().numpy())
                     occluded[chunk, t] = hidden.cpu().numpy()
                     previous = points
@@ -445,7 +528,7 @@ def track_points(propagate, feats: torch.Tensor, query_points: np.ndarray, strid
 
 
 def decode_points(labels: torch.Tensor, query_feat: torch.Tensor, feat: torch.Tensor, start: torch.Tensor,
-                  previous: torch.Tensor, peak0: torch.Tensor, stride: int, window: int = QUERY_WINDOW,
+                  previous: torch.Tensor, peak0: torch.Tensor, stride: int, decode=None,
                   occlusion_threshold: float = OCCLUSION_THRESHOLD, min_peak_ratio: float = MIN_PEAK_RATIO
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame of :func:`track_points`: its propagated labels -> (points (Q, 2), occluded (Q,) bool).
@@ -454,14 +537,16 @@ def decode_points(labels: torch.Tensor, query_feat: torch.Tensor, feat: torch.Te
                 of the frame and of the query frame;
     start:      (Q, 2) the query points, previous: (Q, 2) the points of the frame before,
                 both integer-centre (x, y) pixels; peak0: (Q,) each channel's peak in the
-                query frame (:func:`heatmaps_to_points` of the first labels).
+                query frame (``decode`` of the first labels);
+    decode:     ``decode(labels) -> (points, peaks)``, :func:`heatmaps_to_points` (None: with its
+                default window) or :func:`fgvc_heatmaps_to_points` (:func:`track_points`' ``decoding``).
 
-    Points: :func:`heatmaps_to_points`, where a channel died out (peak 0) the previous
+    Points: ``decode``'s, where a channel died out (peak 0) the previous
     frame's. Occluded: the channel died out, or faded below ``min_peak_ratio * peak0``, or
     its feature matches back farther than ``occlusion_threshold`` cells from the query
     (:func:`backmatch_distance`); see :func:`track_points`.
     """
-    points, peak = heatmaps_to_points(labels, stride, window)
+    points, peak = decode(labels) if decode is not None else heatmaps_to_points(labels, stride)
     alive = peak > 0
     points = torch.where(alive[:, None], points, previous)
     far = backmatch_distance(query_feat, feat, points, start, stride)

@@ -41,6 +41,7 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
@@ -405,9 +406,9 @@ class _PointCoder:
 
     def decode(self, t: int, frame: np.ndarray, labels: torch.Tensor, feat: torch.Tensor) -> TrackedFrame:
         s = POINT_SETTINGS
+        decode = partial(heatmaps_to_points, stride=self.framing.stride, window=s["window"])
         points, hidden = decode_points(labels, self.query_feat, feat, self.queries, self.previous, self.peak0,
-                                       self.framing.stride, s["window"], s["occlusion_threshold"],
-                                       s["min_peak_ratio"])
+                                       self.framing.stride, decode, s["occlusion_threshold"], s["min_peak_ratio"])
         self.previous = points
         xy = from_integer_centres(points.cpu().double().numpy()) / self.scale
         return TrackedFrame(t, frame, points=xy, visible=~hidden.cpu().numpy())

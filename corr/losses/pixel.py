@@ -313,8 +313,14 @@ class FinePixelLoss(nn.Module):
         return (disp + torch.stack([xs, ys], dim=-1)).float()
 
     def forward(self, frames: torch.Tensor, encoder: nn.Module, generator: Optional[torch.Generator] = None,
-                visuals: bool = False):
-        """``(loss, diagnostics)``, or ``(loss, diagnostics, visuals)`` with ``visuals=True``."""
+                visuals: bool = False, flow_pairs: Optional[dict[str, torch.Tensor]] = None):
+        """``(loss, diagnostics)``, or ``(loss, diagnostics, visuals)`` with ``visuals=True``.
+
+        ``flow_pairs`` (FlyingThings3D, :class:`datasets.flow_files.FlowPairCrops` batched:
+        ``frames (B, 2, 3, H, W)`` normalised RGB ``(reference, target)``, ``flow`` and
+        ``flow_back (B, 2, H, W)``) replace the warped pairs: ``J`` = the reference, ``I`` = the
+        target, with their own flows (the published data of the supervised and domain terms).
+        """
         if frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[1] < 2:
             raise ValueError(f"frames must be (B, T >= 2, 3, H, W), got shape {tuple(frames.shape)}")
         if not reads_lab(encoder):
@@ -334,9 +340,15 @@ class FinePixelLoss(nn.Module):
         if self.sup_weight == 0 and self.domain_classifier is None:
             return (loss, diagnostics, {}) if visuals else (loss, diagnostics)
 
-        source = frames[:, 0].float()                                                          # I
-        warped, warps, in_view = self.make_pairs(source, generator)                            # J
-        flow, flow_back = warp_flows(warps, height, width, frames.device)
+        if flow_pairs is None:
+            source = frames[:, 0].float()                                                      # I
+            warped, warps, in_view = self.make_pairs(source, generator)                        # J
+            flow, flow_back = warp_flows(warps, height, width, frames.device)
+        else:
+            warped, source = flow_pairs["frames"][:, 0].float(), flow_pairs["frames"][:, 1].float()
+            flow, flow_back = flow_pairs["flow"].float(), flow_pairs["flow_back"].float()
+            height, width = source.shape[-2:]
+            in_view = torch.ones(source.shape[0], height, width, dtype=torch.bool, device=source.device)
         synthetic = normalised_lab(torch.stack([warped, source], dim=1))                       # B, 2, 3, H, W: (J, I)
         channel = 1 + int(torch.randint(2, (1,), generator=generator))
         s_ref, s_tar = self.features(encoder, rearrange(drop_colour_channel(synthetic, channel),

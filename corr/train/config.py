@@ -26,6 +26,7 @@ from typing import Any, Optional
 from corr.errors import OptionError
 from corr.graph import GRAPH_MODES
 from corr.train.objectives import OBJECTIVES, parse_loss_spec
+from datasets.augment import CROP_STYLES
 
 #: Convolution paddings of the trained encoder (``--padding``).
 PADDINGS = ("reflect", "zeros")
@@ -44,6 +45,9 @@ class TrainConfig:
         "help": "named configuration, listed above (none: the --loss objective's; NAME-demo without --data)"})
     data: Optional[str] = field(default=None, metadata={
         "help": "folder of videos, list file or frame folders; none: the demo's generated clips"})
+    flow_data: Optional[str] = field(default=None, metadata={
+        "help": "FlyingThings3D root (frames_cleanpass/, optical_flow/): the pixel loss's supervised and domain "
+                "terms take its pairs and flows instead of warps of the clip's first frame"})
     out: str = field(default="runs/crw", metadata={"help": "run folder (checkpoint.pt, TensorBoard logs)"})
     steps: Optional[int] = field(default=None, metadata={
         "help": f"optimisation steps (none in a preset: {EPOCHS} epochs)"})
@@ -62,6 +66,15 @@ class TrainConfig:
         "help": "mirror each frame on its own with probability 1/2 (CRW's flip frame transform)"})
     color_jitter: Optional[float] = field(default=None, metadata={
         "help": "per-frame brightness, contrast and saturation jitter of this strength (CRW's cj: 0.1; 0: off)"})
+    crop_area: Optional[tuple[float, ...]] = field(default=None, metadata={
+        "help": "random resized crops: range of the crop's area fraction, e.g. 0.8,0.95 (CRW) or 0.6,1 (FGVC)"})
+    crop_aspect: Optional[tuple[float, ...]] = field(default=None, metadata={
+        "help": "random resized crops: range of the crop's width / height, e.g. 0.7,1.3 (CRW) or 1.5,2 (FGVC)"})
+    crop_style: Optional[str] = field(default=None, metadata={
+        "help": "random resized crops: torchvision (10 tries, clamped centre crop; CRW) or mmaction (20 tries, "
+                "centred square; FGVC)"})
+    blur: Optional[float] = field(default=None, metadata={
+        "help": "probability of a Gaussian blur of radius U(0.1, 0.2) px for the whole clip (FGVC: 0.8; 0: off)"})
     short_side: Optional[int] = field(default=None, metadata={
         "help": "0: random resized crops; N: resize the short side to N px and cut one crop-size crop per clip "
                 "(TimeCycle)"})
@@ -123,15 +136,16 @@ class TrainConfig:
 
 
 #: Options that say where and how a run executes, not what it trains: no preset sets them.
-RUN_OPTIONS = ("preset", "data", "out", "device", "amp", "sync_bn", "seed", "resume", "overwrite", "cache_dir",
-               "backend", "progress", "debug")
+RUN_OPTIONS = ("preset", "data", "flow_data", "out", "device", "amp", "sync_bn", "seed", "resume", "overwrite",
+               "cache_dir", "backend", "progress", "debug")
 #: The options a preset sets (``None`` in ``TrainConfig()``).
 SETUP_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUN_OPTIONS)
 
 CRW = TrainConfig(
     preset="crw", loss="crw", encoder="resnet18-crw", head_dim=128, mode="grid", crop_size=256,
     clip_len=4, fps=8.0, frame_skip=None, clip_offsets=None, clips_per_video=5, same_crop=False, flip=False,
-    frame_flip=False, color_jitter=0.0, short_side=0, head_depth=0, padding="reflect",
+    frame_flip=False, color_jitter=0.0, crop_area=(0.8, 0.95), crop_aspect=(0.7, 1.3), crop_style="torchvision",
+    blur=0.0, short_side=0, head_depth=0, padding="reflect",
     temperature=0.05, edge_dropout=0.1, shared_edge_mask=True, featdrop=0.0, include_one_step=False,
     pixel_radius=24, pixel_rec_weight=1.0, pixel_sup_weight=1.0, pixel_domain_weight=1.0, teacher=None,
     steps=None, batch_size=20, lr=1e-4, lr_schedule="step", lr_milestones=(20, 30, 40), lr_gamma=0.3,
@@ -246,6 +260,15 @@ def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
     if not 0 <= cfg.featdrop < 1 or cfg.head_depth < -1 or cfg.color_jitter < 0 or cfg.short_side < 0:
         raise OptionError(f"need 0 <= --featdrop < 1, --head-depth >= -1, --color-jitter >= 0 and --short-side >= 0; "
                          f"got {cfg.featdrop}, {cfg.head_depth}, {cfg.color_jitter}, {cfg.short_side}")
+    for name in ("crop_area", "crop_aspect"):
+        low_high = getattr(cfg, name)
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] or (name == "crop_area" and low_high[1] > 1):
+            raise OptionError(f"--{name.replace('_', '-')} must be two numbers 0 < low <= high"
+                              f"{' <= 1' if name == 'crop_area' else ''}, got {low_high}")
+    if cfg.crop_style not in CROP_STYLES:
+        raise OptionError(f"--crop-style must be one of {', '.join(CROP_STYLES)}, got {cfg.crop_style!r}")
+    if not 0 <= cfg.blur <= 1:
+        raise OptionError(f"--blur is a probability in [0, 1], got {cfg.blur}")
     if cfg.padding not in PADDINGS:
         raise OptionError(f"--padding must be one of {PADDINGS}, got {cfg.padding!r}")
     if 0 < cfg.short_side < cfg.crop_size:
@@ -255,6 +278,9 @@ def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
     for loss in losses:
         if OBJECTIVES[loss].check is not None:
             OBJECTIVES[loss].check(cfg)
+    if cfg.flow_data is not None and not any(OBJECTIVES[loss].takes_flow_pairs for loss in losses):
+        users = ", ".join(o.name for o in OBJECTIVES.values() if o.takes_flow_pairs)
+        raise OptionError(f"--flow-data feeds flow pairs to --loss {users}; --loss {cfg.loss} does not use them")
     frame_losses = sorted(loss for loss in losses if OBJECTIVES[loss].needs_frames)
     if frame_losses and cfg.mode != "dense":
         raise OptionError(f"--loss {','.join(frame_losses)} needs whole frames: use --mode dense, not {cfg.mode!r}")

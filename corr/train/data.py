@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from corr.errors import OptionError
@@ -29,6 +30,7 @@ from corr.io import atomic_write_bytes
 from corr.runtime import Runtime
 from corr.train.config import TrainConfig
 from datasets.augment import ClipTransform
+from datasets.flow_files import FlowPairCrops
 from datasets.synthetic import generate_davis
 from datasets.video import VideoClipDataset, collate_clips
 
@@ -54,22 +56,53 @@ def prepare_demo_data(runtime: Runtime) -> Path:
 
 
 def build_dataset(cfg: TrainConfig, source: str | Path) -> Dataset:
-    return VideoClipDataset(source, clip_len=cfg.clip_len, fps=cfg.fps, frame_skip=cfg.frame_skip,
-                            clips_per_video=cfg.clips_per_video, transform=make_transform(ClipTransform, cfg),
-                            cache_dir=cfg.cache_dir, backend=cfg.backend, seed=cfg.seed,
-                            frame_offsets=cfg.clip_offsets)
+    """The clips of ``source``; with ``--flow-data`` each item also carries a FlyingThings3D pair."""
+    clips = VideoClipDataset(source, clip_len=cfg.clip_len, fps=cfg.fps, frame_skip=cfg.frame_skip,
+                             clips_per_video=cfg.clips_per_video, transform=make_transform(ClipTransform, cfg),
+                             cache_dir=cfg.cache_dir, backend=cfg.backend, seed=cfg.seed,
+                             frame_offsets=cfg.clip_offsets)
+    if cfg.flow_data is None:
+        return clips
+    return WithFlowPairs(clips, FlowPairCrops(cfg.flow_data, cfg.crop_size, blur=cfg.blur), cfg.seed)
+
+
+class WithFlowPairs(Dataset):
+    """``dataset``'s items with ``"flow_pair"``: a random crop of a random pair of ``pairs``
+    (:meth:`datasets.flow_files.FlowPairCrops.sample`), drawn from a generator seeded by
+    ``(seed, epoch, index)``, so a resumed or distributed run draws the same pairs."""
+
+    def __init__(self, dataset: Dataset, pairs: FlowPairCrops, seed: int):
+        self.dataset, self.pairs, self.seed, self.epoch = dataset, pairs, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def bad_videos(self) -> list:
+        return getattr(self.dataset, "bad_videos", [])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        item["flow_pair"] = self.pairs.sample(np.random.default_rng((self.seed, 7, self.epoch, index)))
+        return item
 
 
 def make_transform(transform_cls: type, cfg: TrainConfig) -> Callable:
-    """``ClipTransform`` for the configured node mode, crop size, shared crop, flips, colour jitter
-    and short-side resize.
+    """``ClipTransform`` for the configured node mode, crop size and crop boxes, shared crop, flips,
+    colour jitter, blur and short-side resize.
 
     Grid patches keep the reference proportions: side ``crop/4`` at stride ``crop/8``
     (256 -> 7x7 windows of 64x64 at stride 32).
     """
     return transform_cls(mode=cfg.mode, size=cfg.crop_size, patch_size=cfg.crop_size // 4,
                          patch_stride=cfg.crop_size // 8, same_crop=bool(cfg.same_crop), flip=bool(cfg.flip),
-                         color_jitter=cfg.color_jitter, frame_flip=bool(cfg.frame_flip), short_side=cfg.short_side)
+                         color_jitter=cfg.color_jitter, frame_flip=bool(cfg.frame_flip), short_side=cfg.short_side,
+                         crop_scale=cfg.crop_area, crop_ratio=cfg.crop_aspect, crop_style=cfg.crop_style, blur=cfg.blur)
 
 
 def batches_per_epoch(dataset_len: int, batch_size: int, world_size: int) -> int:

@@ -106,13 +106,15 @@ def run_steps(cfg: TrainConfig, runtime: Runtime, module: TrainModule, optimisat
             tick = time.perf_counter()
             batch = next(stream)
             clip = batch["clip"].to(runtime.device, non_blocking=True)
+            flow_pairs = ({key: pair.to(runtime.device, non_blocking=True) for key, pair in batch["flow_pair"].items()}
+                          if "flow_pair" in batch else None)
             waited = time.perf_counter() - tick
             skipped.skipped(batch.get("skipped", []))
             step += 1
             torch.manual_seed(step_seed(cfg.seed, step, runtime.rank))       # edge dropout of this step
             images_now = reporter.images_due(step)
             with torch.autocast(device_type=runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
-                loss, diagnostics, *visuals = train_module(clip, visuals=images_now)
+                loss, diagnostics, *visuals = train_module(clip, visuals=images_now, flow_pairs=flow_pairs)
             losses[step] = check_finite(float(runtime.mean(loss)), step, checkpoint_path, last_saved)
             norm = optimisation.step(loss, cfg.grad_clip)
             if norm is not None:

@@ -38,28 +38,32 @@ class WeightedLosses(nn.Module):
     """
 
     def __init__(self, losses: dict[str, nn.Module], weights: dict[str, float],
-                 frame_losses: Collection[str] = (), figure_losses: Collection[str] = ()):
+                 frame_losses: Collection[str] = (), figure_losses: Collection[str] = (),
+                 flow_pair_losses: Collection[str] = ()):
         super().__init__()
         self.losses = nn.ModuleDict(losses)
         self.weights = dict(weights)
         self.frame_losses, self.figure_losses = frozenset(frame_losses), frozenset(figure_losses)
+        self.flow_pair_losses = frozenset(flow_pair_losses)
 
     @property
     def needs_nodes(self) -> bool:
         return any(name not in self.frame_losses for name in self.losses)
 
     def forward(self, nodes: Optional[torch.Tensor], clip: Optional[torch.Tensor] = None,
-                encoder: Optional[nn.Module] = None, visuals: bool = False):
+                encoder: Optional[nn.Module] = None, visuals: bool = False,
+                flow_pairs: Optional[dict[str, torch.Tensor]] = None):
         total, diagnostics, figures = 0.0, {}, {}
         for name, loss_fn in self.losses.items():
+            pairs = {"flow_pairs": flow_pairs} if flow_pairs is not None and name in self.flow_pair_losses else {}
             if name not in self.frame_losses:
                 value, diag = loss_fn(nodes)
                 if visuals:
                     figures[name] = {"nodes": nodes.detach()}
             elif visuals and name in self.figure_losses:
-                value, diag, figures[name] = loss_fn(clip, encoder, visuals=True)
+                value, diag, figures[name] = loss_fn(clip, encoder, visuals=True, **pairs)
             else:
-                value, diag = loss_fn(clip, encoder)
+                value, diag = loss_fn(clip, encoder, **pairs)
             total = total + self.weights[name] * value
             diagnostics[f"{name}/loss"] = float(value.detach())
             diagnostics.update({f"{name}/{key}": v for key, v in diag.items()})
@@ -72,7 +76,8 @@ def build_losses(cfg: TrainConfig) -> WeightedLosses:
     objectives = [OBJECTIVES[name] for name in weights]
     return WeightedLosses({o.name: o.build(cfg) for o in objectives}, weights,
                           frame_losses=[o.name for o in objectives if o.needs_frames],
-                          figure_losses=[o.name for o in objectives if o.figure is not None])
+                          figure_losses=[o.name for o in objectives if o.figure is not None],
+                          flow_pair_losses=[o.name for o in objectives if o.takes_flow_pairs])
 
 
 class TrainModule(nn.Module):
@@ -89,9 +94,9 @@ class TrainModule(nn.Module):
         self.model = model
         self.losses = losses
 
-    def forward(self, clip: torch.Tensor, visuals: bool = False):
+    def forward(self, clip: torch.Tensor, visuals: bool = False, flow_pairs: Optional[dict] = None):
         nodes = self.model(clip) if self.losses.needs_nodes else None          # B, T, N, C
-        return self.losses(nodes, clip, self.model.encoder, visuals=visuals)
+        return self.losses(nodes, clip, self.model.encoder, visuals=visuals, flow_pairs=flow_pairs)
 
     def unused_parameters_possible(self) -> bool:
         """Whether some parameters can miss the graph: the frame losses use parts of the

@@ -9,8 +9,10 @@ returns a third item, the figure data of the batch (node losses: the loop keeps 
 ``settings`` are the objective's published options over the CRW reference (its preset
 ``name``, with ``--data``), ``demo_settings`` its changes to the demo (preset ``name-demo``);
 ``resume_keys`` are options that fix the shapes of the loss's own weights, so a resumed run
-must keep them. Adding an objective is a loss module and one entry here: it then mixes with
-the others (``--loss crw=1,name=0.5``) and has its presets, figure and resume check.
+must keep them. A loss that ``takes_flow_pairs`` also receives the batch's ``--flow-data``
+pairs (``flow_pairs=``, :class:`datasets.flow_files.FlowPairCrops`, batched). Adding an
+objective is a loss module and one entry here: it then mixes with the others
+(``--loss crw=1,name=0.5``) and has its presets, figure and resume check.
 Setups: docs/objectives.md (CRW, TimeCycle, fine-grained pixel, GMRW).
 """
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Objective:
     resume_keys: tuple[str, ...] = ()
     check: Optional[Callable[[Config], None]] = None   # raises ValueError for an unusable config
     trained_network: Optional[str] = None              # for the log, when the loss alone trains its own network
+    takes_flow_pairs: bool = False                     # forward(..., flow_pairs=) reads --flow-data pairs
 
     @property
     def preset(self) -> str:
@@ -158,18 +161,20 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in [
         resume_keys=("crop_size",), check=check_cycle_clip),
     # FGVC's released configuration: ResNet-18 at stride 2 reading LAB, radius 24, weights 1 / 1 / 1,
     # Adam lr 1e-3 annealed by a cosine to lr/1000 per iteration, one clip per process (their 4
-    # GPUs x 1), 2-frame clips of consecutive YouTube-VOS frames (6 fps), one 256 px crop and flip
-    # per clip.
+    # GPUs x 1), 2-frame clips of consecutive YouTube-VOS frames (6 fps), one random resized crop
+    # per clip (areas 0.6-1, aspect 1.5-2, mmaction's tries) resized to 256 px, a flip, and a
+    # blur with probability 0.8 (datasets/augment.py).
     Objective(
         "pixel", "fine-grained pixel features: LAB reconstruction, teacher-supervised warped pairs, "
         "domain term (docs/objectives.md, fine-grained pixel)",
         build_pixel_loss, needs_frames=True,
         settings={"encoder": "resnet18-fgvc", "lr": 1e-3, "lr_schedule": "cosine", "lr_milestones": (),
                   "betas": (0.9, 0.999), "batch_size": 1, "clip_len": 2, "fps": 6.0, "same_crop": True, "flip": True,
-                  "crop_size": 256},
+                  "crop_size": 256, "crop_area": (0.6, 1.0), "crop_aspect": (1.5, 2.0), "crop_style": "mmaction",
+                  "blur": 0.8},
         demo_settings={"batch_size": 2},
         figure=lambda clip, data, cfg, stride: ("pixel/warped_pair", pixel_image(clip, data)),
-        resume_keys=("pixel_radius", "pixel_domain_weight"), check=check_pixel_encoder),
+        resume_keys=("pixel_radius", "pixel_domain_weight"), check=check_pixel_encoder, takes_flow_pairs=True),
     Objective(
         "global_walk", "two-frame global-matching walk with label warping; trains its own network "
         "(docs/objectives.md, GMRW)",

@@ -37,7 +37,16 @@ from ..eval_config import EvalConfig
 from ..labels import MIN_PEAK_RATIO, OCCLUSION_THRESHOLD, QUERY_SIGMA, QUERY_WINDOW, track_points
 from ..metrics import TAPVID_KEYS, tapvid_metrics, tapvid_summary
 from ..propagator import Propagator
-from ..task import Task, TaskDefaults, TaskRun, VideoEntry, print_video_table, synthetic_banner, write_overlays
+from ..task import (
+    Task,
+    TaskDefaults,
+    TaskRun,
+    VideoEntry,
+    print_video_table,
+    propagation_factors,
+    synthetic_banner,
+    write_overlays,
+)
 from ..video import encoder_for_video, feature_cache, video_features
 from ..visualize import draw_tracks
 from .walk_tracker import track_by_walk, walk_factors
@@ -47,6 +56,10 @@ VIS_MAX_TRACKS = 48
 #: The :func:`~propagate.labels.track_points` settings used (recorded in results.json).
 TRACK_SETTINGS = {"sigma": QUERY_SIGMA, "window": QUERY_WINDOW, "occlusion_threshold": OCCLUSION_THRESHOLD,
                   "min_peak_ratio": MIN_PEAK_RATIO, "max_queries": 256}
+
+#: results.json's ``factors.label_resampling`` with ``--point-decoding fgvc``.
+FGVC_RESAMPLING = {"labels_to_grid": "FGVC: 6 px Gaussian per query at image resolution, sampled every stride px",
+                   "outputs_to_pixels": "FGVC: bilinear upsampling to the image, weighted mean of the top-5 pixels"}
 
 
 def propagated_frames(query_frames: np.ndarray, num_frames: int, backward: bool, max_queries: int) -> int:
@@ -85,7 +98,8 @@ def track_by_propagation(run: TaskRun, video: TapVidVideo, sample: TapVidSample
                                     sigma=TRACK_SETTINGS["sigma"], window=TRACK_SETTINGS["window"],
                                     occlusion_threshold=TRACK_SETTINGS["occlusion_threshold"],
                                     min_peak_ratio=TRACK_SETTINGS["min_peak_ratio"], backward=backward,
-                                    max_queries=TRACK_SETTINGS["max_queries"])
+                                    max_queries=TRACK_SETTINGS["max_queries"], decoding=cfg.point_decoding,
+                                    image_size=sample.frames.shape[1:3])
     sync_device(device)
     bar.close()
     return tracks, occluded, {**feature_timings, "propagation": time.perf_counter() - tick,
@@ -118,7 +132,11 @@ class TapVidTask(Task):
         return load_encoder(cfg, device) if self.propagates(cfg) else load_global_match_model(cfg, device)
 
     def factors(self, cfg: EvalConfig) -> dict:
-        return super().factors(cfg) if self.propagates(cfg) else walk_factors(cfg)
+        if not self.propagates(cfg):
+            return walk_factors(cfg)
+        if cfg.point_decoding == "fgvc":
+            return propagation_factors(cfg, FGVC_RESAMPLING)
+        return super().factors(cfg)
 
     def open(self, cfg: EvalConfig) -> TapVidDataset:
         """TAP-Vid from ``--data-root`` (.pkl or Kinetics folder), ``data/tapvid_davis.pkl``, or generated."""
@@ -137,7 +155,8 @@ class TapVidTask(Task):
         common = {"query_mode": cfg.query_mode, "input_size": list(cfg.input_size), "category": dataset.category}
         if not self.propagates(cfg):
             return {"tracker": "walk", **dataclasses.asdict(cfg.flow_tracking()), **common}
-        return {**TRACK_SETTINGS, "backward": cfg.query_mode == "strided", **common}
+        decoding = {} if cfg.point_decoding == "window" else {"decoding": cfg.point_decoding}  # earlier keys stay
+        return {**TRACK_SETTINGS, **decoding, "backward": cfg.query_mode == "strided", **common}
 
     def describe(self, run: TaskRun) -> str:
         return (f"TAP-Vid: {run.identity['name']} from {run.identity['path']} ({run.cfg.query_mode} queries, "

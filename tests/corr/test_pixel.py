@@ -248,3 +248,23 @@ def test_predicted_matches_stay_in_the_map():
     assert predicted[0, 2, 1].tolist() == [3.0, 1.0]
     assert predicted[0, 0, 0].tolist() != [2.0, -1.0]
     assert np.isfinite(predicted.numpy()).all()
+
+
+def test_flow_pairs_replace_the_warped_pairs_with_their_own_flows():
+    """A FlyingThings3D-style pair: J = I shifted 2 px right, flow on I's pixels = +2 px in x."""
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18-fgvc", out_layer="layer4")
+    loss_fn = FinePixelLoss(2, 0.0, 1.0, 0.0)
+    frames = torch.randn(1, 2, 3, 16, 20)
+    target = torch.randn(1, 3, 16, 20)
+    reference = torch.roll(target, 2, dims=-1)
+    flow = torch.zeros(1, 2, 16, 20)
+    flow[:, 0] = 2.0
+    pairs = {"frames": torch.stack([reference, target], dim=1), "flow": flow, "flow_back": -flow}
+    loss, diagnostics, visuals = loss_fn(frames, encoder, generator=torch.Generator().manual_seed(0), visuals=True,
+                                         flow_pairs=pairs)
+    ys, xs = torch.meshgrid(torch.arange(8), torch.arange(10), indexing="ij")
+    assert torch.equal(visuals["matches"][0], torch.stack([xs + 1.0, ys.float()], dim=-1))   # 2 px = 1 cell at s=2
+    assert visuals["in_view"].all() and torch.isfinite(loss) and diagnostics["sup_used"] > 0.5
+    warped, _ = loss_fn(frames, encoder, generator=torch.Generator().manual_seed(0))
+    assert not math.isclose(float(warped), float(loss))                # not the warp of frame 0

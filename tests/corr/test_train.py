@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -287,6 +288,12 @@ def test_objective_defaults_resolve_as_published_and_mixes_keep_the_walks():
     assert (pixel.encoder, pixel.pixel_radius, pixel.lr, pixel.lr_schedule, pixel.batch_size, pixel.clip_len) == (
         "resnet18-fgvc", 24, 1e-3, "cosine", 1, 2)
     assert (pixel.pixel_rec_weight, pixel.pixel_sup_weight, pixel.pixel_domain_weight) == (1.0, 1.0, 1.0)
+    assert (pixel.crop_area, pixel.crop_aspect, pixel.crop_style, pixel.blur) == (
+        (0.6, 1.0), (1.5, 2.0), "mmaction", 0.8)
+    crw = resolve_config(TrainConfig(loss="crw", data="/videos"))
+    assert (crw.crop_area, crw.crop_aspect, crw.crop_style, crw.blur) == ((0.8, 0.95), (0.7, 1.3), "torchvision", 0.0)
+    with pytest.raises(ValueError, match="--crop-area"):
+        resolve_config(TrainConfig(crop_area=(0.5, 1.2)))
     assert resolve_config(TrainConfig(loss="crw=1,pixel=1", encoder="resnet18-fgvc")).encoder == "resnet18-fgvc"
     with pytest.raises(ValueError, match="give --clip-offsets instead"):
         resolve_config(TrainConfig(loss="cycle", clip_len=3))
@@ -297,8 +304,6 @@ def test_objective_defaults_resolve_as_published_and_mixes_keep_the_walks():
 
 
 def test_gradient_clipping_is_applied_and_the_resolved_config_recorded(videos, tmp_path, monkeypatch):
-    import json
-
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     seen = []
@@ -342,6 +347,17 @@ def test_loss_images_are_written_for_every_objective(videos, tmp_path):
     # 32 px crops enlarged 8x; clips of 3 frames: 2 base frames + target for the cycle
     assert shapes == {"walk/frame0_to_frame2": (256, 512), "cycle/tracked_patch": (256, 768),
                       "pixel/warped_pair": (256, 512)}
+
+
+def test_flow_data_feeds_flyingthings_pairs_to_the_pixel_loss(videos, tmp_path, flyingthings):
+    flyingthings(tmp_path / "things", size=(40, 48))
+    result = train(_config(videos, tmp_path / "run", loss="pixel", encoder="resnet18-fgvc", clip_len=2, steps=2,
+                           pixel_radius=2, image_every=0, flow_data=str(tmp_path / "things")))
+    assert sorted(result.losses) == [1, 2]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert all("pixel/sup" in entry for entry in logged)
+    with pytest.raises(ValueError, match="--flow-data feeds flow pairs to --loss pixel"):
+        train(_config(videos, tmp_path / "crw", flow_data=str(tmp_path / "things")))
 
 
 def test_cycle_and_pixel_figures_draw_on_their_frames():

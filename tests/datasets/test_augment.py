@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageFilter
 
-from datasets.augment import ClipTransform, random_resized_crop_boxes
+from datasets.augment import ClipTransform, random_blur, random_resized_crop_boxes
 from datasets.transforms import normalize_frames
 
 
@@ -108,6 +109,33 @@ def test_random_resized_crop_falls_back_to_a_centre_crop():
     # A 10x1000 strip cannot hold 90% of its area at aspect <= 1.3: centre crop, aspect 1.3.
     boxes = random_resized_crop_boxes(np.random.default_rng(0), 10, 1000, 5, scale=(0.9, 0.9), ratio=(0.7, 1.3))
     assert (boxes == np.array([0, (1000 - 13) // 2, 10, 13])).all()
+
+
+def test_mmaction_style_falls_back_to_the_centred_square_and_fgvc_crops_are_wide():
+    boxes = random_resized_crop_boxes(np.random.default_rng(0), 10, 1000, 5, scale=(0.9, 0.9), ratio=(0.7, 1.3),
+                                      attempts=20, fallback="square")
+    assert (boxes == np.array([0, (1000 - 10) // 2, 10, 10])).all()
+    boxes = random_resized_crop_boxes(np.random.default_rng(1), 256, 455, 2000, scale=(0.6, 1.0), ratio=(1.5, 2.0),
+                                      attempts=20, fallback="square")
+    top, left, bh, bw = boxes.T
+    assert (top + bh <= 256).all() and (left + bw <= 455).all()
+    fitted = bw != bh                                                    # not the fallback
+    assert fitted.mean() > 0.9 and (bw[fitted] / bh[fitted]).min() > 1.48 and (bw[fitted] / bh[fitted]).max() < 2.02
+
+
+def test_blur_is_pils_gaussian_blur_for_the_whole_clip_with_its_probability():
+    clip = np.random.default_rng(0).integers(0, 256, (2, 24, 30, 3), dtype=np.uint8)  # sharp: a 0.1 px blur shows
+    rng = np.random.default_rng(5)
+    applied, radius = rng.random() < 1.0, rng.uniform(0.1, 0.2)
+    blurred = random_blur(clip, 1.0, np.random.default_rng(5))
+    assert applied and not np.array_equal(blurred, clip)
+    for frame, out in zip(clip, blurred):                                # one radius for both frames
+        assert np.array_equal(out, np.asarray(Image.fromarray(frame).filter(ImageFilter.GaussianBlur(radius))))
+    assert random_blur(clip, 0.0, np.random.default_rng(5)) is clip
+    transform = ClipTransform(mode="dense", size=16, same_crop=True, crop_style="mmaction", blur=0.8)
+    assert transform(clip, rng=np.random.default_rng(0)).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="crop_style"):
+        ClipTransform(crop_style="pil")
 
 
 def test_bad_input_is_a_clear_error():

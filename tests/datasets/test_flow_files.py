@@ -2,16 +2,12 @@
 the pairing of frames and flows."""
 import numpy as np
 import pytest
+import torch
+from conftest import write_pfm
 
-from datasets.flow_files import flyingthings_pairs, read_flow, read_pfm
-
-
-def write_pfm(path, array: np.ndarray, little_endian: bool = True) -> None:
-    """PFM as its definition writes it: header, then float32 rows bottom to top."""
-    height, width, channels = array.shape
-    header = f"{'PF' if channels == 3 else 'Pf'}\n{width} {height}\n{-1.0 if little_endian else 1.0}\n".encode()
-    rows = np.ascontiguousarray(array[::-1]).astype("<f4" if little_endian else ">f4")
-    path.write_bytes(header + rows.tobytes())
+from datasets.flow_files import FlowPairCrops, flyingthings_pairs, read_flow, read_pfm
+from datasets.frames import DatasetError
+from datasets.transforms import normalize_frames
 
 
 @pytest.mark.parametrize("little_endian", [True, False])
@@ -60,3 +56,27 @@ def test_pairs_follow_the_released_loader(tmp_path):
     assert [p.name for p in past.frames] == ["0007.png", "0006.png"]
     assert past.flow.name == "OpticalFlowIntoFuture_0006_L.pfm" and past.flow.is_file()
     assert past.flow_back.name == "OpticalFlowIntoPast_0007_L.pfm"
+
+
+def test_flow_pair_crops_cut_frames_and_flows_alike(tmp_path, flyingthings):
+    frames = flyingthings(tmp_path)
+    crops = FlowPairCrops(tmp_path, crop_size=12)
+    assert len(crops) == 2                                               # (6, 7) into the future and the past
+    sample = crops.sample(np.random.default_rng(3))
+    assert sample["frames"].shape == (2, 3, 12, 12) and sample["flow"].shape == (2, 12, 12)
+    u = sample["flow"][0]
+    x0 = int(abs(u[0, 0])) - (7 if u[0, 0] < 0 else 6)                  # the crop's left edge, read from the flow
+    assert torch.equal(u[0], torch.sign(u[0, 0]) * torch.arange(abs(u[0, 0]), abs(u[0, 0]) + 12))
+    reference = sample["frames"][0]
+    found = [n for n, rgb in frames.items()
+             if any(torch.allclose(normalize_frames(rgb[y:y + 12, x0:x0 + 12])[0], reference) for y in range(9))]
+    assert len(found) == 1                                               # the reference is an exact crop of a frame
+    assert torch.equal(sample["flow_back"][1], -sample["flow"][1])       # v = +-0.5 on either side
+
+
+def test_flow_pair_crops_refuse_a_missing_layout_and_small_frames(tmp_path, flyingthings):
+    with pytest.raises(DatasetError, match="no FlyingThings3D pairs"):
+        FlowPairCrops(tmp_path, crop_size=8)
+    flyingthings(tmp_path)
+    with pytest.raises(DatasetError, match="smaller than the 32 px crop"):
+        FlowPairCrops(tmp_path, crop_size=32).sample(np.random.default_rng(0))

@@ -212,6 +212,21 @@ def test_tapvid_geometry_with_positional_features(roots, tmp_path, monkeypatch):
     assert not saved["occluded"].any()
 
 
+def test_tapvid_fgvc_decoding_is_recorded_and_offsets_points_as_fgvc_does(roots, tmp_path, monkeypatch):
+    """Positional features with FGVC's decoding: points come back (s - 1) / 2 px down-right."""
+    monkeypatch.setattr(video_pipeline, "extract_features", positional_features)
+    results = evaluate(config("tapvid", roots["tapvid"], tmp_path, point_decoding="fgvc"))
+    assert results["config"]["tracking"]["decoding"] == "fgvc"
+    assert "FGVC" in results["factors"]["outputs_to_pixels"]
+    sample = next(iter(TapVidDataset(roots["tapvid"], query_mode="strided", resolution=SIZE)))
+    saved = np.load(tmp_path / "predictions" / f"{sample.name}.npz")
+    later = np.arange(sample.occluded.shape[1])[None, :] != np.round(sample.query_points[:, :1])
+    error = (saved["tracks"] - sample.query_points[:, None, [2, 1]])[later]
+    assert np.median(error, axis=0) == pytest.approx([3.5, 3.5], abs=1.0)
+    with pytest.raises(ValueError, match="--point-decoding"):
+        EvalConfig(task="davis", point_decoding="fgvc").validate()
+
+
 def test_cli_jhmdb(roots, tmp_path):
     cmd = [sys.executable, "evaluate.py", "--task", "jhmdb", "--data-root", str(roots["jhmdb"]), "--encoder",
            "pixel", "--input-size", "64,64", "--context", "2", "--out", str(tmp_path)]

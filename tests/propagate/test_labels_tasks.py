@@ -6,6 +6,8 @@ import torch
 from propagate.config import PropagationConfig
 from propagate.labels import (
     backmatch_distance,
+    fgvc_heatmaps_to_points,
+    fgvc_queries_to_heatmaps,
     grid_size,
     heatmaps_to_keypoints,
     heatmaps_to_points,
@@ -221,3 +223,62 @@ def test_backmatch_distance_is_zero_for_a_perfect_match():
     moved = points + torch.tensor([[16.0, 0.0]])
     assert backmatch_distance(feat, shifted, moved, points, STRIDE).item() == pytest.approx(0.0)
     assert backmatch_distance(feat, shifted, points, points, STRIDE).item() > 1.5
+
+
+def _fgvc_draw(points_corner, H, W, stride, sigma=6.0):
+    """FGVC's draw_gaussion_map_online by hand: a Gaussian on the pixel-index grid, then [::s, ::s]."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    maps = np.stack([np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2)) for x, y in points_corner])
+    return maps[:, ::stride, ::stride]
+
+
+def _fgvc_img2coord(maps, topk=5):
+    """FGVC's img2coord by hand on (P, H, W) maps: argsort, the last topk, normalised weighted mean."""
+    P, H, W = maps.shape
+    flat = maps.reshape(P, -1)
+    idx = np.argsort(flat, axis=-1)[:, -topk:]
+    vals = np.take_along_axis(flat, idx, axis=-1)
+    vals = vals / (vals.sum(-1, keepdims=True) + 1e-9)
+    return np.stack([(idx % W * vals).sum(-1), (idx // W * vals).sum(-1)], axis=-1)
+
+
+def test_fgvc_point_codec_matches_fgvc_drawing_and_top5_decoding():
+    H, W, stride = 64, 48, 4
+    corner = np.array([[10.3, 20.7], [33.9, 5.2], [0.4, 63.5]])            # (x, y), TAP-Vid corners
+    labels = fgvc_queries_to_heatmaps(torch.tensor(corner - 0.5), (H // stride, W // stride), stride)
+    assert labels.shape == (4, 16, 12)
+    np.testing.assert_allclose(labels[1:].numpy(), _fgvc_draw(corner, H, W, stride), atol=1e-6)
+    # decoding: bilinear upsampling (align_corners=False) then FGVC's top-5 mean, on arbitrary maps
+    rng = np.random.default_rng(0)
+    bumps = _fgvc_draw(np.array([[0, 0], [20.0, 30.0], [30.0, 9.0], [12.0, 50.0]]), H, W, stride, sigma=8.0)
+    soft = torch.tensor(bumps + 0.05 * rng.random((4, 16, 12)), dtype=torch.float32)  # interior peaks: no ties
+    points, peak = fgvc_heatmaps_to_points(soft, (H, W))
+    up = torch.nn.functional.interpolate(soft[None, 1:], size=(H, W), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(points.numpy() + 0.5, _fgvc_img2coord(up.double().numpy()), atol=1e-4)
+    np.testing.assert_allclose(peak.numpy(), up.flatten(1).max(1).values.numpy())
+    # round trip: FGVC samples pixel s j but upsampling puts cell j at s j + (s - 1) / 2, so a
+    # drawn query comes back (s - 1) / 2 px down and right (interior queries)
+    points, _ = fgvc_heatmaps_to_points(labels, (H, W))
+    shift = points.numpy()[:2] + 0.5 - corner[:2]
+    assert np.abs(shift - (stride - 1) / 2).max() < 0.75                    # top-5 pixels quantise
+    zero = torch.zeros(2, 4, 4)
+    assert fgvc_heatmaps_to_points(zero, (16, 16))[1].item() == 0          # a dead channel has peak 0
+
+
+def test_track_points_with_fgvc_decoding_follows_translating_features():
+    rng = np.random.default_rng(2)
+    T, h, w, C = 5, 16, 24, 32
+    field = _smooth_field(rng, C, h, w + T)
+    feats = torch.stack([field[:, :, T - t: T - t + w] for t in range(T)])  # content moves right 8 px a frame
+    queries = np.array([[0, 40.0, 60.0], [2, 70.0, 100.0]])
+    cfg = PropagationConfig(context=3, topk=5, temperature=0.05, radius=None)
+    tracks, occluded = track_points(Propagator(cfg).propagate, feats, queries, STRIDE, decoding="fgvc")
+    truth = np.array([[[60.0 + 8 * t, 40.0] for t in range(T)], [[100.0 + 8 * (t - 2), 70.0] for t in range(T)]])
+    bias = (STRIDE - 1) / 2                                                  # FGVC's sampling offset (above)
+    later = np.ones((2, T), bool)
+    later[0, 0] = later[1, 2] = False                                        # the query frames give the query
+    assert np.abs(tracks - truth - bias)[later].max() < 3.0
+    np.testing.assert_allclose(tracks[1, 2], [100.0, 70.0])
+    assert not occluded.any()
+    with pytest.raises(ValueError, match="decoding must be"):
+        track_points(Propagator(cfg).propagate, feats, queries, STRIDE, decoding="top5")
