@@ -385,10 +385,15 @@ def sequence_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def _listing_sha256(root: Path) -> str:
-    """SHA-256 of sorted ``"<relative path>\\t<bytes>\\n"`` lines of the written files."""
+    """SHA-256 of sorted ``"<relative path>\\t<bytes>\\n"`` lines of the written files.
+
+    Hidden files (a name starting with ``.``) are not the set's: readers keep caches there
+    (the video index's ``.corr-index.json``), and a set must stay reusable after being read.
+    """
     lines = []
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name != PARAMETERS_FILE:
+        hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+        if path.is_file() and path.name != PARAMETERS_FILE and not hidden:
             lines.append(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n")
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 

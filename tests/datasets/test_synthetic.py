@@ -103,6 +103,9 @@ def test_reuse_when_parameters_match(tmp_path):
     stamp = frame.stat().st_mtime_ns
     assert generate_davis(root, num_sequences=1, num_frames=4, size=SIZE, seed=0) == root
     assert frame.stat().st_mtime_ns == stamp, "an identical request rewrote the set"
+    (frame.parent.parent / ".corr-index.json").write_text("{}")      # a reader's cache beside the frames
+    generate_davis(root, num_sequences=1, num_frames=4, size=SIZE, seed=0)
+    assert frame.stat().st_mtime_ns == stamp, "a reader's cache made the set look damaged"
     generate_davis(root, num_sequences=1, num_frames=5, size=SIZE, seed=0)  # new parameters
     assert len(list(frame.parent.glob("*.jpg"))) == 5
     assert json.loads((root / "synthetic.json").read_text())["parameters"]["num_frames"] == 5
