@@ -123,15 +123,23 @@ class EvalConfig:
     cache_topk: int = dataclasses.field(
         default=0, metadata={"help": "matches per query kept in the cache (at least the setting's top-k); a sweep "
                                      "keeps its largest top-k"})
-    local_radius: Optional[int] = dataclasses.field(
-        default=None, metadata={"help": "--tracker walk: soft-argmax window radius in cells, 0 = whole frame "
-                                        "(default: corr.flow_track.FlowTrackConfig)"})
+    walk_setting: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "--tracker walk: chained (consecutive pairs) or direct (query frame to every "
+                                        "frame) (default: corr.flow_track.FlowTrackConfig)"})
+    flow_method: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "--tracker walk: weighted_sum (whole frame) or weighted_argmax (within "
+                                        "--window-threshold cells of the argmax)"})
+    window_threshold: Optional[float] = dataclasses.field(
+        default=None, metadata={"help": "--tracker walk: the weighted argmax's radius in cells"})
+    upsample_factor: Optional[int] = dataclasses.field(
+        default=None, metadata={"help": "--tracker walk: upsample frames by this before the network (the "
+                                        "published best numbers use 4)"})
     occlusion_threshold: Optional[float] = dataclasses.field(
-        default=None, metadata={"help": "--tracker walk: forward-backward distance in pixels above which a point "
+        default=None, metadata={"help": "--tracker walk: forward-backward distance in pixels from which a point "
                                         "is occluded (default: corr.flow_track.FlowTrackConfig)"})
     sweep: Optional[str] = dataclasses.field(
         default=None, metadata={"help": "evaluate every combination, e.g. 'topk=5,10,20 radius=12,24' or "
-                                        "'preset=crw,dino'; with --tracker walk 'local_radius=0,1,2' "
+                                        "'preset=crw,dino'; with --tracker walk 'upsample_factor=1,2' "
                                         "(results under <out>/sweep/<setting>/)"})
 
     def adaptation(self) -> AdaptConfig:
@@ -197,7 +205,8 @@ class EvalConfig:
             unused.insert(0, "preset")
         if unused:
             raise OptionError(f"--{', --'.join(n.replace('_', '-') for n in unused)}: label-propagation settings do "
-                             f"not apply to --tracker walk (its settings: --local-radius, --occlusion-threshold)")
+                             f"not apply to --tracker walk (its settings: --walk-setting, --flow-method, "
+                             f"--window-threshold, --upsample-factor, --occlusion-threshold)")
         if self.encoder not in (None, GLOBAL_MATCH):
             raise OptionError(f"--tracker walk tracks with a global-match network (--checkpoint of train.py --loss "
                              f"global_walk); --encoder {self.encoder} does not apply")
@@ -215,6 +224,6 @@ PROPAGATION_OVERRIDES = ("context", "topk", "temperature", "radius", "pad_with_f
 #: The options of ``--task video`` (a user's own video, :mod:`propagate.tasks.video`).
 VIDEO_OPTIONS = ("video", "mask", "mask_frame", "points", "points_frame", "max_side")
 #: The walk tracker's own options (:meth:`EvalConfig.flow_tracking`).
-WALK_SETTINGS = ("local_radius", "occlusion_threshold")
+WALK_SETTINGS = ("walk_setting", "flow_method", "window_threshold", "upsample_factor", "occlusion_threshold")
 #: ``--encoder`` name of the convolutional backbone of :class:`corr.global_match.GlobalMatchNet`.
 GLOBAL_MATCH = "global-match"

@@ -20,7 +20,8 @@ SWEEP_FIELDS: dict[str, type] = {"preset": str, "context": int, "topk": int, "te
                                  "label_norm": str}
 #: What ``--sweep`` may vary with ``--tracker walk``: the tracker's own settings (the network
 #: and the input size are one run each).
-WALK_SWEEP_FIELDS: dict[str, type] = {"local_radius": int, "occlusion_threshold": float}
+WALK_SWEEP_FIELDS: dict[str, type] = {"walk_setting": str, "flow_method": str, "window_threshold": float,
+                                      "upsample_factor": int, "occlusion_threshold": float}
 
 
 def parse_sweep(text: str, tracker: str = "propagation") -> list[dict]:

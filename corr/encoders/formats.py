@@ -50,6 +50,7 @@ import torch
 from corr.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMATS", "EncoderState", "read_torch_file", "read_encoder_state",
+           "is_gmrw", "gmrw_key", "gmrw_state",
            "resnet_name_from_keys"]
 
 CHECKPOINT_FORMAT = "corr-checkpoint-v1"
@@ -421,3 +422,89 @@ def read_encoder_state(obj: Any, path: str | Path, format: Optional[str] = None)
             f"state dict with 'conv1.weight', ...). Found {len(keys)} top-level keys: {{{shown}{more}}}"
         )
     raise CheckpointError(f"{path}: unrecognised checkpoint layout; found a {type(obj).__name__}, expected a dict")
+
+
+# ------------------------------------------------------------------- GMRW's global-match network
+
+#: GMRW's (GMFlow's) state-dict names -> :class:`corr.global_match.GlobalMatchNet`'s, after
+#: ``module.`` is stripped; ``{i}`` a backbone stage (1-based there, 0-based here).
+_GMRW_KEYS = [
+    (re.compile(r"^backbone\.conv1\.weight$"), "features.stem.weight"),
+    (re.compile(r"^backbone\.layer([123])\.([01])\.(conv[12])\.weight$"), "features.stages.{stage}.{1}.{2}.weight"),
+    (re.compile(r"^backbone\.layer([123])\.([01])\.downsample\.0\.(weight|bias)$"),
+     "features.stages.{stage}.{1}.shortcut.0.{2}"),
+    (re.compile(r"^backbone\.conv2\.(weight|bias)$"), "features.project.{0}"),
+    (re.compile(r"^backbone\.trident_conv\.weight$"), "features.refine.weight"),
+    (re.compile(r"^transformer\.layers\.(\d+)\.(self_attn|cross_attn_ffn)\.(q_proj|k_proj|v_proj|merge)\.weight$"),
+     "transformer.layers.{0}.{attention}.{projection}.weight"),
+    (re.compile(r"^transformer\.layers\.(\d+)\.(self_attn|cross_attn_ffn)\.(norm1|norm2)\.(weight|bias)$"),
+     "transformer.layers.{0}.{attention}.{norm}.{3}"),
+    (re.compile(r"^transformer\.layers\.(\d+)\.cross_attn_ffn\.mlp\.([02])\.weight$"),
+     "transformer.layers.{0}.cross_attention.mlp.{1}.weight"),
+]
+_GMRW_NAMES = {"self_attn": "self_attention", "cross_attn_ffn": "cross_attention", "q_proj": "query",
+               "k_proj": "key", "v_proj": "value", "merge": "merge", "norm1": "norm", "norm2": "mlp_norm"}
+
+
+def _gmrw_weights(obj: Any) -> Optional[Mapping]:
+    """The state dict of a GMRW file: ``{"model": state dict, ...}`` (their ``save_model_checkpoint``)
+    or the state dict itself."""
+    weights = obj.get("model", obj) if isinstance(obj, Mapping) else None
+    return weights if _is_tensor_dict(weights) else None
+
+
+def is_gmrw(obj: Any) -> bool:
+    """A GMRW release: a state dict (or ``{"model": ...}``) with GMFlow's ``backbone.trident_conv``."""
+    weights = _gmrw_weights(obj)
+    return weights is not None and any(_strip_prefixes(k) == "backbone.trident_conv.weight" for k in weights)
+
+
+def gmrw_key(key: str) -> Optional[str]:
+    """Our name for one of GMRW's state-dict keys (``module.`` stripped), None if it has none."""
+    key = _strip_prefixes(key)
+    for pattern, target in _GMRW_KEYS:
+        match = pattern.match(key)
+        if match:
+            groups = match.groups()
+            names = {"stage": int(groups[0]) - 1 if key.startswith("backbone.layer") else None}
+            if len(groups) > 1 and groups[1] in _GMRW_NAMES:
+                names["attention"] = _GMRW_NAMES[groups[1]]
+            if len(groups) > 2 and groups[2] in _GMRW_NAMES:
+                names["projection" if groups[2] not in ("norm1", "norm2") else "norm"] = _GMRW_NAMES[groups[2]]
+            return target.format(*groups, **names)
+    return None
+
+
+def gmrw_state(obj: Any, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """GMRW's released network (ayshrv/gmrw ``models/gmrw.py``: GMFlow's ``CNNEncoder`` with two
+    output scales, of which GMRW uses the stride-4 one, and ``FeatureTransformer``) -> our state
+    dict of :class:`corr.global_match.GlobalMatchNet` and its sizes (``GlobalMatchConfig`` fields,
+    read from the shapes; ``splits`` is their fixed 2). Keys without a counterpart, and our keys
+    the file lacks, are a :class:`corr.errors.CheckpointError` naming them."""
+    weights = _gmrw_weights(obj)
+    if weights is None:
+        raise CheckpointError(f"{path}: not a GMRW checkpoint (expected {{'model': state dict}} with "
+                              "'backbone.trident_conv.weight')")
+    converted, unmatched = {}, []
+    for key, value in weights.items():
+        ours = gmrw_key(key)
+        if ours is None:
+            unmatched.append(key)
+        else:
+            converted[ours] = value
+    if unmatched:
+        raise CheckpointError(f"{path}: GMRW checkpoint keys with no counterpart in the global-match network: "
+                              f"{', '.join(sorted(unmatched))}")
+    try:
+        dim = converted["features.project.weight"].shape[0]
+        widths = tuple(converted[f"features.stages.{i}.0.conv1.weight"].shape[0] for i in range(3))
+        layers = sorted({int(k.split(".")[2]) for k in converted if k.startswith("transformer.layers.")})
+        expansion = converted["transformer.layers.0.cross_attention.mlp.0.weight"].shape[0] // (2 * dim) \
+            if layers else 4
+    except KeyError as missing:
+        raise CheckpointError(f"{path}: GMRW checkpoint without {missing.args[0]} (as our key)") from None
+    if layers != list(range(len(layers))):
+        raise CheckpointError(f"{path}: GMRW checkpoint with transformer layers {layers} (expected 0..n-1)")
+    sizes = {"feature_dim": int(dim), "num_layers": len(layers), "splits": 2, "mlp_expansion": int(expansion),
+             "cnn_widths": widths}
+    return converted, sizes

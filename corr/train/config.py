@@ -84,7 +84,9 @@ class TrainConfig:
     crop_size: Optional[int] = field(default=None, metadata={"help": "per-frame RandomResizedCrop size"})
     loss: Optional[str] = field(default=None, metadata={
         "help": f"loss name or name=weight,... over one encoder (known: {', '.join(OBJECTIVES)})"})
-    lr: Optional[float] = field(default=None, metadata={"help": "Adam learning rate"})
+    optimizer: Optional[str] = field(default=None, metadata={"help": "adam or adamw (decoupled weight decay)"})
+    weight_decay: Optional[float] = field(default=None, metadata={"help": "AdamW weight decay (adam: none)"})
+    lr: Optional[float] = field(default=None, metadata={"help": "learning rate"})
     lr_schedule: Optional[str] = field(default=None, metadata={
         "help": "step (the --lr-milestones; none: constant), or cosine: per step from lr down to lr/1000 at "
                 "the last step"})
@@ -112,6 +114,17 @@ class TrainConfig:
     teacher: Optional[str] = field(default=None, metadata={
         "help": "pixel loss: checkpoint of the frozen teacher of the supervised term (none: the trained "
                 "encoder itself, detached)"})
+    match_net: Optional[str] = field(default=None, metadata={
+        "help": "global_walk: size of its network, gmflow (the authors') or small (corr.global_match.MATCH_NETS)"})
+    walk_crop_size: Optional[int] = field(default=None, metadata={
+        "help": "global_walk: side of its two random resized crops of each clip (0: the clip's short side)"})
+    smoothness_weight: Optional[float] = field(default=None, metadata={
+        "help": "global_walk: weight of the edge-aware flow smoothness (0: off)"})
+    smoothness_ramp: Optional[tuple[int, ...]] = field(default=None, metadata={
+        "help": "global_walk: START,END steps over which the smoothness weight ramps from 0 (empty: constant)"})
+    flow_window: Optional[float] = field(default=None, metadata={
+        "help": "global_walk: keep transitions within this many cells of each row's argmax (weighted argmax; "
+                "0: off)"})
     encoder: Optional[str] = field(default=None, metadata={"help": "encoder name, corr.encoders.ENCODERS"})
     head_dim: Optional[int] = field(default=None, metadata={"help": "node embedding size"})
     head_depth: Optional[int] = field(default=None, metadata={
@@ -149,7 +162,8 @@ CRW = TrainConfig(
     temperature=0.05, edge_dropout=0.1, shared_edge_mask=True, featdrop=0.0, include_one_step=False,
     pixel_radius=24, pixel_rec_weight=1.0, pixel_sup_weight=1.0, pixel_domain_weight=1.0, teacher=None,
     steps=None, batch_size=20, lr=1e-4, lr_schedule="step", lr_milestones=(20, 30, 40), lr_gamma=0.3,
-    betas=(0.9, 0.999), grad_clip=0.0,
+    betas=(0.9, 0.999), grad_clip=0.0, optimizer="adam", weight_decay=0.0,
+    match_net="gmflow", walk_crop_size=0, smoothness_weight=0.0, smoothness_ramp=(), flow_window=0.0,
     num_workers=4, checkpoint_every=500, log_every=20, image_every=500)
 
 #: The demo's changes to a preset: finishes in minutes on a 2-core CPU (a 9x9-cell pixel window).
@@ -157,18 +171,25 @@ DEMO = {"steps": 150, "batch_size": 2, "mode": "dense", "crop_size": 64, "checkp
         "log_every": 10, "image_every": 50, "num_workers": 1, "pixel_radius": 4}
 #: Learning-rate schedules (``lr_schedule``).
 LR_SCHEDULES = ("step", "cosine")
+#: Optimisers (``optimizer``).
+OPTIMIZERS = ("adam", "adamw")
 
 
 def presets() -> dict[str, TrainConfig]:
-    """Every named preset: ``name`` and ``name-demo`` per objective (``crw`` and ``crw-demo`` first)."""
+    """Every named preset: ``name`` and ``name-demo`` per objective (``crw`` and ``crw-demo`` first),
+    and an objective's ``name-VARIANT`` (its ``variants``; the demo builds on its ``demo_base``)."""
     table = {}
     for objective in OBJECTIVES.values():
         nodes = {"mode": "dense"} if objective.needs_frames else {}
         name = objective.preset
         table[name] = dataclasses.replace(CRW, **{"preset": name, "loss": objective.name, **nodes,
                                                  **objective.settings})
-        table[f"{name}-demo"] = dataclasses.replace(table[name], **{"preset": f"{name}-demo", **DEMO,
-                                                                     **objective.demo_settings})
+        for variant, settings in objective.variants.items():
+            table[f"{name}-{variant}"] = dataclasses.replace(table[name], **{"preset": f"{name}-{variant}",
+                                                                          **settings})
+        base = table[f"{name}-{objective.demo_base}"] if objective.demo_base else table[name]
+        table[f"{name}-demo"] = dataclasses.replace(base, **{"preset": f"{name}-demo", **DEMO,
+                                                              **objective.demo_settings})
     return table
 
 
@@ -252,6 +273,11 @@ def check_config(cfg: TrainConfig, losses: dict[str, float]) -> None:
         raise OptionError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     if cfg.lr_schedule == "cosine" and cfg.lr_milestones:
         raise OptionError(f"--lr-milestones belong to --lr-schedule step, not cosine; got {cfg.lr_milestones}")
+    if cfg.optimizer not in OPTIMIZERS or cfg.weight_decay < 0:
+        raise OptionError(f"--optimizer must be one of {OPTIMIZERS} and --weight-decay >= 0, got {cfg.optimizer!r} "
+                          f"and {cfg.weight_decay}")
+    if cfg.weight_decay and cfg.optimizer != "adamw":
+        raise OptionError(f"--weight-decay {cfg.weight_decay} is AdamW's; give --optimizer adamw")
     if not cfg.lr > 0 or cfg.grad_clip < 0:
         raise OptionError(f"--lr must be > 0 and --grad-clip >= 0, got {cfg.lr} and {cfg.grad_clip}")
     if any(m < 0 for m in cfg.lr_milestones) or not cfg.lr_gamma > 0:

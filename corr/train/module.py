@@ -141,7 +141,8 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
 
 @dataclass
 class Optimisation:
-    """Adam over ``parameters``, the learning-rate schedule of ``lr_schedule`` and the AMP gradient scaler.
+    """Adam (or AdamW, ``optimizer``) over ``parameters``, the learning-rate schedule of ``lr_schedule``
+    and the AMP gradient scaler.
 
     ``step``: step ``s`` (1-based) trains at ``lr * gamma ** #{m : m * per_epoch <= s - 1}`` for
     the milestones ``m`` (epochs): epoch ``e`` (0-based) starts at iteration ``e * per_epoch``.
@@ -157,7 +158,10 @@ class Optimisation:
     def build(cls, module: nn.Module, cfg: TrainConfig, runtime: Runtime, per_epoch: int) -> "Optimisation":
         """``per_epoch``: batches per epoch of this process (the milestones' unit)."""
         parameters = list(module.parameters())
-        optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas)
+        if cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas)
         if cfg.lr_schedule == "cosine":
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor("cosine", step, cfg.steps))
         else:

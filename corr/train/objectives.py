@@ -7,7 +7,9 @@ its runs use ``--mode dense``. A loss with a ``figure`` also accepts ``visuals=T
 returns a third item, the figure data of the batch (node losses: the loop keeps the nodes).
 
 ``settings`` are the objective's published options over the CRW reference (its preset
-``name``, with ``--data``), ``demo_settings`` its changes to the demo (preset ``name-demo``);
+``name``, with ``--data``), ``variants`` further presets ``name-VARIANT`` as changes to that one,
+``demo_settings`` its changes to the demo (preset ``name-demo``, built on ``name`` or on the
+variant ``demo_base``);
 ``resume_keys`` are options that fix the shapes of the loss's own weights, so a resumed run
 must keep them. A loss that ``takes_flow_pairs`` also receives the batch's ``--flow-data``
 pairs (``flow_pairs=``, :class:`datasets.flow_files.FlowPairCrops`, batched). Adding an
@@ -28,7 +30,7 @@ import torch.nn as nn
 
 from corr.encoders import ENCODERS, LAB_ENCODERS, build_encoder, load_checkpoint, reads_lab
 from corr.errors import OptionError
-from corr.global_match import seeded_global_match
+from corr.global_match import MATCH_NETS, match_config, seeded_global_match
 from corr.losses.cycle import CycleConsistencyLoss
 from corr.losses.global_walk import GlobalWalkFrameLoss
 from corr.losses.pixel import FinePixelLoss
@@ -58,6 +60,8 @@ class Objective:
     check: Optional[Callable[[Config], None]] = None   # raises ValueError for an unusable config
     trained_network: Optional[str] = None              # for the log, when the loss alone trains its own network
     takes_flow_pairs: bool = False                     # forward(..., flow_pairs=) reads --flow-data pairs
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # presets name-VARIANT over name's
+    demo_base: Optional[str] = None                    # the variant the demo builds on (None: the preset)
 
     @property
     def preset(self) -> str:
@@ -121,7 +125,26 @@ def build_global_walk_loss(cfg: Config) -> nn.Module:
     ``evaluate.py --encoder global-match --seed <seed>`` (label propagation with the untrained
     backbone) whatever else the run builds first.
     """
-    return GlobalWalkFrameLoss(seeded_global_match(cfg.seed))
+    return GlobalWalkFrameLoss(seeded_global_match(cfg.seed, match_config(cfg.match_net)),
+                               smoothness_weight=cfg.smoothness_weight, smoothness_ramp=tuple(cfg.smoothness_ramp),
+                               flow_window=cfg.flow_window, size=cfg.walk_crop_size)
+
+
+def check_global_walk(cfg: Config) -> None:
+    """Known network size, two frames, crops whose cell grid splits into the attention windows."""
+    if cfg.match_net not in MATCH_NETS:
+        raise OptionError(f"--match-net must be one of {', '.join(MATCH_NETS)}, got {cfg.match_net!r}")
+    multiple = 4 * MATCH_NETS[cfg.match_net].splits
+    size = cfg.walk_crop_size or cfg.crop_size
+    if size % multiple:
+        raise OptionError(f"--loss global_walk crops of {size} px: the side must be a multiple of {multiple} "
+                          f"(stride 4, {MATCH_NETS[cfg.match_net].splits}x{MATCH_NETS[cfg.match_net].splits} "
+                          "attention windows); set --walk-crop-size")
+    if cfg.walk_crop_size < 0 or cfg.smoothness_weight < 0 or cfg.flow_window < 0:
+        raise OptionError("--walk-crop-size, --smoothness-weight and --flow-window must be >= 0")
+    ramp = tuple(cfg.smoothness_ramp)
+    if ramp and (len(ramp) != 2 or not 0 <= ramp[0] < ramp[1]):
+        raise OptionError(f"--smoothness-ramp must be START,END with 0 <= START < END, got {ramp}")
 
 
 def check_walk_clip(cfg: Config) -> None:
@@ -175,10 +198,26 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in [
         demo_settings={"batch_size": 2},
         figure=lambda clip, data, cfg, stride: ("pixel/warped_pair", pixel_image(clip, data)),
         resume_keys=("pixel_radius", "pixel_domain_weight"), check=check_pixel_encoder, takes_flow_pairs=True),
+    # GMRW (the authors' train_kinetics.sh and finetune script): GMFlow network, AdamW lr 4e-5 (their
+    # script multiplies it by the number of GPUs) with weight decay 1e-4, gradient norm clipped at
+    # 20, pairs of frames 20 apart, 640 px frames cut into 512 px crops, one pair per process.
+    # Fine-tuning: lr 4e-6, the smoothness weight ramped from 0 at step 141k to 1 at 151k, and
+    # the weighted argmax within 20 cells (resume a global-walk run with this preset). ``small``
+    # is the CPU run: the small network, 128 px frames and 64 px crops of pairs 5 frames apart,
+    # 4 pairs per step at their 4-GPU rate (4 x 4e-5).
     Objective(
         "global_walk", "two-frame global-matching walk with label warping; trains its own network "
         "(docs/objectives.md, GMRW)",
-        build_global_walk_loss, needs_frames=True, settings={"lr_milestones": ()},
+        build_global_walk_loss, needs_frames=True,
+        settings={"lr_milestones": (), "optimizer": "adamw", "weight_decay": 1e-4, "lr": 4e-5, "grad_clip": 20.0,
+                  "batch_size": 1, "clip_len": 2, "frame_skip": 20, "same_crop": True,
+                  "crop_size": 640, "walk_crop_size": 512, "match_net": "gmflow"},
+        variants={"finetune": {"lr": 4e-6, "smoothness_weight": 1.0, "smoothness_ramp": (141000, 151000),
+                               "flow_window": 20.0},
+                  "small": {"match_net": "small", "crop_size": 128, "walk_crop_size": 64, "frame_skip": 5,
+                            "batch_size": 4, "lr": 1.6e-4}},
+        demo_base="small", demo_settings={"walk_crop_size": 0},
+        resume_keys=("match_net",), check=check_global_walk,
         trained_network="the global-match network (corr.global_match; --encoder unused)"),
 ]}
 

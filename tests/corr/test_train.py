@@ -438,6 +438,13 @@ def test_presets_are_complete_and_only_given_options_override_them():
     for name, preset in table.items():
         assert preset.preset == name and all(getattr(preset, k) is not None for k in SETUP_OPTIONS
                                              if k not in ("steps", "frame_skip", "clip_offsets", "teacher")), name
+    gmrw, small, demo = table["global-walk"], table["global-walk-small"], table["global-walk-demo"]
+    assert (gmrw.match_net, gmrw.optimizer, gmrw.lr, gmrw.weight_decay, gmrw.grad_clip, gmrw.frame_skip,
+            gmrw.crop_size, gmrw.walk_crop_size, gmrw.batch_size) == ("gmflow", "adamw", 4e-5, 1e-4, 20.0, 20, 640,
+                                                                      512, 1)
+    assert (table["global-walk-finetune"].lr, table["global-walk-finetune"].smoothness_ramp,
+            table["global-walk-finetune"].flow_window) == (4e-6, (141000, 151000), 20.0)
+    assert small.match_net == demo.match_net == "small" and demo.frame_skip == small.frame_skip
     with_data = resolve_config(TrainConfig(data="/videos"))
     assert resolve_config(TrainConfig(preset="crw", data="/videos")) == with_data and with_data.preset == "crw"
     assert resolve_config(TrainConfig()) == resolve_config(TrainConfig(preset="crw-demo"))

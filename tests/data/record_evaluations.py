@@ -10,7 +10,7 @@ results, and say why in the commit:
 Cases run on the generated sets that ``evaluate.py`` uses without data (same generator
 arguments), on ``../shared/data/davis-mini`` when it is present, and with
 ``global-walk-2steps.pt``, a checkpoint written by ``python train.py --loss global_walk
---encoder pixel --steps 2`` before the codebase was reorganised.
+--encoder pixel --steps 2`` (the ``global-walk-demo`` preset: the small global-match network).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from propagate.metrics import TAPVID_KEYS, tapvid_metrics, tapvid_summary
 from propagate.sweep import parse_sweep
 from propagate.tasks import configure
 
-TINY = GlobalMatchConfig(feature_dim=16, num_layers=1, num_heads=2, window=4)
+TINY = GlobalMatchConfig(feature_dim=16, num_layers=1, cnn_widths=(8, 12, 16))
 SIZE = (32, 32)  # 8 x 8 cells at stride 4
 
 
@@ -44,21 +44,24 @@ def walk_config(tapvid, out, **kw):
 
 def counting(monkeypatch):
     calls = []
-    original = flow_track.video_flows
-    monkeypatch.setattr(flow_track, "video_flows", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = flow_track.track_video
+    monkeypatch.setattr(flow_track, "track_video", lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 
 def test_walk_results_record_settings_checkpoint_and_rescore(tapvid, tmp_path):
-    results = evaluate(walk_config(tapvid, tmp_path, local_radius=1, occlusion_threshold=3.0, vis=True))
+    results = evaluate(walk_config(tapvid, tmp_path, flow_method="weighted_argmax", occlusion_threshold=4.0,
+                                   vis=True))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["metrics"] == results["metrics"] and results["tracker"] == "walk"
-    assert results["config"]["tracking"] == {"tracker": "walk", "occlusion_threshold": 3.0, "local_radius": 1,
+    assert results["config"]["tracking"] == {"tracker": "walk", "walk_setting": "chained",
+                                             "flow_method": "weighted_argmax", "window_threshold": 20.0,
+                                             "upsample_factor": 1, "occlusion_threshold": 4.0,
                                              "query_mode": "strided", "input_size": [32, 32], "category": "32x32"}
     assert results["config"]["propagation"] is None
     assert results["checkpoint"]["sha256"] == file_sha256(tapvid["checkpoint"])
     assert results["checkpoint"]["config"] == dataclasses.asdict(TINY)
-    assert results["code_version"] and results["factors"]["local_radius"] == 1
+    assert results["code_version"] and results["factors"]["flow_method"] == "weighted_argmax"
     assert results["timings"]["frames"] == 10 and results["timings"]["features_s"] > 0
     # one .npz per video; rescoring them gives the metrics; --vis draws the tracks
     per_video = []
@@ -90,7 +93,7 @@ def test_walk_resumes_and_overwrites_per_video(tapvid, tmp_path, monkeypatch):
     assert len(calls) == 3
     evaluate(walk_config(tapvid, tmp_path, overwrite=True))
     assert len(calls) == 5
-    evaluate(walk_config(tapvid, tmp_path, local_radius=0, overwrite=True))  # other settings: replaced
+    evaluate(walk_config(tapvid, tmp_path, walk_setting="direct", overwrite=True))  # other settings: replaced
     assert len(calls) == 7
 
 
@@ -104,14 +107,14 @@ def test_walk_random_init_is_seeded(tapvid, tmp_path):
 
 
 def test_walk_sweeps_its_own_settings(tapvid, tmp_path):
-    summary = evaluate(walk_config(tapvid, tmp_path, sweep="local_radius=0,2 occlusion_threshold=2,8"))
+    summary = evaluate(walk_config(tapvid, tmp_path, sweep="upsample_factor=1,2 occlusion_threshold=2,8"))
     assert summary["tracker"] == "walk" and summary["feature_cache"] is None
-    names = ["local_radius-0_occlusion_threshold-2", "local_radius-0_occlusion_threshold-8",
-             "local_radius-2_occlusion_threshold-2", "local_radius-2_occlusion_threshold-8"]
+    names = ["upsample_factor-1_occlusion_threshold-2", "upsample_factor-1_occlusion_threshold-8",
+             "upsample_factor-2_occlusion_threshold-2", "upsample_factor-2_occlusion_threshold-8"]
     assert [row["name"] for row in summary["settings"]] == names
     for row in summary["settings"]:
         results = json.loads((tmp_path / "sweep" / row["name"] / "results.json").read_text())
-        assert results["config"]["tracking"]["local_radius"] == row["overrides"]["local_radius"]
+        assert results["config"]["tracking"]["upsample_factor"] == row["overrides"]["upsample_factor"]
         assert results["config"]["tracking"]["occlusion_threshold"] == row["overrides"]["occlusion_threshold"]
         assert row["tracking"] == results["config"]["tracking"] and row["propagation"] is None
     occlusion = {row["name"]: row["metrics"]["occlusion_accuracy"] for row in summary["settings"]}
@@ -123,18 +126,18 @@ def test_walk_rejects_propagation_options_and_sweeps():
     with pytest.raises(ValueError, match="propagation settings"):
         parse_sweep("topk=5,10", tracker="walk")
     with pytest.raises(ValueError, match="setting of --tracker walk"):
-        parse_sweep("local_radius=1,2")
-    assert parse_sweep("local-radius=1,2 occlusion_threshold=4", tracker="walk") == \
-        [{"local_radius": 1, "occlusion_threshold": 4.0}, {"local_radius": 2, "occlusion_threshold": 4.0}]
+        parse_sweep("upsample_factor=1,2")
+    assert parse_sweep("upsample-factor=1,2 occlusion_threshold=4", tracker="walk") == \
+        [{"upsample_factor": 1, "occlusion_threshold": 4.0}, {"upsample_factor": 2, "occlusion_threshold": 4.0}]
     base = dict(task="tapvid", tracker="walk")
     for kwargs, message in [({"topk": 5}, "label-propagation settings"), ({"preset": "dino"}, "preset"),
                             ({"tta_steps": 2}, "tta-steps"), ({"cache": "c"}, "cache"),
-                            ({"encoder": "pixel"}, "encoder pixel"), ({"local_radius": -1}, "local_radius"),
+                            ({"encoder": "pixel"}, "encoder pixel"), ({"upsample_factor": 0}, "upsample_factor"),
                             ({"task": "davis"}, "tapvid only")]:
         with pytest.raises(ValueError, match=message):
             configure(EvalConfig(**{**base, **kwargs}))
     with pytest.raises(ValueError, match="--tracker walk"):
-        configure(EvalConfig(task="tapvid", local_radius=1))
+        configure(EvalConfig(task="tapvid", upsample_factor=2))
 
 
 def test_propagation_with_the_global_match_backbone(tapvid, tmp_path):
