@@ -128,7 +128,7 @@ def step_options(bench: BenchConfig, cfg: TrainConfig, runtime, clip: torch.Tens
             optimizer.step()
             sync_device(runtime.device)
             marks.append(time.perf_counter())
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if i == 0:
                 first = marks[-1] - marks[0]
             if i >= bench.warmup:
