@@ -15,9 +15,18 @@ Adam) at a small batch:
 3. with data loading: the same step fed by the DataLoader (``--num-workers`` processes);
    clips/s and the share of the time spent waiting for the next batch.
 
+4. step options: the model step on the same synthetic batch with each ``--options`` entry
+   (``none``; ``channels-last``, ``compile`` and ``channels-last+compile``: TrainConfig's
+   ``channels_last`` and ``compile``), each from the same initial weights and the same
+   edge-dropout draws: s/step, speed-up over ``none``, the share of the step in the encoder's
+   forward (with the walk head), the walk's forward (affinities and loss), the backward pass
+   and the optimiser, the
+   first step's time (it includes compiling) and the largest loss difference from ``none``
+   over every step (fp32: expected within 1e-5).
+
 Data: ``--data`` if given, else ``../shared/data/clips`` next to the repository (three real
 mp4s) if present, else the demo's generated synthetic clips. Prints a table; ``--json``
-also writes the numbers.
+also writes the numbers. ``--step-only`` measures the step options only.
 """
 from __future__ import annotations
 
@@ -42,7 +51,7 @@ from corr.runtime import start_runtime, sync_device  # noqa: E402
 from corr.train import TrainConfig  # noqa: E402
 from corr.train.config import resolve_config  # noqa: E402
 from corr.train.data import batch_stream, build_dataset, prepare_demo_data  # noqa: E402
-from corr.train.module import build_losses  # noqa: E402
+from corr.train.module import build_losses, build_train_module  # noqa: E402
 from corr.train.objectives import encoder_kwargs  # noqa: E402
 
 SHARED_CLIPS = REPO.parent / "shared" / "data" / "clips"
@@ -64,6 +73,10 @@ class BenchConfig:
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers"})
     decode_clips: int = field(default=10, metadata={"help": "clips timed for decode throughput"})
     json: Optional[str] = field(default=None, metadata={"help": "also write the numbers here"})
+    options: tuple[str, ...] = field(default=("none", "channels-last", "compile", "channels-last+compile"),
+                                     metadata={"help": "step options compared (none, channels-last, compile, "
+                                                       "channels-last+compile)"})
+    step_only: bool = field(default=False, metadata={"help": "measure the step options only"})
 
 
 def _time_steps(step, batches, device: torch.device, warmup: int, steps: int) -> dict:
@@ -83,6 +96,54 @@ def _time_steps(step, batches, device: torch.device, warmup: int, steps: int) ->
     return {"clips_per_s": clips / total, "s_per_step": total / steps, "data_wait_share": wait / total}
 
 
+STEP_OPTIONS = {"none": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
+                "channels-last+compile": {"channels_last": True, "compile": True}}
+
+
+def step_options(bench: BenchConfig, cfg: TrainConfig, runtime, clip: torch.Tensor) -> dict:
+    """The model step on ``clip`` with each of ``bench.options``: times per phase and losses."""
+    results = {}
+    for name in bench.options:
+        if name not in STEP_OPTIONS:
+            raise SystemExit(f"--options: unknown {name!r}; known: {', '.join(STEP_OPTIONS)}")
+        torch.manual_seed(0)
+        module = build_train_module(dataclasses.replace(cfg, **STEP_OPTIONS[name]), runtime)
+        module.train()
+        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=cfg.betas)
+        phases = dict.fromkeys(("encoder", "walk", "backward", "optimiser"), 0.0)
+        losses, first = [], 0.0
+        for i in range(bench.warmup + bench.steps):
+            torch.manual_seed(1000 + i)  # the same edge dropout for every option
+            marks = [time.perf_counter()]
+            nodes = module.model(clip)
+            sync_device(runtime.device)
+            marks.append(time.perf_counter())
+            loss, _ = module.losses(nodes)
+            sync_device(runtime.device)
+            marks.append(time.perf_counter())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            sync_device(runtime.device)
+            marks.append(time.perf_counter())
+            optimizer.step()
+            sync_device(runtime.device)
+            marks.append(time.perf_counter())
+            losses.append(float(loss.detach()))
+            if i == 0:
+                first = marks[-1] - marks[0]
+            if i >= bench.warmup:
+                for phase, t0, t1 in zip(phases, marks, marks[1:]):
+                    phases[phase] += t1 - t0
+        total = sum(phases.values())
+        results[name] = {"s_per_step": total / bench.steps, "first_step_s": first, "losses": losses,
+                         "shares": {phase: t / total for phase, t in phases.items()}}
+    base = results.get("none", next(iter(results.values())))
+    for r in results.values():
+        r["speedup"] = base["s_per_step"] / r["s_per_step"]
+        r["max_loss_diff"] = max(abs(a - b) for a, b in zip(r["losses"], base["losses"]))
+    return results
+
+
 def run(bench: BenchConfig) -> dict:
     cfg = resolve_config(TrainConfig(data=bench.data or str(SHARED_CLIPS), batch_size=bench.batch_size, mode=bench.mode,
                                      crop_size=bench.crop_size, clip_len=bench.clip_len, encoder=bench.encoder,
@@ -96,6 +157,16 @@ def run(bench: BenchConfig) -> dict:
         source = prepare_demo_data(runtime)
     cfg = dataclasses.replace(cfg, data=str(source))
     dataset = build_dataset(cfg, source)
+
+    example = dataset[0]["clip"]
+    synthetic = torch.randn(cfg.batch_size, *example.shape, generator=torch.Generator().manual_seed(0))
+    options = step_options(bench, cfg, runtime, synthetic.to(runtime.device))
+    common = {"device": str(runtime.device), "amp": runtime.amp, "data": str(source), "backend": dataset.backend,
+              "num_videos": len(dataset.videos), "batch_size": cfg.batch_size, "clip_shape": list(example.shape),
+              "mode": cfg.mode, "crop_size": cfg.crop_size, "encoder": cfg.encoder, "num_workers": cfg.num_workers,
+              "threads": torch.get_num_threads(), "step_options": options}
+    if bench.step_only:
+        return common
 
     from datasets.video import measure_decode_throughput
 
@@ -121,9 +192,6 @@ def run(bench: BenchConfig) -> dict:
         scaler.step(optimizer)
         scaler.update()
 
-    example = dataset[0]["clip"]
-    synthetic = torch.randn(cfg.batch_size, *example.shape)
-
     def synthetic_batches():
         while True:
             yield synthetic
@@ -131,13 +199,8 @@ def run(bench: BenchConfig) -> dict:
     alone = _time_steps(step, synthetic_batches(), runtime.device, bench.warmup, bench.steps)
     loaded = _time_steps(step, (b["clip"] for b in batch_stream(dataset, cfg, runtime, 0)), runtime.device,
                          bench.warmup, bench.steps)
-    return {
-        "device": str(runtime.device), "amp": runtime.amp, "data": str(source), "backend": dataset.backend,
-        "num_videos": len(dataset.videos), "batch_size": cfg.batch_size, "clip_shape": list(example.shape),
-        "mode": cfg.mode, "crop_size": cfg.crop_size, "encoder": cfg.encoder, "num_workers": cfg.num_workers,
-        "threads": torch.get_num_threads(),
-        "decode": decode_only, "decode_augment": decode_augment, "model_step": alone, "with_data": loaded,
-    }
+    return {**common, "decode": decode_only, "decode_augment": decode_augment, "model_step": alone,
+            "with_data": loaded}
 
 
 def print_table(r: dict) -> None:
@@ -145,6 +208,16 @@ def print_table(r: dict) -> None:
           f"{r['batch_size']}, {r['device']}{' AMP' if r['amp'] else ''}, {r['threads']} threads, "
           f"{r['num_workers']} loader workers")
     print(f"data: {r['data']} ({r['num_videos']} videos, {r['backend']} backend)")
+    print(f"\n{'step option':<24}{'s/step':>8}{'speed-up':>10}{'encoder':>9}{'walk':>7}{'backward':>10}"
+          f"{'optimiser':>11}{'1st step s':>12}{'max |loss - none|':>19}")
+    for name, o in r["step_options"].items():
+        sh = o["shares"]
+        print(f"{name:<24}{o['s_per_step']:>8.3f}{o['speedup']:>9.2f}x{100 * sh['encoder']:>8.0f}%"
+              f"{100 * sh['walk']:>6.0f}%{100 * sh['backward']:>9.0f}%{100 * sh['optimiser']:>10.0f}%"
+              f"{o['first_step_s']:>12.1f}{o['max_loss_diff']:>19.1e}")
+    if "decode" not in r:
+        return
+    print()
     rows = [
         ("decode only (1 process)", r["decode"]["clips_per_s"], f"{r['decode']['frames_per_s']:.1f} frames/s"),
         ("decode + augment (1 process)", r["decode_augment"]["clips_per_s"],

@@ -8,9 +8,12 @@
 * label_t(q) = sum_j softmax_j(affinity_j / tau) * label(key_j), kept soft and written back.
 
 Short-memory frames are compared on the local window of each ``block x block`` tile of
-queries only, frame 0 densely (masked by the neighbourhood with ``restrict_first``); the
-top-k of each group, then over their union (exact).
-Memory is bounded by ``memory_budget`` whatever the video's length. Two halves: a
+queries only, frame 0 densely (masked by the neighbourhood with ``restrict_first``), one
+tile row at a time. Selection is by group maxima (exact, see :class:`Matcher`): frame 0's
+top-k, the short memory's top-k, then the top-k of both.
+Memory does not depend on the video's length: the short memory is n padded frames (as
+overlapping column strips when they fit in ``memory_budget``) plus one tile row of
+affinities. Two halves: a
 :class:`Matcher` (features -> top-k :class:`Matches`; depends on context, radius, padding
 and feature normalisation only) and a :class:`LabelMemory` (softmax over the first ``topk``
 matches, weighted sum of labels, ``label_norm``, written back).
@@ -58,10 +61,9 @@ class Propagator:
     Tensors live on the device of the features given to :meth:`start`.
     """
 
-    def __init__(self, cfg: PropagationConfig, block: int = 8, memory_budget: int = 256 << 20,
-                 down_strips: Optional[bool] = None):
+    def __init__(self, cfg: PropagationConfig, block: int = 8, memory_budget: int = 256 << 20):
         self.cfg = cfg
-        self.matcher = Matcher(cfg, block=block, memory_budget=memory_budget, down_strips=down_strips)
+        self.matcher = Matcher(cfg, block=block, memory_budget=memory_budget)
         self.labels = LabelMemory(cfg)
 
     @torch.no_grad()
@@ -150,17 +152,24 @@ class Matcher:
     ``topk`` (default ``cfg.topk``) matches are kept per query, so that one pass serves
     every smaller k. Only ``context``, ``radius``, ``neighbourhood``, ``restrict_first``,
     ``pad_with_first`` and ``normalize_features`` of ``cfg`` matter here.
+
+    Selection by group maxima (exact): the candidate keys of a query are cut into groups
+    (a grid column of frame 0; one window cell across every short-memory frame), the k
+    groups with the largest maxima are chosen, and the top-k is taken over their members
+    only. Every key outside the chosen groups is at most the k-th largest chosen maximum,
+    itself a chosen key, so the top-k values are those of a top-k over all keys (ties
+    between equal values may be broken differently). The maxima are reductions over an
+    outer axis, which vectorise; the top-k calls see k groups' members, not every key.
     """
 
     def __init__(self, cfg: PropagationConfig, topk: Optional[int] = None, block: int = 8,
-                 memory_budget: int = 256 << 20, down_strips: Optional[bool] = None):
+                 memory_budget: int = 256 << 20):
         self.cfg = cfg
         self.topk = cfg.topk if topk is None else int(topk)
         if self.topk < 1:
             raise ValueError(f"topk must be >= 1, got {self.topk}")
         self.block = block
         self.memory_budget = memory_budget
-        self.down_strips = down_strips  # None: True on CPU, False elsewhere (see _short_local)
         self.frame = -1  # the last frame seen
         self._state: Optional[_State] = None
 
@@ -172,8 +181,7 @@ class Matcher:
         cfg = self.cfg
         C, h, w = feat0.shape
         feat0 = self._normalize(feat0.float())
-        self._state = _State(cfg, self.block, C, h, w, feat0.device)
-        self._down_strips = self.down_strips if self.down_strips is not None else feat0.device.type == "cpu"
+        self._state = _State(cfg, self.block, C, h, w, feat0.device, self.memory_budget)
         self._state.set_long_memory(feat0)
         if cfg.pad_with_first:
             for _ in range(cfg.context):
@@ -200,107 +208,74 @@ class Matcher:
         return F.normalize(feat, dim=0) if self.cfg.normalize_features else feat
 
     def _match(self, s: "_State", query: torch.Tensor) -> Matches:
-        b = s.block
+        """One tile row at a time: frame 0's top-k and the short memory's, then the top-k of both."""
+        b, k = s.block, self.topk
         # Query tiles: (blocks, b*b, C), positions outside the grid are zero and cropped later.
         q = F.pad(query, (0, s.nbx * b - s.w, 0, s.nby * b - s.h))
         q = rearrange(q, "c (by y) (bx x) -> (by bx) (y x) c", y=b, x=b)
-        n_short = max(s.filled, 1)
-        if s.local:  # per-frame top-k of one tile + affinities with frame 0
-            per_tile = 12 * n_short * b * b * self.topk + 4 * b * b * s.h * s.w
-        else:
-            per_tile = 4 * b * b * (1 + n_short) * s.h * s.w
-        if s.restrict_first:  # frame 0's neighbourhood mask: two int32 offsets and a bool per affinity
-            per_tile += 9 * b * b * s.h * s.w
-        rows = max(1, self.memory_budget // max(per_tile * s.nbx, 1))  # tile rows per chunk
-        k = self.topk
         values = torch.empty(s.nby * s.nbx, b * b, k, device=s.device)
         source = torch.empty(s.nby * s.nbx, b * b, k, dtype=torch.long, device=s.device)
-        for r0 in range(0, s.nby, rows):
-            t0, t1 = r0 * s.nbx, min(r0 + rows, s.nby) * s.nbx
-            values[t0:t1], source[t0:t1] = self._match_tiles(s, q[t0:t1], t0, t1, k)
+        for r in range(s.nby):
+            t0, t1 = r * s.nbx, (r + 1) * s.nbx
+            parts = [self._long(s, q[t0:t1], t0, t1)]
+            if s.filled > 0:
+                parts.append((self._short_local if s.local else self._short_dense)(s, q[t0:t1], r))
+            v, i = _union_topk(parts, k)
+            values[t0:t1], source[t0:t1] = v.view(s.nbx, b * b, k), i.view(s.nbx, b * b, k)
 
         def grid(x: torch.Tensor) -> torch.Tensor:
             x = rearrange(x, "(by bx) (y x) k -> (by y) (bx x) k", by=s.nby, y=b)
             return x[: s.h, : s.w].reshape(s.h * s.w, k)
         return Matches(grid(values), grid(source))
 
-    def _match_tiles(self, s: "_State", q: torch.Tensor, t0: int, t1: int, k: int):
-        """q: (L, b*b, C) query tiles t0..t1-1 (whole tile rows) -> values, sources (L, b*b, k)."""
-        L, Q, _ = q.shape
-        # Long memory: frame 0, dense; its sources are its positions (frame 0).
-        aff = q.reshape(L * Q, -1) @ s.long_keys  # (L*Q, hw)
+    def _long(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
+        """Top-k over frame 0 for the queries q (L, b*b, C) of tiles t0..t1-1; groups: its grid columns.
+
+        Returns values and sources (L*b*b, k') in :class:`Matches` encoding (frame 0: the position).
+        """
+        N = q.shape[0] * q.shape[1]
+        aff = q.reshape(N, -1) @ s.long_keys  # (N, h*w)
         if s.restrict_first:
             aff.masked_fill_(~s.first_allowed(t0, t1), float("-inf"))
-        values, source = aff.topk(min(k, aff.shape[1]), dim=1)
-        if s.filled > 0:
-            short_values, short_source = (self._short_local if s.local else self._short_dense)(s, q, t0, t1)
-            values = torch.cat([values, short_values], dim=1)
-            source = torch.cat([source, short_source], dim=1)
-            values, pick = values.topk(min(k, values.shape[1]), dim=1)
-            source = source.gather(1, pick)
-        if values.shape[1] < k:  # fewer keys than k in the whole context: pad with weight-0 matches
-            missing = k - values.shape[1]
-            values = F.pad(values, (0, missing), value=float("-inf"))
-            source = F.pad(source, (0, missing), value=0)
-        return values.view(L, Q, k), source.view(L, Q, k)
+        cells = aff.view(N, s.h, s.w)
+        kg = min(self.topk, s.w)
+        column = cells.amax(dim=1).topk(kg, dim=1).indices  # (N, kg)
+        members = cells.gather(2, column[:, None, :].expand(N, s.h, kg)).view(N, s.h * kg)  # (y, group)
+        values, pick = members.topk(min(self.topk, s.h * kg), dim=1)
+        return values, (pick // kg) * s.w + column.gather(1, pick % kg)
 
-    def _short_local(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
-        """Top-k over the local windows of the short-memory frames for tiles t0..t1-1.
+    def _short_local(self, s: "_State", q: torch.Tensor, r: int):
+        """Top-k over the local windows of the short-memory frames for the queries of tile row r.
 
-        A tile's window in one frame is a contiguous block of one of that frame's column
-        strips, so batches of windows are views of the memory at a fixed stride, with no
-        copy of keys, and each batch is one matmul with the disk and border masks added as
-        a bias. Two batch orders give the same numbers:
-
-        * ``down_strips`` (the default on CPU): one call per (frame, strip), batched over
-          the tile rows down the strip; consecutive windows share most of their keys, which
-          stay in cache (about 2x faster than the other order on a CPU);
-        * otherwise (CUDA): one call per tile row, batched over every (frame, strip) pair:
-          few, large kernels.
-
-        The top-k of every frame is taken, then the top-k of their union. Returns values
-        and sources (L*Q, kk) (:class:`Matches` encoding).
+        Each tile's queries are compared with its window (P x P cells) in every frame, a few
+        frames at a time (:meth:`_State.windows`), in one batched product: affinities
+        (frames, tiles, b*b, P*P). Groups are the window cells: a cell's maximum over the
+        frames is taken, the disk and border masks are added to it as a bias (``-inf`` off
+        the disk or the grid), the k cells of largest maximum are chosen, then the top-k of
+        their ``k * frames`` affinities (masked alike).
+        Returns values and sources (L*b*b, k') (:class:`Matches` encoding).
         """
         L, Q, C = q.shape
-        b, P, nbx, n = s.block, s.P, s.nbx, s.filled
-        r0, rows = t0 // nbx, L // nbx
-        kk = min(self.topk, s.window_area)
-        queries = rearrange(q, "(r j) q c -> j r q c", j=nbx).contiguous()
-        values = torch.empty(n, nbx, rows, Q, kk, device=s.device)
-        index = torch.empty(n, nbx, rows, Q, kk, dtype=torch.long, device=s.device)
-        strips = s.short_strips  # (slots, nbx, Hp, P, C); slots 0..n-1 in use
-        frame_stride, strip_stride, row_stride = strips.stride()[:3]
-        base = strips.storage_offset()
-        if self._down_strips:
-            for f in range(n):
-                for j in range(nbx):
-                    # windows[r] = strip j of frame f, rows (r0 + r) * b .. + P - 1: (P*P, C)
-                    windows = strips.as_strided((rows, P * P, C), (b * row_stride, C, 1),
-                                                base + f * frame_stride + j * strip_stride + r0 * b * row_stride)
-                    aff = torch.baddbmm(s.window_bias[j, r0:r0 + rows], queries[j], windows.transpose(1, 2))
-                    torch.topk(aff, kk, dim=-1, out=(values[f, j], index[f, j]))
-        else:
-            for r in range(rows):
-                # windows[f * nbx + j] = strip j of frame f, rows (r0 + r) * b .. + P - 1
-                windows = strips.as_strided((n * nbx, P * P, C), (strip_stride, C, 1),
-                                            base + (r0 + r) * b * row_stride)
-                batch = queries[:, r].expand(n, nbx, Q, C).reshape(n * nbx, Q, C)
-                aff = torch.bmm(batch, windows.transpose(1, 2)).view(n, nbx, Q, P * P)
-                aff.add_(s.window_bias[:, r0 + r])
-                values[:, :, r], index[:, :, r] = aff.topk(kk, dim=-1)
-        values = rearrange(values, "n j r q k -> (r j) q (n k)")
-        index = rearrange(index, "n j r q k -> (r j) q (n k)")
-        values, pick = values.topk(kk, dim=-1)  # (L, Q, kk) over every frame's top-k
-        cell = index.gather(-1, pick)  # position inside the P x P window
-        slot = pick // kk
-        tile = torch.arange(t0, t1, device=s.device)[:, None, None]
-        row = (tile // nbx) * b + cell // P - s.pad  # grid coordinates (outside the grid: -inf values)
-        col = (tile % nbx) * b + cell % P - s.pad
+        b, P, n = s.block, s.P, s.filled
+        aff = s.affinity[:n]  # (n, L, Q, P*P), reused
+        step = max(1, min(n, self.memory_budget // max(16 * L * P * P * C, 1)))  # frames of windows at a time
+        for f0 in range(0, n, step):
+            windows = s.windows(f0, min(n, f0 + step), r)  # (f, L, P*P, C)
+            for f in range(windows.shape[0]):
+                torch.bmm(q, windows[f].transpose(1, 2), out=aff[f0 + f])
+        kg = min(self.topk, P * P)
+        cell = (torch.amax(aff, dim=0) + s.window_bias[r]).topk(kg, dim=2).indices  # (L, Q, kg) window cells
+        bias = s.window_bias[r].gather(2, cell)  # 0 or -inf
+        members = aff.gather(3, cell.expand(n, L, Q, kg)) + bias  # (n, L, Q, kg)
+        values, pick = rearrange(members, "f j q g -> (j q) (f g)").topk(min(self.topk, n * kg), dim=1)
+        frame, chosen = pick // kg, cell.view(L * Q, kg).gather(1, pick % kg)
+        tile = torch.arange(L, device=s.device).repeat_interleave(Q)[:, None]
+        row = r * b + chosen // P - s.pad  # grid coordinates (outside the grid: -inf values)
+        col = tile * b + chosen % P - s.pad
         position = row.clamp(0, s.h - 1) * s.w + col.clamp(0, s.w - 1)
-        source = s.slot_frame[slot] * (s.h * s.w) + position
-        return values.reshape(L * Q, kk), source.reshape(L * Q, kk)
+        return values, s.slot_frame[frame] * (s.h * s.w) + position
 
-    def _short_dense(self, s: "_State", q: torch.Tensor, t0: int, t1: int):
+    def _short_dense(self, s: "_State", q: torch.Tensor, r: int):
         """No locality limit: top-k over every position of every short-memory frame."""
         L, Q, C = q.shape
         keys = s.short_feats[: s.filled].reshape(-1, C)  # (n*h*w, C); no padding without a radius
@@ -310,10 +285,24 @@ class Matcher:
         return values, s.slot_frame[index // cells] * cells + index % cells
 
 
+def _union_topk(parts: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k of the union of (values, sources) lists (N, k_i); padded with ``-inf`` (weight 0)
+    when they hold fewer than k keys together. Returns (N, k) values and sources."""
+    values = torch.cat([v for v, _ in parts], dim=1)
+    source = torch.cat([i for _, i in parts], dim=1)
+    values, pick = values.topk(min(k, values.shape[1]), dim=1)
+    source = source.gather(1, pick)
+    if values.shape[1] < k:  # fewer keys than k in the whole context
+        missing = k - values.shape[1]
+        values = F.pad(values, (0, missing), value=float("-inf"))
+        source = F.pad(source, (0, missing), value=0)
+    return values, source
+
+
 class _State:
     """A video's feature memory: frame 0 (dense) and a ring buffer of n short-memory frames."""
 
-    def __init__(self, cfg: PropagationConfig, block: int, C: int, h: int, w: int, device):
+    def __init__(self, cfg: PropagationConfig, block: int, C: int, h: int, w: int, device, memory_budget: int):
         self.C, self.h, self.w, self.device = C, h, w, device
         self.block = b = block
         self.local = cfg.radius is not None
@@ -326,17 +315,22 @@ class _State:
         else:
             self.pad = p = max(0, math.ceil(cfg.radius) - 1)  # largest offset with d < radius
         self.P = b + 2 * p  # window side around a tile
-        self.window_area = self.P * self.P
         self.nby, self.nbx = math.ceil(h / b), math.ceil(w / b)
         # Padded grid of the short memory: room for every tile's window.
         self.Hp, self.Wp = self.nby * b + 2 * p, self.nbx * b + 2 * p
-        n = cfg.context
         # Short memory; slots 0..filled-1 are in use, in any order; slot_frame holds each
-        # slot's frame in the video (0 for padding copies). With a radius, features are
-        # kept as overlapping column strips (n, nbx, Hp, P, C): strip j holds padded columns
-        # j*b .. j*b+P-1, so every tile window is contiguous. Without one, plainly as (n, h, w, C).
+        # slot's frame in the video (0 for padding copies). With a radius, features are kept
+        # zero-padded, frame cell (y, x) at (y + p, x + p): as overlapping column strips
+        # (n, nbx, Hp, P, C), strip j holding padded columns j*b .. j*b+P-1, so that every
+        # tile window is a view, when they fit in ``memory_budget``; else as (n, Hp, Wp, C),
+        # windows gathered when needed. Without a radius, plainly as (n, h, w, C).
+        n = cfg.context
         if self.local:
-            self.short_strips = torch.zeros(n, self.nbx, self.Hp, self.P, C, device=device)
+            self.strips = 4 * n * self.nbx * self.Hp * self.P * C <= memory_budget
+            if self.strips:
+                self.short = torch.zeros(n, self.nbx, self.Hp, self.P, C, device=device)
+            else:
+                self.short = torch.zeros(n, self.Hp, self.Wp, C, device=device)
         else:
             self.short_feats = torch.zeros(n, h, w, C, device=device)
         self.slot_frame = torch.zeros(n, dtype=torch.long, device=device)
@@ -346,8 +340,18 @@ class _State:
         if self.local:
             allowed = self._allowed_masks(cfg.radius)  # (tiles, b*b, P*P), tiles in row-major order
             bias = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
-            # Ordered by strip, then tile row: (nbx, nby, b*b, P*P), as _short_local reads it.
-            self.window_bias = rearrange(bias, "(r j) q k -> j r q k", j=self.nbx).contiguous()
+            self.window_bias = rearrange(bias, "(r j) q k -> r j q k", j=self.nbx).contiguous()
+            # Work space of one tile row: every frame's window affinities.
+            self.affinity = torch.empty(n, self.nbx, b * b, self.P * self.P, device=device)
+
+    def windows(self, f0: int, f1: int, r: int) -> torch.Tensor:
+        """(f1 - f0, nbx, P*P, C): the windows of tile row r in short-memory slots f0..f1-1
+        (row-major cells; a view of the strips, or a copy gathered from the padded frames)."""
+        b, P = self.block, self.P
+        if self.strips:
+            return self.short[f0:f1, :, r * b: r * b + P].flatten(2, 3)
+        band = self.short[f0:f1, r * b: r * b + P]  # (f, P, Wp, C)
+        return rearrange(band.unfold(2, P, b), "f y j c x -> f j (y x) c")
 
     def _allowed_masks(self, radius: float) -> torch.Tensor:
         """(tiles, b*b, P*P) bool: key cell of the tile's window inside the neighbourhood and on the grid."""
@@ -388,11 +392,12 @@ class _State:
         if self.slots == 0:
             return
         p, i = self.pad, self.next_slot
-        if self.local:
+        if self.local and self.strips:
             padded = torch.zeros(self.Hp, self.Wp, self.C, device=self.device)
             padded[p: p + self.h, p: p + self.w] = rearrange(feat, "c h w -> h w c")
-            strips = padded.unfold(1, self.P, self.block)  # (Hp, nbx, C, P)
-            self.short_strips[i] = rearrange(strips, "y j c x -> j y x c")
+            self.short[i] = rearrange(padded.unfold(1, self.P, self.block), "y j c x -> j y x c")
+        elif self.local:
+            self.short[i, p: p + self.h, p: p + self.w] = rearrange(feat, "c h w -> h w c")
         else:
             self.short_feats[i] = rearrange(feat, "c h w -> h w c")
         self.slot_frame[i] = frame

@@ -134,6 +134,10 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     amp: Optional[bool] = field(default=None, metadata={"help": "mixed precision (none: on with CUDA; CUDA only)"})
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm under DDP"})
+    channels_last: bool = field(default=False, metadata={
+        "help": "keep the encoder's weights and activations channels-last (NHWC); the same losses"})
+    compile: bool = field(default=False, metadata={
+        "help": "compile the encoder with torch.compile (needs a C++ compiler on the CPU); the same losses"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     num_workers: Optional[int] = field(default=None, metadata={"help": "DataLoader worker processes per process"})
     checkpoint_every: Optional[int] = field(default=None, metadata={"help": "steps between checkpoints"})
@@ -149,8 +153,8 @@ class TrainConfig:
 
 
 #: Options that say where and how a run executes, not what it trains: no preset sets them.
-RUN_OPTIONS = ("preset", "data", "flow_data", "out", "device", "amp", "sync_bn", "seed", "resume", "overwrite",
-               "cache_dir", "backend", "progress", "debug")
+RUN_OPTIONS = ("preset", "data", "flow_data", "out", "device", "amp", "sync_bn", "channels_last", "compile", "seed",
+               "resume", "overwrite", "cache_dir", "backend", "progress", "debug")
 #: The options a preset sets (``None`` in ``TrainConfig()``).
 SETUP_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUN_OPTIONS)
 

@@ -112,7 +112,20 @@ def build_train_module(cfg: TrainConfig, runtime: Runtime) -> TrainModule:
     module = TrainModule(model, build_losses(cfg))
     if runtime.distributed and cfg.sync_bn:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return module.to(runtime.device)
+    module = module.to(runtime.device)
+    apply_speed_options(module.model.encoder, cfg)
+    return module
+
+
+def apply_speed_options(encoder: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``channels_last``: the encoder's 4-d weights in NHWC order (its convolutions then run and
+    return channels-last); ``compile``: its forward compiled in place (``nn.Module.compile``,
+    parameter names unchanged, so checkpoints are the same). Neither changes what is computed."""
+    if cfg.channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        encoder.compile()
+    return encoder
 
 
 def distribute(module: TrainModule, runtime: Runtime) -> nn.Module:

@@ -507,3 +507,46 @@ def test_resume_checks_the_settings_of_the_runs_own_losses():
     assert {"pixel_radius", "pixel_domain_weight"} <= set(resume_keys("crw=1,pixel=1"))
     assert "pixel_radius" not in resume_keys("crw") and "batch_size" in resume_keys("crw")
     assert "crop_size" in resume_keys("cycle") and "crop_size" in resume_keys("crw=1,cycle=0.5")
+
+
+def test_channels_last_gives_the_same_losses_and_compile_keeps_parameter_names(monkeypatch):
+    """--channels-last: NHWC weights and the same fp32 loss (1e-5) and gradients; after an Adam step
+    (whose first update is lr * sign(gradient)) losses agree to 1e-3. --compile: the encoder's forward
+    is compiled in place and its parameter names (the checkpoint's) are unchanged."""
+    from corr.runtime import start_runtime
+    from corr.train.module import build_train_module
+
+    cfg = resolve_config(TrainConfig(encoder="tiny", mode="dense", crop_size=32, clip_len=3, device="cpu",
+                                     progress=False))
+    runtime = start_runtime("cpu")
+    clip = torch.randn(2, cfg.clip_len, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    losses, grads = {}, {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        module = build_train_module(dataclasses.replace(cfg, channels_last=channels_last), runtime)
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+        losses[channels_last] = []
+        for step in range(2):
+            torch.manual_seed(10 + step)
+            loss, _ = module(clip)
+            optimizer.zero_grad()
+            loss.backward()
+            if step == 0:
+                grads[channels_last] = [p.grad.clone() for p in module.parameters() if p.grad is not None]
+            optimizer.step()
+            losses[channels_last].append(float(loss))
+        conv = next(m for m in module.model.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert losses[True][0] == pytest.approx(losses[False][0], abs=1e-5, rel=0)
+    assert losses[True][1] == pytest.approx(losses[False][1], rel=1e-3)
+    for a, b in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: calls.append(self))
+    torch.manual_seed(0)
+    plain = build_train_module(cfg, runtime)
+    torch.manual_seed(0)
+    compiled = build_train_module(dataclasses.replace(cfg, compile=True), runtime)
+    assert calls == [compiled.model.encoder]
+    assert list(compiled.state_dict()) == list(plain.state_dict())

@@ -35,7 +35,7 @@ CASES: dict[str, list[str]] = {
     "resume-old-checkpoint": ["--loss", "global_walk", "--encoder", "pixel", "--steps", "4", "--resume"],
 }
 OLD_CHECKPOINT = HERE / "global-walk-2steps.pt"
-RUN_ONLY = ("out", "preset", "overwrite", "debug")
+RUN_ONLY = ("out", "preset", "overwrite", "debug", "channels_last", "compile")
 PLATFORM = "_platform"    # the record's key for where it was taken (record_platform.platform_key)
 
 
@@ -72,8 +72,8 @@ def run_case(name: str, out: Path, run_training) -> dict:
     losses = run_training(CASES[name] + COMMON + ["--out", str(out)])
     summary = checkpoint_summary(out / "checkpoint.pt")
     # Options added to the stored config after the record was taken that do not change what is
-    # trained ("preset": the name the run resolved from; "overwrite", "debug": run options) are
-    # left out, so the record still pins every other value.
+    # trained ("preset": the name the run resolved from; "overwrite", "debug", "channels_last",
+    # "compile": run options) are left out, so the record still pins every other value.
     summary["config"] = {k: v for k, v in summary["config"].items() if k not in RUN_ONLY}
     result = {"argv": CASES[name], "losses": {str(k): v for k, v in sorted(losses.items())}, "checkpoint": summary}
     return json.loads(json.dumps(result))   # as stored: tuples become lists

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from corr.errors import OptionError
 from propagate import PRESETS, PropagationConfig, Propagator
-from propagate.dense import context_frames, propagate_dense
+from propagate.dense import context_frames, grid_distance_allowed, propagate_dense
 from propagate.propagator import LabelMemory, Matcher, Matches
 
 
@@ -29,8 +29,8 @@ def test_equals_dense_reference(pad_with_first, radius):
     feats, label = smooth_features(8, 24, 15, 22), soft_label(3, 15, 22)
     expected = propagate_dense(feats, label, cfg)
     for block in (4, 8):
-        for down_strips in (True, False):  # the CPU and the CUDA batch order
-            got = Propagator(cfg, block=block, memory_budget=1 << 15, down_strips=down_strips).propagate(feats, label)
+        for budget in (1 << 15, 256 << 20):  # one frame's windows at a time, or all frames at once
+            got = Propagator(cfg, block=block, memory_budget=budget).propagate(feats, label)
             assert got.shape == (8, 3, 15, 22)
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     assert torch.equal(got[0], label)
@@ -222,8 +222,8 @@ def test_square_neighbourhood_equals_dense_reference(restrict_first, radius):
     feats, label = smooth_features(6, 16, 11, 14, seed=8), soft_label(3, 11, 14, seed=9)
     expected = propagate_dense(feats, label, cfg)
     for block in (4, 8):
-        for down_strips in (True, False):
-            got = Propagator(cfg, block=block, memory_budget=1 << 15, down_strips=down_strips).propagate(feats, label)
+        for budget in (1 << 15, 256 << 20):
+            got = Propagator(cfg, block=block, memory_budget=budget).propagate(feats, label)
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     unrestricted = propagate_dense(feats, label, PropagationConfig(context=3, topk=5, temperature=0.1, radius=radius))
     assert (expected - unrestricted).abs().max() > 1e-3  # the shape and frame 0's limit matter
@@ -239,3 +239,49 @@ def test_restricted_frame_zero_keys_lie_in_the_square():
     ky, kx = source // 10, source % 10
     assert ((ky - qy[:, None]).abs() <= 2).all() and ((kx - qx[:, None]).abs() <= 2).all()
     assert ((ky - qy[:, None]).abs() == 2).any()  # the square's border is inside (<= radius)
+
+
+def dense_topk_values(feats, t, cfg):
+    """(h*w, k) the k largest allowed affinities of frame t's queries, from the full masked affinity."""
+    T, C, h, w = feats.shape
+    keys = F.normalize(feats, dim=1).flatten(2)
+    local = grid_distance_allowed(h, w, cfg.radius, neighbourhood=cfg.neighbourhood)
+    first = local if cfg.restrict_first else torch.ones_like(local)
+    ctx = context_frames(t, cfg)
+    aff = keys[t].T @ torch.cat([keys[0]] + [keys[j] for j in ctx], dim=1)
+    aff = aff.masked_fill(~torch.cat([first] + [local] * len(ctx), dim=1), float("-inf"))
+    values = aff.topk(min(cfg.topk, aff.shape[1]), dim=1).values
+    return F.pad(values, (0, cfg.topk - values.shape[1]), value=float("-inf"))
+
+
+@pytest.mark.parametrize("budget", [1 << 12, 256 << 20])  # windows gathered from padded frames / strips
+@pytest.mark.parametrize("grid,T,context,radius,square", [
+    ((13, 11), 6, 3, 3.0, False),   # edge tiles on both sides
+    ((9, 17), 2, 4, 2.5, False),    # a video shorter than its context
+    ((7, 7), 5, 2, 1.0, False),     # a window of one cell: fewer allowed keys than k in the short memory
+    ((10, 12), 4, 3, 2.0, True),    # square neighbourhood
+])
+def test_selection_equals_dense_topk_with_ties(budget, grid, T, context, radius, square):
+    """Features with entries in {-1, 0, 1} tie exactly at every level: the chosen values are the dense top-k
+    values, each source is an allowed key of the context whose affinity is its value, no key is chosen twice."""
+    h, w = grid
+    g = torch.Generator().manual_seed(h * w + T)
+    feats = torch.randint(-1, 2, (T, 4, h, w), generator=g).float()
+    cfg = PropagationConfig(context=context, topk=6, radius=radius, neighbourhood="square" if square else "disk")
+    allowed = grid_distance_allowed(h, w, radius, neighbourhood=cfg.neighbourhood)
+    matcher = Matcher(cfg, block=4, memory_budget=budget)
+    matcher.start(feats[0])
+    for t in range(1, T):
+        m = matcher.match(feats[t])
+        torch.testing.assert_close(m.values, dense_topk_values(feats, t, cfg), atol=1e-6, rtol=0)
+        finite = torch.isfinite(m.values)
+        frame, position = m.source // (h * w), m.source % (h * w)
+        assert bool(((frame == 0) | ((frame >= max(1, t - context)) & (frame < t)))[finite].all())
+        query = torch.arange(h * w)[:, None].expand_as(position)
+        assert bool(((frame == 0) | allowed[query, position])[finite].all())
+        keys = F.normalize(feats, dim=1).flatten(2)[frame, :, position]  # (N, k, C)
+        expected = torch.einsum("nc,nkc->nk", F.normalize(feats[t], dim=0).flatten(1).T, keys)
+        torch.testing.assert_close(m.values[finite], expected[finite], atol=1e-6, rtol=0)
+        for n in range(h * w):
+            chosen = m.source[n][finite[n]]
+            assert chosen.unique().numel() == chosen.numel()
