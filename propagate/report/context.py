@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+import cv2
 import numpy as np
+
+from corr.geometry import from_integer_centres, to_integer_centres
 
 from ..eval_config import EvalConfig
 from ..task import Task
@@ -56,6 +59,21 @@ def worst_videos(per_sequence: dict[str, dict], key: str, count: int = WORST_VID
     scored = [(row.get(key), i, name) for i, (name, row) in enumerate(per_sequence.items())
               if isinstance(row.get(key), (int, float)) and not math.isnan(row.get(key))]
     return [name for _, _, name in sorted(scored)[:count]]
+
+
+def panel_frame(frame: np.ndarray) -> tuple[np.ndarray, float]:
+    """An RGB frame resized (bilinear) to :data:`PANEL_HEIGHT` rows before points are drawn on
+    it, so that dots and lines keep their size -> (frame, scale)."""
+    scale = PANEL_HEIGHT / frame.shape[0]
+    width = max(1, round(frame.shape[1] * scale))
+    return cv2.resize(frame, (width, PANEL_HEIGHT), interpolation=cv2.INTER_LINEAR), scale
+
+
+def scale_centre_points(points: np.ndarray, scale: float) -> np.ndarray:
+    """Integer-centre (x, y) points (pixel i's centre at i) on a frame resized by ``scale``;
+    negative (not predicted) points stay negative (corr.geometry: scaling acts on corner coordinates)."""
+    points = np.asarray(points, dtype=np.float64)
+    return np.where(points < 0, points, to_integer_centres(from_integer_centres(points) * scale))
 
 
 def write_report_video(ctx: ReportContext, name: str, frames: Iterable[np.ndarray]) -> tuple[str, str]:

@@ -9,7 +9,15 @@ from datasets.jhmdb import JHMDB_PARENTS, JhmdbVideo
 from ..metrics import JHMDB_PCK_THRESHOLDS
 from ..tasks.jhmdb import prediction_file
 from ..visualize import draw_skeleton, side_by_side
-from .context import PANEL_HEIGHT, ReportContext, file_stem, worst_videos, write_report_video
+from .context import (
+    PANEL_HEIGHT,
+    ReportContext,
+    file_stem,
+    panel_frame,
+    scale_centre_points,
+    worst_videos,
+    write_report_video,
+)
 
 #: The ground truth's colour where it is drawn under the prediction.
 GROUND_TRUTH = (255, 255, 255)
@@ -18,11 +26,11 @@ GROUND_TRUTH = (255, 255, 255)
 def comparison_frames(video: JhmdbVideo, preds: np.ndarray):
     """Ground-truth skeleton | predicted skeleton | both (ground truth thin and white), per frame."""
     for t in range(video.num_frames):
-        frame = video.read_frame(t)
-        under = draw_skeleton(frame, video.keypoints[t], JHMDB_PARENTS, colour=GROUND_TRUTH, radius=1, thickness=1)
-        yield side_by_side([draw_skeleton(frame, video.keypoints[t], JHMDB_PARENTS),
-                            draw_skeleton(frame, preds[t], JHMDB_PARENTS),
-                            draw_skeleton(under, preds[t], JHMDB_PARENTS)],
+        frame, scale = panel_frame(video.read_frame(t))
+        truth, pred = scale_centre_points(video.keypoints[t], scale), scale_centre_points(preds[t], scale)
+        under = draw_skeleton(frame, truth, JHMDB_PARENTS, colour=GROUND_TRUTH, radius=1, thickness=1)
+        yield side_by_side([draw_skeleton(frame, truth, JHMDB_PARENTS), draw_skeleton(frame, pred, JHMDB_PARENTS),
+                            draw_skeleton(under, pred, JHMDB_PARENTS)],
                            [f"ground truth t={t}", "prediction", "both (truth white)"], height=PANEL_HEIGHT)
 
 

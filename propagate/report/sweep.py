@@ -77,7 +77,8 @@ def write_sweep_report(out: str | Path, data_root: Optional[str] = None) -> Path
             write_run_report(setting, data_root)
             links[row["name"]] = f"../sweep/{row['name']}/report/index.html"
     page.table(["setting", *axis_values(rows), *task.headline_metrics],
-               [[row["name"], *(str(v) for v in row["overrides"].values()),
+               [[row["name"], *(v if isinstance(v, int) and not isinstance(v, bool) else str(v)
+                                for v in row["overrides"].values()),
                  *(row["metrics"].get(k) for k in task.headline_metrics)] for row in rows],
                table_id="settings", links=links)
     page.heading("Configuration")

@@ -12,7 +12,7 @@ from datasets.tapvid import TapVidSample
 from ..metrics import TAPVID_KEYS
 from ..tasks.tapvid import VIS_MAX_TRACKS
 from ..visualize import draw_tracks, side_by_side
-from .context import PANEL_HEIGHT, ReportContext, file_stem, worst_videos, write_report_video
+from .context import PANEL_HEIGHT, ReportContext, file_stem, panel_frame, worst_videos, write_report_video
 
 #: Column titles of the per-video table.
 SHORT = {"average_jaccard": "AJ", "average_pts_within_thresh": "<d_avg>", "occlusion_accuracy": "OA"}
@@ -25,8 +25,9 @@ def comparison_frames(sample: TapVidSample, prediction: Path):
     picks = np.unique(np.linspace(0, len(tracks) - 1, min(VIS_MAX_TRACKS, len(tracks))).round().astype(int)) \
         if len(tracks) else np.zeros(0, np.int64)
     for t, frame in enumerate(sample.frames):
-        yield side_by_side([draw_tracks(frame, sample.target_points[picks], sample.occluded[picks], t),
-                            draw_tracks(frame, tracks[picks], occluded[picks], t)],
+        frame, scale = panel_frame(frame)  # tracks are corner-convention pixels: they scale as they are
+        yield side_by_side([draw_tracks(frame, sample.target_points[picks] * scale, sample.occluded[picks], t),
+                            draw_tracks(frame, tracks[picks] * scale, occluded[picks], t)],
                            [f"ground truth t={t}", "prediction (hollow: occluded)"], height=PANEL_HEIGHT)
 
 
