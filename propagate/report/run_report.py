@@ -50,10 +50,10 @@ def write_run_report(out: str | Path, data_root: Optional[str] = None) -> Path:
     except (DatasetError, OSError, ValueError) as problem:
         error = f"the dataset cannot be opened ({problem}); give its location with --data-root"
     info = results.get("checkpoint") or {}
+    data = results.get("dataset") or {}
     page = Page(f"{task.title} report: {out.resolve().name}",
-                f"encoder {info.get('encoder')} ({info.get('format')}); dataset {results['dataset'].get('name', '')} "
-                f"{results['dataset'].get('root') or results['dataset'].get('path') or ''}; "
-                f"code {results.get('code_version')}")
+                f"encoder {info.get('encoder')} ({info.get('format')}); dataset {data.get('name', '')}"
+                f"{' ' + str(data['split']) if data.get('split') else ''}; code {results.get('code_version')}")
     if dataset is not None and dataset.identity() != results["dataset"]:
         page.paragraph("Note: the dataset read now differs from the one this run evaluated (its listing changed); "
                        "videos are drawn from the dataset as it is now.")
