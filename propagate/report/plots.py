@@ -44,7 +44,7 @@ def heat_map(path: Path, values: np.ndarray, rows: Sequence[str], columns: Seque
     per setting: rows are the values of ``row_name``, columns those of ``column_name``."""
     figure = Figure(figsize=(1.2 + 0.9 * len(columns), 1.0 + 0.55 * len(rows)), dpi=90, layout="constrained")
     axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    image = axes.imshow(np.ma.masked_invalid(100 * values), cmap="viridis", aspect="auto")  # percent, as the cells
     axes.set_xticks(range(len(columns)), [str(c) for c in columns])
     axes.set_yticks(range(len(rows)), [str(r) for r in rows])
     axes.set_xlabel(column_name)
