@@ -16,18 +16,22 @@ from corr.cli import parse_config
 from corr.errors import run_command
 from corr.runtime import start_runtime
 from propagate.eval_config import EvalConfig
+from propagate.report import write_report
 from propagate.run import evaluate_task
 from propagate.tasks import TASKS, get_task
 
 
 def evaluate(cfg: EvalConfig) -> Optional[dict]:
-    """Run ``cfg.task`` (or its sweep); returns results.json's content (the sweep's summary), None
-    on ranks other than 0."""
+    """Run ``cfg.task`` (or its sweep) and, with ``--report``, write its HTML report (rank 0);
+    returns results.json's content (the sweep's summary), None on ranks other than 0."""
     task = get_task(cfg.task)
     cfg = task.configure(cfg)
     runtime = start_runtime(cfg.device, backend="gloo")
     try:
-        return evaluate_task(task, cfg, runtime)
+        results = evaluate_task(task, cfg, runtime)
+        if results is not None and cfg.report:
+            print(f"report: {write_report(cfg.out)}")
+        return results
     finally:
         runtime.close()
 

@@ -106,6 +106,9 @@ class EvalConfig:
     device: str = dataclasses.field(default="auto", metadata={"help": "auto|cpu|cuda[:i]"})
     out: Optional[str] = dataclasses.field(default=None, metadata={"help": "output folder (default results/<task>)"})
     vis: bool = dataclasses.field(default=False, metadata={"help": "write overlay videos and contact sheets"})
+    report: bool = dataclasses.field(
+        default=False, metadata={"help": "write an HTML report to <out>/report/index.html (python -m propagate.report "
+                                        "<out> rebuilds it)"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "frames per feature-extraction batch"})
     overwrite: bool = dataclasses.field(default=False, metadata={
         "help": "redo sequences already scored in --out; replace results of other settings there"})

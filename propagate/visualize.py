@@ -122,3 +122,33 @@ def draw_tracks(frame: np.ndarray, tracks: np.ndarray, occluded: np.ndarray, t: 
         centre = tuple(int(round(v)) for v in tracks[q, t])
         cv2.circle(out, centre, radius, c, 1 if occluded[q, t] else -1, cv2.LINE_AA)
     return out
+
+
+def error_overlay(frame: np.ndarray, gt: np.ndarray, pred: np.ndarray, void: int | None = None) -> np.ndarray:
+    """Where an id map ``pred`` (H, W) differs from the ground truth ``gt`` (H, W), on a dimmed
+    grey copy of an RGB frame (H, W, 3): red where ``pred`` puts an object (id > 0) that is not
+    the ground truth's, blue where it puts background on an object; pixels whose ground truth
+    is ``void`` are not counted."""
+    grey = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    out = (0.5 * grey.astype(np.float32)).astype(np.uint8)
+    wrong = pred != gt
+    if void is not None:
+        wrong &= gt != void
+    out[wrong & (pred > 0)] = (230, 40, 40)
+    out[wrong & (pred == 0)] = (40, 90, 230)
+    return out
+
+
+def side_by_side(panels: Sequence[np.ndarray], captions: Sequence[str], height: int = 240) -> np.ndarray:
+    """RGB panels (H_i, W_i, 3) resized to ``height`` rows (aspect kept), captioned at the top
+    left and joined left to right with a 4-pixel white gap -> (height, sum of widths + gaps, 3)."""
+    tiles = []
+    for i, (panel, caption) in enumerate(zip(panels, captions)):
+        width = max(1, round(panel.shape[1] * height / panel.shape[0]))
+        tile = cv2.resize(panel, (width, height), interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, caption, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(tile, caption, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        if i:
+            tiles.append(np.full((height, 4, 3), 255, np.uint8))
+        tiles.append(tile)
+    return np.concatenate(tiles, axis=1)

@@ -8,8 +8,8 @@ Lowest layer first; a module imports only from its own layer or lower ones:
     3 training       corr.train.*
     4 propagation    propagate.* (config, propagator, dense, labels, metrics, cache, visualize)
     5 tasks, runner  propagate.tasks.*, propagate.run and what tasks and runner share (task, eval_config,
-                     encoder_loading, video, sweep, run_folder); propagate.track, the video API, which the
-                     package ``propagate`` itself exports
+                     encoder_loading, video, sweep, run_folder), reports of runs (propagate.report.*);
+                     propagate.track, the video API, which the package ``propagate`` itself exports
     6 entry points   train, evaluate
 
 There is no import cycle between modules, and project modules are imported at the top of a
@@ -34,7 +34,8 @@ def layer_of(module: str) -> int:
     """The layer of a project module (dotted name)."""
     if module in ("train", "evaluate"):
         return 6
-    if module in RUN_MODULES or module in ("propagate", "propagate.tasks") or module.startswith("propagate.tasks."):
+    if module in RUN_MODULES or module == "propagate" or module.split(".")[:2] in (["propagate", "tasks"],
+                                                                                  ["propagate", "report"]):
         return 5
     if module == "propagate" or module.startswith("propagate."):
         return 4
