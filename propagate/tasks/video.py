@@ -20,8 +20,8 @@ A mask is read as people save them (:func:`datasets.palette.read_mask_image`: in
 kept, binary or grey thresholded at half, colours mapped to ids) and how it was read is
 printed; one whose size differs from the video's is an error naming both. Frames whose long
 side exceeds ``--max-side`` (default 854) are downscaled for the encoder; outputs are at the
-video's size. ``--cache``, ``--sweep``, ``--sequences``, ``--data-root`` and ``--input-size``
-do not apply.
+video's size. ``--cache``, ``--sweep``, ``--sequences``, ``--data-root``, ``--input-size`` and
+``--report`` do not apply (``overlay.mp4`` is the picture).
 """
 from __future__ import annotations
 
@@ -112,10 +112,11 @@ class VideoTask(Task):
                 raise OptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
         if cfg.input_size is not None:
             raise OptionError("--input-size is not for --task video; --max-side sets the input's long side")
-        unused = [name for name in ("data_root", "cache", "sweep", "sequences") if getattr(cfg, name)]
+        unused = [name for name in ("data_root", "cache", "sweep", "sequences", "report") if getattr(cfg, name)]
         if unused:
             raise OptionError(f"--{', --'.join(n.replace('_', '-') for n in unused)}: not for --task video (one "
-                              f"video given by --video, nothing scored to compare settings by)")
+                              f"video given by --video, nothing scored to compare settings by or report; "
+                              f"its overlay.mp4 is the picture)")
         cfg = super().configure(cfg)
         frames = cfg.propagation().frames
         if cfg.points is not None and frames != "common":

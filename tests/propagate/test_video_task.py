@@ -108,6 +108,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
              (["--video", str(folder), "--points", "1,2", "--mask-frame", "1"], "--mask-frame goes with --mask"),
              (["--video", str(folder), "--points", "1,2", "--preset", "dino"], "common frame protocol"),
              (["--video", str(folder), "--points", "1,2", "--cache", str(tmp_path)], "not for --task video"),
+             (["--video", str(folder), "--points", "1,2", "--report"], "--report: not for --task video"),
              (["--video", str(folder), "--points", "1,2", "--max-side", "0"], "--max-side must be >= 1")]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
