@@ -61,7 +61,7 @@ class Propagator:
     Tensors live on the device of the features given to :meth:`start`.
     """
 
-    def __init__(self, cfg: PropagationConfig, block: int = 8, memory_budget: int = 256 << 20):
+    def __init__(self, cfg: PropagationConfig, block: int = 8, memory_budget: int = 1 << 30):
         self.cfg = cfg
         self.matcher = Matcher(cfg, block=block, memory_budget=memory_budget)
         self.labels = LabelMemory(cfg)
@@ -163,7 +163,7 @@ class Matcher:
     """
 
     def __init__(self, cfg: PropagationConfig, topk: Optional[int] = None, block: int = 8,
-                 memory_budget: int = 256 << 20):
+                 memory_budget: int = 1 << 30):
         self.cfg = cfg
         self.topk = cfg.topk if topk is None else int(topk)
         if self.topk < 1:
