@@ -4,12 +4,13 @@ import json
 import cv2
 import numpy as np
 import pytest
+from browser import HAVE_CURRENT_DATA, browser_or_skip, wait_for
 from PIL import Image
 from test_track import square_video  # tests/propagate, on the path under pytest
 
 from datasets.palette import davis_palette, write_indexed_png
 from evaluate import main
-from propagate.video_writer import h264_available, video_codec, write_video
+from propagate.video_writer import H264_MIME, h264_available, video_codec, write_video
 
 needs_h264 = pytest.mark.skipif(not h264_available(), reason="PyAV with libx264 is not installed")
 
@@ -51,6 +52,24 @@ def test_real_clip_with_a_hand_drawn_mask(shared_clips, tmp_path, capsys):
     assert results["metrics"] is None and results["input_size"] == [72, 88]
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["video"]["mask_reading"].startswith("binary/grey")
+    check_plays_in_chromium(out / "overlay.mp4", tmp_path / "overlay-screenshot.png")
+
+
+def check_plays_in_chromium(video, screenshot):
+    """A page holding the overlay, opened in headless Chromium: its type is accepted and it plays."""
+    page = video.parent / "play.html"
+    page.write_text(f'<!doctype html><video id="v" muted autoplay><source src="{video.name}" '
+                    f'type=\'{H264_MIME}\'></video>')
+    with browser_or_skip() as driver:
+        driver.get(page.resolve().as_uri())
+        if driver.execute_script(f"return document.createElement('video').canPlayType('{H264_MIME}')") == "":
+            pytest.skip("this Chromium build plays no H.264 (built without proprietary codecs)")
+        state = wait_for(driver, "var v = document.getElementById('v'); return v.error ? -1 : "
+                                 f"(v.readyState >= {HAVE_CURRENT_DATA} ? v.readyState : 0)")
+        assert state and state >= HAVE_CURRENT_DATA, f"the overlay did not play ({state})"
+        assert wait_for(driver, "return document.getElementById('v').currentTime > 0", timeout=10)  # it advances
+        driver.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 0
 
 
 @needs_h264
